@@ -1,0 +1,1151 @@
+//! Layered configuration: built-in defaults → TOML file → `SYNCERD_` environment → CLI flags.
+//!
+//! Environment variables use `__` for nesting (`SYNCERD_DATABASE__URL` is `database.url`). Their
+//! values are taken as text and converted by the field that receives them, so a secret such as
+//! `00123` keeps its leading zeros. Every secret-bearing key also has a `*_file` twin
+//! (`SYNCERD_DATABASE__URL_FILE`, `http.admin_token_file`) holding the path of a file with the
+//! value, for Docker secrets and systemd `LoadCredential=`. Unknown keys are not an error; they
+//! come back as [`ConfigWarning`]s naming the key and where it came from.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use figment::providers::{Format, Serialized, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::secret::{Secret, redact_url};
+
+/// Prefix of every environment variable syncerd reads.
+pub const ENV_PREFIX: &str = "SYNCERD_";
+/// Config files tried, in order, when `--config` is not given.
+pub const DEFAULT_CONFIG_PATHS: &[&str] = &["/etc/syncerd/syncerd.toml", "./syncerd.toml"];
+/// The embedded default database.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://syncerd.db?mode=rwc";
+
+/// A database URL. It may hold a password, so `Debug`, `Display` and `Serialize` show it with
+/// the password redacted; [`DatabaseUrl::expose`] gives the real URL to the driver.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(Secret);
+
+impl DatabaseUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(Secret::new(url.into()))
+    }
+
+    /// The URL with its password, for the database driver only.
+    pub fn expose(&self) -> &str {
+        self.0.expose()
+    }
+
+    /// The URL with any password or secret query value replaced by `[redacted]`.
+    pub fn redacted(&self) -> String {
+        redact_url(self.0.expose())
+    }
+
+    /// Which engine the URL names, from its scheme.
+    pub fn engine(&self) -> Option<Engine> {
+        let url = self.0.expose();
+        let scheme = url.split(':').next().unwrap_or_default();
+        match scheme {
+            "sqlite" => Some(Engine::Sqlite),
+            "mysql" | "mariadb" => Some(Engine::MySql),
+            "postgres" | "postgresql" => Some(Engine::Postgres),
+            _ => None,
+        }
+    }
+}
+
+impl Default for DatabaseUrl {
+    fn default() -> Self {
+        Self::new(DEFAULT_DATABASE_URL)
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl Serialize for DatabaseUrl {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.redacted())
+    }
+}
+
+impl<'de> Deserialize<'de> for DatabaseUrl {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        lenient_string(deserializer).map(DatabaseUrl::new)
+    }
+}
+
+/// The database engines syncerd speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    Sqlite,
+    MySql,
+    Postgres,
+}
+
+impl fmt::Display for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Engine::Sqlite => "SQLite",
+            Engine::MySql => "MySQL/MariaDB",
+            Engine::Postgres => "PostgreSQL",
+        })
+    }
+}
+
+/// The whole effective configuration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub dingtalk: DingTalkSettings,
+    pub scheduler: SchedulerSettings,
+    pub sync: SyncSettings,
+    pub http: HttpSettings,
+    pub log: LogSettings,
+}
+
+/// `[database]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DatabaseSettings {
+    /// `sqlite://PATH?mode=rwc`, `mysql://USER:PASS@HOST:PORT/DB` or `postgres://USER:PASS@HOST:PORT/DB`.
+    pub url: DatabaseUrl,
+    /// Path of a file holding `url` (wins over `url` when set).
+    pub url_file: Option<PathBuf>,
+    /// Pool size for MySQL/PostgreSQL (SQLite uses a small pool of its own).
+    #[serde(deserialize_with = "lenient_number")]
+    pub max_connections: u32,
+    /// How long to wait for a connection to the database.
+    #[serde(with = "duration_text")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: DatabaseUrl::default(),
+            url_file: None,
+            max_connections: 10,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[dingtalk]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DingTalkSettings {
+    /// Base URL of DingTalk's old ("oapi") API family; point it at a simulator for tests.
+    #[serde(deserialize_with = "lenient_string")]
+    pub api_base: String,
+    /// Calls per second per API per App Key (DingTalk allows 20 on the standard edition).
+    #[serde(deserialize_with = "lenient_number")]
+    pub qps_per_api: u32,
+    /// Requests in flight at once per fetch.
+    #[serde(deserialize_with = "lenient_number")]
+    pub max_concurrency: usize,
+    /// Timeout of one HTTP request.
+    #[serde(with = "duration_text")]
+    pub request_timeout: Duration,
+    /// Attempts per request for retryable failures (throttling, busy, 5xx, transport).
+    #[serde(deserialize_with = "lenient_number")]
+    pub max_attempts: u32,
+    /// How long every call of an app pauses after DingTalk's IP-ban answer.
+    #[serde(with = "duration_text")]
+    pub ip_ban_pause: Duration,
+}
+
+impl Default for DingTalkSettings {
+    fn default() -> Self {
+        Self {
+            api_base: "https://oapi.dingtalk.com".to_owned(),
+            qps_per_api: 15,
+            max_concurrency: 8,
+            request_timeout: Duration::from_secs(30),
+            max_attempts: 6,
+            ip_ban_pause: Duration::from_secs(300),
+        }
+    }
+}
+
+/// `[scheduler]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SchedulerSettings {
+    /// How often the daemon re-reads the `syncer` table.
+    #[serde(with = "duration_text")]
+    pub reload_interval: Duration,
+    /// Runs at once in one process, over all syncers.
+    #[serde(deserialize_with = "lenient_number")]
+    pub max_concurrent_runs: usize,
+    /// Floor of a syncer's `sync_interval`.
+    #[serde(with = "duration_text")]
+    pub min_interval: Duration,
+    /// How long shutdown waits for running syncs to reach a safe point.
+    #[serde(with = "duration_text")]
+    pub shutdown_grace: Duration,
+    /// `syncer.type` values this daemon runs.
+    #[serde(deserialize_with = "lenient_string_list")]
+    pub accepted_types: Vec<String>,
+}
+
+impl Default for SchedulerSettings {
+    fn default() -> Self {
+        Self {
+            reload_interval: Duration::from_secs(5),
+            max_concurrent_runs: 4,
+            min_interval: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(30),
+            accepted_types: vec!["DingTalk".to_owned()],
+        }
+    }
+}
+
+/// What happens to a user this syncer owns once it is missing from a complete directory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LeaverPolicy {
+    /// Set `is_forbidden` (the user can no longer sign in); reversible.
+    #[default]
+    Forbid,
+    /// Leave the user as it is.
+    Keep,
+    /// Casdoor's soft delete: `is_deleted` and `deleted_time`.
+    Delete,
+}
+
+impl FromStr for LeaverPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "forbid" => Ok(Self::Forbid),
+            "keep" => Ok(Self::Keep),
+            "delete" => Ok(Self::Delete),
+            other => Err(format!(
+                "unknown leaver policy `{other}` (expected forbid, keep or delete)"
+            )),
+        }
+    }
+}
+
+/// `[sync]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SyncSettings {
+    /// Rows per write transaction.
+    #[serde(deserialize_with = "lenient_number")]
+    pub batch_size: usize,
+    #[serde(deserialize_with = "lenient_parse")]
+    pub leaver_policy: LeaverPolicy,
+    /// A run that would act on more leavers than this is held instead.
+    #[serde(deserialize_with = "lenient_number")]
+    pub max_removals: u64,
+    /// ... or on more than this percentage of the users the syncer owns.
+    #[serde(deserialize_with = "lenient_number")]
+    pub max_removal_percent: f64,
+}
+
+impl Default for SyncSettings {
+    fn default() -> Self {
+        Self {
+            batch_size: 500,
+            leaver_policy: LeaverPolicy::Forbid,
+            max_removals: 100,
+            max_removal_percent: 10.0,
+        }
+    }
+}
+
+/// `[http]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HttpSettings {
+    /// Address of `/healthz`, `/readyz`, `/metrics` and the admin API.
+    #[serde(deserialize_with = "lenient_string")]
+    pub listen: String,
+    /// Bearer token of the admin API; the admin API is off when unset.
+    pub admin_token: Option<Secret>,
+    /// Path of a file holding `admin_token` (wins over `admin_token` when set).
+    pub admin_token_file: Option<PathBuf>,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9464".to_owned(),
+            admin_token: None,
+            admin_token_file: None,
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            other => Err(format!(
+                "unknown log format `{other}` (expected text or json)"
+            )),
+        }
+    }
+}
+
+/// How often log files rotate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogRotation {
+    #[default]
+    Daily,
+    Hourly,
+}
+
+impl FromStr for LogRotation {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "daily" => Ok(Self::Daily),
+            "hourly" => Ok(Self::Hourly),
+            other => Err(format!(
+                "unknown log rotation `{other}` (expected daily or hourly)"
+            )),
+        }
+    }
+}
+
+/// `[log]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LogSettings {
+    /// A tracing filter: `info`, `debug`, `info,syncerd=debug`, ...
+    #[serde(deserialize_with = "lenient_string")]
+    pub level: String,
+    #[serde(deserialize_with = "lenient_parse")]
+    pub format: LogFormat,
+    /// Directory of rotating log files; unset means stderr only.
+    pub dir: Option<PathBuf>,
+    #[serde(deserialize_with = "lenient_parse")]
+    pub rotation: LogRotation,
+    /// Rotated files kept.
+    #[serde(deserialize_with = "lenient_number")]
+    pub max_files: usize,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            level: "info".to_owned(),
+            format: LogFormat::Text,
+            dir: None,
+            rotation: LogRotation::Daily,
+            max_files: 14,
+        }
+    }
+}
+
+/// A configuration that cannot be used. The message names the key and its source.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path} does not exist")]
+    MissingFile { path: PathBuf },
+    #[error("config file {path} is not valid TOML or has a bad value: {message}")]
+    BadFile { path: PathBuf, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    #[error("cannot read {key} from file {path}: {source}")]
+    SecretFile {
+        key: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Something in the configuration that is accepted but probably a mistake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigWarning(pub String);
+
+impl fmt::Display for ConfigWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where the configuration comes from.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSources {
+    /// `--config FILE`; when `None`, the first of [`DEFAULT_CONFIG_PATHS`] that exists is used.
+    pub file: Option<PathBuf>,
+    /// Environment variables to read (normally `std::env::vars()`); tests pass their own.
+    pub env: Vec<(String, String)>,
+    /// Values from CLI flags, as `("database.url", "sqlite://x.db")`; the last layer.
+    pub overrides: Vec<(String, String)>,
+}
+
+impl ConfigSources {
+    /// The process environment and the given config file.
+    pub fn from_process(file: Option<PathBuf>) -> Self {
+        Self {
+            file,
+            env: std::env::vars().collect(),
+            overrides: Vec::new(),
+        }
+    }
+}
+
+/// The loaded settings, the file they came from and what looked wrong.
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    pub settings: Settings,
+    pub file: Option<PathBuf>,
+    pub warnings: Vec<ConfigWarning>,
+}
+
+impl Settings {
+    /// Loads and validates the configuration from its layers.
+    pub fn load(sources: &ConfigSources) -> Result<LoadedConfig, ConfigError> {
+        let file = match &sources.file {
+            Some(path) if !path.exists() => {
+                return Err(ConfigError::MissingFile { path: path.clone() });
+            }
+            Some(path) => Some(path.clone()),
+            None => DEFAULT_CONFIG_PATHS
+                .iter()
+                .map(PathBuf::from)
+                .find(|p| p.is_file()),
+        };
+
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(path) = &file {
+            // Parse the file up front so a syntax error names the file, line and column.
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::BadFile {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            toml::from_str::<toml::Table>(&text).map_err(|e| ConfigError::BadFile {
+                path: path.clone(),
+                message: e.to_string().trim().to_owned(),
+            })?;
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(EnvText::new(&sources.env));
+        figment = figment.merge(FlagOverrides(sources.overrides.clone()));
+
+        let warnings = unknown_key_warnings(&figment);
+        let mut settings: Settings = figment
+            .extract()
+            .map_err(|e| describe_figment_error(e, file.as_deref()))?;
+        settings.resolve_secret_files()?;
+        settings.validate()?;
+        Ok(LoadedConfig {
+            settings,
+            file,
+            warnings,
+        })
+    }
+
+    fn resolve_secret_files(&mut self) -> Result<(), ConfigError> {
+        if let Some(path) = &self.database.url_file {
+            let value = read_secret_file("database.url_file", path)?;
+            self.database.url = DatabaseUrl::new(value);
+        }
+        if let Some(path) = &self.http.admin_token_file {
+            let value = read_secret_file("http.admin_token_file", path)?;
+            self.http.admin_token = Some(Secret::new(value));
+        }
+        if self.http.admin_token.as_ref().is_some_and(Secret::is_empty) {
+            self.http.admin_token = None;
+        }
+        Ok(())
+    }
+
+    /// Rejects values that cannot work, naming the key and what would.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        if self.database.url.engine().is_none() {
+            return invalid(format!(
+                "database.url `{}` is not a sqlite://, mysql:// or postgres:// URL (SYNCERD_DATABASE__URL)",
+                self.database.url.redacted()
+            ));
+        }
+        if self.database.max_connections == 0 {
+            return invalid("database.max_connections must be at least 1".into());
+        }
+        if !(self.dingtalk.api_base.starts_with("http://")
+            || self.dingtalk.api_base.starts_with("https://"))
+        {
+            return invalid(format!(
+                "dingtalk.api_base `{}` must start with http:// or https://",
+                redact_url(&self.dingtalk.api_base)
+            ));
+        }
+        if self.dingtalk.qps_per_api == 0 {
+            return invalid(
+                "dingtalk.qps_per_api must be at least 1 (DingTalk allows 20 per API per app)"
+                    .into(),
+            );
+        }
+        if self.dingtalk.max_concurrency == 0 {
+            return invalid("dingtalk.max_concurrency must be at least 1".into());
+        }
+        if self.dingtalk.max_attempts == 0 {
+            return invalid("dingtalk.max_attempts must be at least 1".into());
+        }
+        if self.dingtalk.request_timeout.is_zero() {
+            return invalid("dingtalk.request_timeout must be more than 0".into());
+        }
+        if self.scheduler.max_concurrent_runs == 0 {
+            return invalid("scheduler.max_concurrent_runs must be at least 1".into());
+        }
+        if self.scheduler.reload_interval.is_zero() {
+            return invalid("scheduler.reload_interval must be more than 0".into());
+        }
+        if self.sync.batch_size == 0 || self.sync.batch_size > 10_000 {
+            return invalid("sync.batch_size must be between 1 and 10000".into());
+        }
+        if !(0.0..=100.0).contains(&self.sync.max_removal_percent) {
+            return invalid("sync.max_removal_percent must be between 0 and 100".into());
+        }
+        if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
+            return invalid(format!(
+                "http.listen `{}` is not an address like 127.0.0.1:9464",
+                self.http.listen
+            ));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return invalid(format!(
+                "log.level `{}` is not a valid filter (try info, debug or info,syncerd=debug)",
+                self.log.level
+            ));
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, with every secret and URL password redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self)
+            .unwrap_or_else(|e| format!("# cannot render the configuration: {e}\n"))
+    }
+}
+
+fn read_secret_file(key: &'static str, path: &Path) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::SecretFile {
+        key,
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(text.trim_end_matches(['\r', '\n']).to_owned())
+}
+
+fn describe_figment_error(error: figment::Error, file: Option<&Path>) -> ConfigError {
+    let mut messages = Vec::new();
+    for e in error {
+        let key = if e.path.is_empty() {
+            "configuration".to_owned()
+        } else {
+            e.path.join(".")
+        };
+        let source = e
+            .metadata
+            .as_ref()
+            .map(|m| {
+                if m.name.contains("environment") {
+                    format!(" (from environment variable {})", env_var_name(&key))
+                } else if m.name.contains("TOML") {
+                    match file {
+                        Some(f) => format!(" (from {})", f.display()),
+                        None => " (from the config file)".to_owned(),
+                    }
+                } else if m.name.contains("flag") {
+                    " (from a command-line flag)".to_owned()
+                } else {
+                    String::new()
+                }
+            })
+            .unwrap_or_default();
+        // Figment's message may quote the offending value; values of secret keys must not show.
+        let kind = redact_url(&e.kind.to_string());
+        let kind = if is_secret_key(&key) {
+            "invalid value".to_owned()
+        } else {
+            kind
+        };
+        messages.push(format!("{key}{source}: {kind}"));
+    }
+    ConfigError::Invalid(messages.join("; "))
+}
+
+fn is_secret_key(key: &str) -> bool {
+    matches!(key, "database.url" | "http.admin_token")
+}
+
+/// The environment variable that sets `key` (`database.url` → `SYNCERD_DATABASE__URL`).
+pub fn env_var_name(key: &str) -> String {
+    format!(
+        "{ENV_PREFIX}{}",
+        key.replace('.', "__").to_ascii_uppercase()
+    )
+}
+
+/// Every key path a [`Settings`] understands, such as `database.url`.
+pub fn known_keys() -> BTreeSet<String> {
+    let mut keys = BTreeSet::new();
+    if let Ok(Value::Dict(_, dict)) = Value::serialize(Settings::default()) {
+        collect_keys("", &dict, &mut keys);
+    }
+    // Keys whose default is None are not serialized as values; add them by hand.
+    for key in [
+        "database.url_file",
+        "http.admin_token",
+        "http.admin_token_file",
+        "log.dir",
+    ] {
+        keys.insert(key.to_owned());
+    }
+    keys
+}
+
+fn collect_keys(prefix: &str, dict: &Dict, keys: &mut BTreeSet<String>) {
+    for (k, v) in dict {
+        let path = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match v {
+            Value::Dict(_, inner) => collect_keys(&path, inner, keys),
+            _ => {
+                keys.insert(path);
+            }
+        }
+    }
+}
+
+fn unknown_key_warnings(figment: &Figment) -> Vec<ConfigWarning> {
+    let known = known_keys();
+    let sections: BTreeSet<String> = known
+        .iter()
+        .filter_map(|k| k.split('.').next().map(str::to_owned))
+        .collect();
+    let mut present = BTreeSet::new();
+    if let Ok(Value::Dict(_, dict)) = figment.find_value("") {
+        collect_keys("", &dict, &mut present);
+    } else if let Ok(dict) = figment
+        .data()
+        .map(|mut d| d.remove(&Profile::Default).unwrap_or_default())
+    {
+        collect_keys("", &dict, &mut present);
+    }
+    let mut warnings = Vec::new();
+    for key in present.difference(&known) {
+        let from = figment
+            .find_metadata(key)
+            .map(|m| m.name.to_string())
+            .unwrap_or_default();
+        let hint = if from.contains("environment") {
+            format!("environment variable {}", env_var_name(key))
+        } else {
+            from
+        };
+        let suggestion = known
+            .iter()
+            .find(|k| k.rsplit('.').next() == key.rsplit('.').next())
+            .map(|k| format!("; did you mean `{k}`?"))
+            .unwrap_or_default();
+        let section_note = match key.split('.').next() {
+            Some(s) if !sections.contains(s) => format!(" (there is no [{s}] section)"),
+            _ => String::new(),
+        };
+        warnings.push(ConfigWarning(format!(
+            "unknown configuration key `{key}` from {hint}{section_note} is ignored{suggestion}"
+        )));
+    }
+    warnings
+}
+
+/// `SYNCERD_` environment variables as a figment provider that keeps every value as text.
+struct EnvText {
+    dict: Dict,
+}
+
+impl EnvText {
+    fn new(vars: &[(String, String)]) -> Self {
+        let mut dict = Dict::new();
+        for (name, value) in vars {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            // Test-harness variables share the prefix but are not configuration.
+            if rest.starts_with("TEST_") || rest.is_empty() {
+                continue;
+            }
+            let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+            insert_path(&mut dict, &path, Value::from(value.clone()));
+        }
+        Self { dict }
+    }
+}
+
+fn insert_path(dict: &mut Dict, path: &[String], value: Value) {
+    match path {
+        [] => {}
+        [last] => {
+            dict.insert(last.clone(), value);
+        }
+        [first, rest @ ..] => {
+            let entry = dict
+                .entry(first.clone())
+                .or_insert_with(|| Value::from(Dict::new()));
+            if !matches!(entry, Value::Dict(..)) {
+                *entry = Value::from(Dict::new());
+            }
+            if let Value::Dict(_, inner) = entry {
+                insert_path(inner, rest, value);
+            }
+        }
+    }
+}
+
+impl Provider for EnvText {
+    fn metadata(&self) -> Metadata {
+        Metadata::named("`SYNCERD_` environment variable(s)")
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        Ok(Profile::Default.collect(self.dict.clone()))
+    }
+}
+
+/// CLI flags as the last configuration layer.
+struct FlagOverrides(Vec<(String, String)>);
+
+impl Provider for FlagOverrides {
+    fn metadata(&self) -> Metadata {
+        Metadata::named("command-line flag(s)")
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let mut dict = Dict::new();
+        for (key, value) in &self.0 {
+            let path: Vec<String> = key.split('.').map(str::to_owned).collect();
+            insert_path(&mut dict, &path, Value::from(value.clone()));
+        }
+        Ok(Profile::Default.collect(dict))
+    }
+}
+
+/// Accepts a string, or a number or bool written where a string was meant.
+fn lenient_string<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Text {
+        S(String),
+        I(i64),
+        U(u64),
+        F(f64),
+        B(bool),
+    }
+    Ok(match Text::deserialize(deserializer)? {
+        Text::S(s) => s,
+        Text::I(i) => i.to_string(),
+        Text::U(u) => u.to_string(),
+        Text::F(f) => f.to_string(),
+        Text::B(b) => b.to_string(),
+    })
+}
+
+/// Accepts a list of strings, or one comma-separated string (the environment's form).
+fn lenient_string_list<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum List {
+        Many(Vec<String>),
+        One(String),
+    }
+    Ok(match List::deserialize(deserializer)? {
+        List::Many(v) => v,
+        List::One(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
+}
+
+/// Accepts a native number, or text that parses as one (the environment's form).
+fn lenient_number<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr + Deserialize<'de>,
+    T::Err: fmt::Display,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Num<T> {
+        Native(T),
+        Text(String),
+    }
+    match Num::<T>::deserialize(deserializer)? {
+        Num::Native(v) => Ok(v),
+        Num::Text(s) => s
+            .trim()
+            .parse()
+            .map_err(|e| D::Error::custom(format!("`{s}` is not a valid number: {e}"))),
+    }
+}
+
+/// Parses an enum-like value from text, case-insensitively.
+fn lenient_parse<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr<Err = String>,
+{
+    let s = lenient_string(deserializer)?;
+    s.parse().map_err(D::Error::custom)
+}
+
+/// Parses `"30"`, `"30s"`, `"500ms"`, `"5m"`, `"2h"` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration (examples: 30s, 500ms, 5m, 2h)"))?;
+    let seconds = match unit.trim() {
+        "" | "s" | "sec" | "secs" => value,
+        "ms" => value / 1000.0,
+        "m" | "min" | "mins" => value * 60.0,
+        "h" => value * 3600.0,
+        other => {
+            return Err(format!(
+                "`{text}` has an unknown unit `{other}` (use ms, s, m or h)"
+            ));
+        }
+    };
+    if !seconds.is_finite() || seconds < 0.0 {
+        return Err(format!("`{text}` is not a valid duration"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// Renders a duration the way [`parse_duration`] reads it back.
+pub fn format_duration(d: Duration) -> String {
+    if d.subsec_millis() != 0 || d.as_secs() == 0 {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{}s", d.as_secs())
+    }
+}
+
+mod duration_text {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(d: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&format_duration(*d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Dur {
+            Secs(u64),
+            Float(f64),
+            Text(String),
+        }
+        match Dur::deserialize(deserializer)? {
+            Dur::Secs(s) => Ok(Duration::from_secs(s)),
+            Dur::Float(f) if f.is_finite() && f >= 0.0 => Ok(Duration::from_secs_f64(f)),
+            Dur::Float(f) => Err(D::Error::custom(format!("{f} is not a valid duration"))),
+            Dur::Text(t) => parse_duration(&t).map_err(D::Error::custom),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn load(sources: &ConfigSources) -> LoadedConfig {
+        match Settings::load(sources) {
+            Ok(c) => c,
+            Err(e) => panic!("config should load: {e}"),
+        }
+    }
+
+    fn write_file(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
+        let path = dir.path().join(name);
+        let mut f = std::fs::File::create(&path).unwrap_or_else(|e| panic!("{e}"));
+        f.write_all(text.as_bytes())
+            .unwrap_or_else(|e| panic!("{e}"));
+        path
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let c = load(&ConfigSources::default());
+        let s = c.settings;
+        assert_eq!(s.database.url.expose(), "sqlite://syncerd.db?mode=rwc");
+        assert_eq!(s.dingtalk.api_base, "https://oapi.dingtalk.com");
+        assert_eq!(s.dingtalk.qps_per_api, 15);
+        assert_eq!(s.dingtalk.max_concurrency, 8);
+        assert_eq!(s.dingtalk.request_timeout, Duration::from_secs(30));
+        assert_eq!(s.scheduler.reload_interval, Duration::from_secs(5));
+        assert_eq!(s.scheduler.max_concurrent_runs, 4);
+        assert_eq!(s.scheduler.min_interval, Duration::from_secs(30));
+        assert_eq!(s.scheduler.shutdown_grace, Duration::from_secs(30));
+        assert_eq!(s.sync.batch_size, 500);
+        assert_eq!(s.sync.leaver_policy, LeaverPolicy::Forbid);
+        assert_eq!(s.http.listen, "127.0.0.1:9464");
+        assert_eq!(s.http.admin_token, None);
+        assert_eq!(s.log.format, LogFormat::Text);
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn flag_beats_env_beats_file_beats_default() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let file = write_file(
+            &dir,
+            "s.toml",
+            "[dingtalk]\nqps_per_api = 10\nmax_concurrency = 3\napi_base = \"http://file\"\n[sync]\nbatch_size = 7\n",
+        );
+        let sources = ConfigSources {
+            file: Some(file),
+            env: env(&[
+                ("SYNCERD_DINGTALK__QPS_PER_API", "12"),
+                ("SYNCERD_DINGTALK__API_BASE", "http://env"),
+            ]),
+            overrides: vec![("dingtalk.api_base".into(), "http://flag".into())],
+        };
+        let s = load(&sources).settings;
+        assert_eq!(s.dingtalk.api_base, "http://flag");
+        assert_eq!(s.dingtalk.qps_per_api, 12);
+        assert_eq!(s.dingtalk.max_concurrency, 3);
+        assert_eq!(s.sync.batch_size, 7);
+        assert_eq!(s.scheduler.max_concurrent_runs, 4);
+    }
+
+    #[test]
+    fn env_values_keep_leading_zeros_and_durations_accept_units() {
+        let sources = ConfigSources {
+            env: env(&[
+                ("SYNCERD_HTTP__ADMIN_TOKEN", "00123"),
+                ("SYNCERD_SCHEDULER__RELOAD_INTERVAL", "500ms"),
+                ("SYNCERD_SCHEDULER__SHUTDOWN_GRACE", "2m"),
+                ("SYNCERD_SCHEDULER__MIN_INTERVAL", "45"),
+                ("SYNCERD_SCHEDULER__ACCEPTED_TYPES", "DingTalk, dingtalk-v2"),
+                ("SYNCERD_SYNC__LEAVER_POLICY", "Delete"),
+            ]),
+            ..Default::default()
+        };
+        let s = load(&sources).settings;
+        assert_eq!(
+            s.http.admin_token.as_ref().map(Secret::expose),
+            Some("00123")
+        );
+        assert_eq!(s.scheduler.reload_interval, Duration::from_millis(500));
+        assert_eq!(s.scheduler.shutdown_grace, Duration::from_secs(120));
+        assert_eq!(s.scheduler.min_interval, Duration::from_secs(45));
+        assert_eq!(s.scheduler.accepted_types, vec!["DingTalk", "dingtalk-v2"]);
+        assert_eq!(s.sync.leaver_policy, LeaverPolicy::Delete);
+    }
+
+    #[test]
+    fn file_variants_read_secrets_from_files() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let url = write_file(&dir, "url", "mysql://syncerd:s3cr3t-pw@db:3306/casdoor\n");
+        let token = write_file(&dir, "token", "tok-from-file\n");
+        let sources = ConfigSources {
+            env: env(&[
+                ("SYNCERD_DATABASE__URL_FILE", url.to_string_lossy().as_ref()),
+                (
+                    "SYNCERD_HTTP__ADMIN_TOKEN_FILE",
+                    token.to_string_lossy().as_ref(),
+                ),
+            ]),
+            ..Default::default()
+        };
+        let s = load(&sources).settings;
+        assert_eq!(
+            s.database.url.expose(),
+            "mysql://syncerd:s3cr3t-pw@db:3306/casdoor"
+        );
+        assert_eq!(
+            s.http.admin_token.as_ref().map(Secret::expose),
+            Some("tok-from-file")
+        );
+        let missing = ConfigSources {
+            env: env(&[("SYNCERD_HTTP__ADMIN_TOKEN_FILE", "/nonexistent/token")]),
+            ..Default::default()
+        };
+        let err = Settings::load(&missing)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("http.admin_token_file") && err.contains("/nonexistent/token"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_warn_with_their_source() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let file = write_file(&dir, "s.toml", "[dingtalk]\nqps = 3\n[colour]\nx = 1\n");
+        let sources = ConfigSources {
+            file: Some(file),
+            env: env(&[
+                ("SYNCERD_SYNC__BATCHSIZE", "3"),
+                ("SYNCERD_TEST_MYSQL_URL", "mysql://x"),
+                ("OTHER", "1"),
+            ]),
+            overrides: vec![],
+        };
+        let c = load(&sources);
+        let text: Vec<String> = c.warnings.iter().map(|w| w.to_string()).collect();
+        assert_eq!(text.len(), 3, "{text:?}");
+        assert!(
+            text.iter()
+                .any(|w| w.contains("`dingtalk.qps`") && w.contains("TOML")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter()
+                .any(|w| w.contains("`colour.x`") && w.contains("no [colour] section")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter().any(|w| w.contains("SYNCERD_SYNC__BATCHSIZE")),
+            "{text:?}"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_key_and_the_variable() {
+        let sources = ConfigSources {
+            env: env(&[("SYNCERD_DINGTALK__QPS_PER_API", "fast")]),
+            ..Default::default()
+        };
+        let err = Settings::load(&sources)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("dingtalk.qps_per_api") && err.contains("SYNCERD_DINGTALK__QPS_PER_API"),
+            "{err}"
+        );
+
+        let sources = ConfigSources {
+            env: env(&[("SYNCERD_DATABASE__URL", "oracle://scott:tiger@x")]),
+            ..Default::default()
+        };
+        let err = Settings::load(&sources)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("database.url") && !err.contains("tiger"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn broken_toml_names_the_file() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let file = write_file(&dir, "broken.toml", "[dingtalk\nqps_per_api = 3\n");
+        let sources = ConfigSources {
+            file: Some(file.clone()),
+            ..Default::default()
+        };
+        let err = Settings::load(&sources)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains(&file.display().to_string()), "{err}");
+        let missing = ConfigSources {
+            file: Some(dir.path().join("nope.toml")),
+            ..Default::default()
+        };
+        assert!(matches!(
+            Settings::load(&missing),
+            Err(ConfigError::MissingFile { .. })
+        ));
+    }
+
+    #[test]
+    fn redacted_toml_hides_passwords_and_tokens() {
+        let sources = ConfigSources {
+            env: env(&[
+                (
+                    "SYNCERD_DATABASE__URL",
+                    "postgres://syncerd:Pg-Pa55@db/casdoor",
+                ),
+                ("SYNCERD_HTTP__ADMIN_TOKEN", "admin-tok-xyz"),
+            ]),
+            ..Default::default()
+        };
+        let s = load(&sources).settings;
+        let text = s.to_redacted_toml();
+        assert!(!text.contains("Pg-Pa55"), "{text}");
+        assert!(!text.contains("admin-tok-xyz"), "{text}");
+        assert!(
+            text.contains("postgres://syncerd:[redacted]@db/casdoor"),
+            "{text}"
+        );
+        assert!(!format!("{s:?}").contains("Pg-Pa55"));
+    }
+
+    #[test]
+    fn durations_parse_and_render() {
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(format_duration(Duration::from_secs(30)), "30s");
+    }
+}
