@@ -9,3 +9,4 @@ pub mod db;
 pub mod dingtalk;
 pub mod pipeline;
 pub mod secret;
+pub mod telemetry;

@@ -1,0 +1,127 @@
+//! Command-line interface: clap definitions and the glue from each command to the library.
+//! `anyhow` lives here and in `main.rs` only.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use syncerd::config::{ConfigSources, LoadedConfig, Settings};
+
+const CONFIG_HELP: &str = "\
+Configuration layers, later ones win: built-in defaults, the TOML file (--config FILE, else
+/etc/syncerd/syncerd.toml or ./syncerd.toml when present), SYNCERD_* environment variables
+(`__` nests: SYNCERD_DATABASE__URL is database.url), then command-line flags. Secrets also
+accept a *_FILE variant (SYNCERD_DATABASE__URL_FILE, SYNCERD_HTTP__ADMIN_TOKEN_FILE).
+`syncerd config show` prints the effective configuration with secrets redacted.";
+
+/// syncerd keeps a Casdoor identity database in step with a DingTalk (钉钉) directory.
+///
+/// It reads the DingTalk syncer rows of Casdoor's `syncer` table, fetches each organization's
+/// departments and users from DingTalk, and writes new and changed users (and departments as
+/// groups) into the database, recording every run.
+#[derive(Debug, Parser)]
+#[command(name = "syncerd", version, after_long_help = CONFIG_HELP)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalOpts,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command accepts.
+#[derive(Debug, Args)]
+pub struct GlobalOpts {
+    /// TOML configuration file (default: /etc/syncerd/syncerd.toml or ./syncerd.toml if present).
+    #[arg(long, short = 'c', global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Database URL, overriding database.url (sqlite://FILE?mode=rwc, mysql://..., postgres://...).
+    #[arg(long, global = true, value_name = "URL")]
+    pub database_url: Option<String>,
+    /// Log filter, overriding log.level (for example info, debug, info,syncerd=debug).
+    #[arg(long, global = true, value_name = "FILTER")]
+    pub log_level: Option<String>,
+    /// Log line format, overriding log.format.
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormatArg>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormatArg {
+    Text,
+    Json,
+}
+
+/// Output format of listing commands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned columns for people.
+    #[default]
+    Table,
+    /// One JSON document for programs.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Inspect the effective configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the effective configuration as TOML, every secret and URL password redacted.
+    ///
+    /// Also lists unknown keys (typos) found in the file or the environment.
+    Show,
+}
+
+impl GlobalOpts {
+    fn sources(&self) -> ConfigSources {
+        let mut sources = ConfigSources::from_process(self.config.clone());
+        if let Some(url) = &self.database_url {
+            sources.overrides.push(("database.url".into(), url.clone()));
+        }
+        if let Some(level) = &self.log_level {
+            sources.overrides.push(("log.level".into(), level.clone()));
+        }
+        if let Some(format) = self.log_format {
+            let value = match format {
+                LogFormatArg::Text => "text",
+                LogFormatArg::Json => "json",
+            };
+            sources.overrides.push(("log.format".into(), value.into()));
+        }
+        sources
+    }
+}
+
+/// Loads the configuration, starts logging and reports configuration warnings.
+fn load_config(global: &GlobalOpts) -> anyhow::Result<LoadedConfig> {
+    let loaded = Settings::load(&global.sources()).context("cannot load the configuration")?;
+    syncerd::telemetry::init(&loaded.settings.log);
+    for warning in &loaded.warnings {
+        tracing::warn!("{warning}");
+    }
+    Ok(loaded)
+}
+
+/// Runs one command to completion and returns the process exit code.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let loaded = load_config(&cli.global)?;
+    match cli.command {
+        Command::Config(ConfigCommand::Show) => {
+            if let Some(file) = &loaded.file {
+                println!("# configuration file: {}", file.display());
+            } else {
+                println!("# no configuration file; defaults, environment and flags only");
+            }
+            for warning in &loaded.warnings {
+                println!("# warning: {warning}");
+            }
+            print!("{}", loaded.settings.to_redacted_toml());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
