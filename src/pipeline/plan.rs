@@ -518,6 +518,13 @@ impl fmt::Display for Notice {
 }
 
 /// Everything one run will write, and what it will not and why. Every list is sorted.
+///
+/// Apply contract: insert `creates` (with Casdoor's insert defaults, `hash = pre_hash`); for each
+/// of `updates` write exactly the listed columns (`hash` sets `hash` and `pre_hash`); write the
+/// `changes` of `leavers` (none for `Keep`); insert `group_creates`, update `group_updates`;
+/// delete `casbin_remove` rows and insert `casbin_add` rows after the users exist (Casdoor writes
+/// them first and leaves orphans on failure); upsert `link_writes` and delete `link_deletes` by
+/// (kind, external_id). `held`, `conflicts`, `notices` and `record_errors` are only reported.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Plan {
     pub creates: Vec<NewUser>,
