@@ -1,0 +1,1213 @@
+//! The diff between the directory and the database: what one run would write.
+//!
+//! Pure and deterministic: every list of a [`Plan`] is sorted, so the same input always gives the
+//! same plan, and applying a plan then planning again gives a plan without writes. Safety rules
+//! live here, not in apply: an existing user's `name` is never rewritten, absent DingTalk fields
+//! never clear a value, users the syncer does not own are never touched unless adoption is on,
+//! and leavers are only acted on after a complete, non-empty fetch and within the removal limits.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use crate::config::{LeaverPolicy, SyncSettings};
+use crate::dingtalk::types::Department;
+
+use super::groups::{
+    CasbinGrouping, ExistingGroup, GroupCreate, GroupInput, GroupUpdate, MembershipProblem,
+    encode_groups, plan_groups, plan_membership,
+};
+use super::map::{FieldValue, MappedUser, NameSource, RecordError};
+use super::table_columns::column_spec;
+
+/// What an ownership link points at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LinkKind {
+    User,
+    Group,
+}
+
+/// Whether the linked DingTalk object was in the last complete directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LinkState {
+    Present,
+    Left,
+}
+
+/// What the syncer did to a user when it left; stored in the link and undone on return.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LeftAction {
+    /// Set `is_forbidden`.
+    Forbid,
+    /// Left the row as it was.
+    Keep,
+    /// Casdoor soft delete: `is_deleted`, `deleted_time`.
+    Delete,
+}
+
+impl LeftAction {
+    /// The stored form: `forbid`, `keep`, `delete`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Forbid => "forbid",
+            Self::Keep => "keep",
+            Self::Delete => "delete",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "forbid" => Some(Self::Forbid),
+            "keep" => Some(Self::Keep),
+            "delete" => Some(Self::Delete),
+            _ => None,
+        }
+    }
+}
+
+/// One row of this syncer's ownership links: DingTalk object → Casdoor row it owns.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct OwnershipLink {
+    pub kind: LinkKind,
+    /// The DingTalk userid, or the department id in decimal.
+    pub external_id: String,
+    /// `user.name` or `group.name` within the organization.
+    pub casdoor_name: String,
+    /// The content hash last written (users; `''` for groups).
+    pub content_hash: String,
+    pub state: LinkState,
+    /// What this syncer did to the user when it left (`None` while present). Undone when the
+    /// user re-appears.
+    pub left_action: Option<LeftAction>,
+}
+
+/// A Casdoor row owned by another syncer (from the other syncers' links of this organization).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ForeignClaim {
+    pub kind: LinkKind,
+    pub casdoor_name: String,
+    pub syncer: String,
+}
+
+/// A user row of the organization, with only the columns planning reads. NULLs are read as zero
+/// values (`''`, false, 0).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExistingUser {
+    pub owner: String,
+    pub name: String,
+    /// Value of the mapping's key column (`Mapping::key_column`, `id` by default).
+    pub key_value: String,
+    /// Current values of the mapped columns (`Mapping::target_columns`). A missing entry reads as
+    /// the column's zero value. `is_forbidden` is read from the field below.
+    pub values: BTreeMap<String, FieldValue>,
+    pub hash: String,
+    pub pre_hash: String,
+    pub is_forbidden: bool,
+    pub is_deleted: bool,
+    pub deleted_time: String,
+    /// `user.groups` as stored (JSON text), `None` for NULL.
+    pub groups: Option<String>,
+    pub dingtalk: String,
+}
+
+impl ExistingUser {
+    /// The current value of a column, zero when not read.
+    pub fn current(&self, column: &str) -> FieldValue {
+        match column {
+            "is_forbidden" => FieldValue::Bool(self.is_forbidden),
+            "is_deleted" => FieldValue::Bool(self.is_deleted),
+            "deleted_time" => FieldValue::Text(self.deleted_time.clone()),
+            _ => self.values.get(column).cloned().unwrap_or_else(|| {
+                column_spec(column).map_or(FieldValue::Text(String::new()), |s| {
+                    FieldValue::zero(s.kind)
+                })
+            }),
+        }
+    }
+}
+
+/// Run options that shape the plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanOptions {
+    pub leaver_policy: LeaverPolicy,
+    /// Leaver actions above this count are held.
+    pub max_removals: u64,
+    /// ... or above this percentage of the users the syncer owns.
+    pub max_removal_percent: f64,
+    /// One-shot override of the removal limits (`syncerd sync NAME --allow-removals`).
+    pub allow_removals: bool,
+    /// Whether unowned users and groups matching a DingTalk object may be taken over.
+    pub adopt_existing: bool,
+}
+
+impl PlanOptions {
+    pub fn from_settings(sync: &SyncSettings, allow_removals: bool, adopt_existing: bool) -> Self {
+        Self {
+            leaver_policy: sync.leaver_policy,
+            max_removals: sync.max_removals,
+            max_removal_percent: sync.max_removal_percent,
+            allow_removals,
+            adopt_existing,
+        }
+    }
+}
+
+/// Everything one plan is computed from. Apply fills it from the database and the fetch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanInput {
+    pub organization: String,
+    /// Display name of the root department's group (listsub does not name the root): the
+    /// organization's display name, or its name.
+    pub root_group_display_name: String,
+    pub syncer: String,
+    /// The user column matched on (`Mapping::key_column`), for messages.
+    pub key_column: String,
+    pub users: Vec<MappedUser>,
+    pub record_errors: Vec<RecordError>,
+    pub departments: Vec<Department>,
+    pub directory_complete: bool,
+    pub existing_users: Vec<ExistingUser>,
+    /// This syncer's links.
+    pub links: Vec<OwnershipLink>,
+    /// Rows of this organization that other syncers own.
+    pub foreign_claims: Vec<ForeignClaim>,
+    pub existing_groups: Vec<ExistingGroup>,
+    /// Group names used by other organizations; fill only while Casdoor's global unique index
+    /// `UQE_group_name` exists (empty otherwise).
+    pub group_names_in_other_orgs: BTreeSet<String>,
+    /// Casbin `g` rows whose `v0` is a user of the organization.
+    pub casbin_groupings: Vec<CasbinGrouping>,
+    pub options: PlanOptions,
+    /// The run's time, RFC 3339 (for `created_time`, `deleted_time`).
+    pub now: String,
+}
+
+/// One column changing from `old` to `new`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct FieldChange {
+    pub column: String,
+    pub old: FieldValue,
+    pub new: FieldValue,
+}
+
+/// A user to insert. Apply writes these columns plus Casdoor's insert defaults (spec §2.3:
+/// `owner` = organization, `type = 'normal-user'`, `register_type = 'Add Users'`,
+/// `updated_time = created_time`, `properties = '{}'`, `address = '[]'`, every other column at
+/// its zero value) and `hash = pre_hash = hash`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct NewUser {
+    pub name: String,
+    pub userid: String,
+    /// Every mapped column except `name`; absent DingTalk values as the column's zero value.
+    pub values: BTreeMap<String, FieldValue>,
+    pub hash: String,
+    pub dingtalk: String,
+    /// `user.groups` JSON.
+    pub groups: String,
+    /// `<org>/<syncer>`.
+    pub register_source: String,
+    pub created_time: String,
+}
+
+/// Writes to one existing user row. Only what is `Some`/listed is written.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct UserUpdate {
+    pub name: String,
+    pub userid: String,
+    /// Mapped columns that differ, plus `is_forbidden`/`is_deleted`/`deleted_time` when a
+    /// re-appeared user's leaver action is undone.
+    pub changes: Vec<FieldChange>,
+    /// New value for both `hash` and `pre_hash`.
+    pub hash: Option<String>,
+    /// `user.dingtalk`, written only when it was empty (an OAuth link may have put the openId
+    /// there; rewriting it would break that sign-in).
+    pub dingtalk: Option<String>,
+    /// New `user.groups` JSON.
+    pub groups: Option<String>,
+}
+
+/// An unowned user taken over (its writes are in `updates` when it differs).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Adoption {
+    pub name: String,
+    pub userid: String,
+}
+
+/// An owned user that is back in the directory after it left.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Reappearance {
+    pub name: String,
+    pub userid: String,
+    /// The leaver action undone (its writes are in `updates`).
+    pub undone: Option<LeftAction>,
+}
+
+/// What happens to one owned user missing from a complete directory.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LeaverAction {
+    pub name: String,
+    pub userid: String,
+    /// What is recorded in the link's `left_action`: the policy when it changed the row, `Keep`
+    /// when the row needed nothing (already forbidden/deleted, or claimed by a present user).
+    pub action: LeftAction,
+    /// Writes to the user row (empty for `Keep`).
+    pub changes: Vec<FieldChange>,
+}
+
+/// Leaver actions held back because they exceed the removal limits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hold {
+    pub syncer: String,
+    /// The actions that were not applied.
+    pub leavers: Vec<LeaverAction>,
+    /// How many of them would forbid or delete a user.
+    pub removals: usize,
+    /// Users the syncer owns once this run's creations and adoptions are done.
+    pub owned: usize,
+    pub max_removals: u64,
+    pub max_removal_percent: f64,
+}
+
+impl fmt::Display for Hold {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "held {} leaver removals of {} owned users (limits: sync.max_removals = {}, sync.max_removal_percent = {}%); \
+             everything else was applied. If these people really left, raise sync.max_removals / \
+             sync.max_removal_percent or run once with `syncerd sync {} --allow-removals`",
+            self.removals, self.owned, self.max_removals, self.max_removal_percent, self.syncer
+        )
+    }
+}
+
+/// Something the run will not do, and why; the operator decides.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Conflict {
+    /// A new user's name is taken by an existing user with another key.
+    NameTaken {
+        userid: String,
+        name: String,
+    },
+    /// Several new DingTalk users would get the same name.
+    SameNameInDirectory {
+        userid: String,
+        name: String,
+    },
+    /// Several existing users share the DingTalk user's key value.
+    AmbiguousKey {
+        userid: String,
+        column: String,
+        names: Vec<String>,
+    },
+    /// Several DingTalk users have the same key value.
+    DuplicateKeyInDirectory {
+        userid: String,
+        column: String,
+    },
+    /// The matching user is not owned by this syncer and adoption is off.
+    NotOwned {
+        userid: String,
+        name: String,
+    },
+    OwnedByAnotherSyncer {
+        userid: String,
+        name: String,
+        syncer: String,
+    },
+    /// The matching user belongs to this syncer under another DingTalk userid.
+    OwnedForAnotherUserid {
+        userid: String,
+        name: String,
+        other_userid: String,
+    },
+    /// Several DingTalk users lead to the same Casdoor user.
+    UserClaimedTwice {
+        userid: String,
+        name: String,
+    },
+    /// The user's memberships are left alone: `user.groups` is not a JSON list.
+    GroupsNotAList {
+        userid: String,
+        name: String,
+    },
+    /// The user's memberships are left alone: a casbin value would exceed 100 characters.
+    MembershipTooLong {
+        userid: String,
+        name: String,
+    },
+    GroupNotDepartment {
+        dept_id: i64,
+        group: String,
+        found_type: String,
+    },
+    GroupNotOwned {
+        dept_id: i64,
+        group: String,
+    },
+    GroupOwnedByAnotherSyncer {
+        dept_id: i64,
+        group: String,
+        syncer: String,
+    },
+    GroupNameUsedByAnotherOrg {
+        dept_id: i64,
+        group: String,
+    },
+    /// The department name is over 100 characters or holds a NUL byte.
+    GroupDisplayNameUnusable {
+        dept_id: i64,
+    },
+}
+
+impl fmt::Display for Conflict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NameTaken { userid, name } => write!(
+                f,
+                "DingTalk user {userid:?} would be created as {name:?}, but a user of that name with another key exists; \
+                 it is left alone (rename one of them, or map another Name column)"
+            ),
+            Self::SameNameInDirectory { userid, name } => write!(
+                f,
+                "DingTalk user {userid:?} and another DingTalk user would both be named {name:?}; neither is created \
+                 (fix the duplicate value in DingTalk or map another Name column)"
+            ),
+            Self::AmbiguousKey {
+                userid,
+                column,
+                names,
+            } => write!(
+                f,
+                "DingTalk user {userid:?} matches several users on `{column}` ({}); none is touched until only one remains",
+                names.join(", ")
+            ),
+            Self::DuplicateKeyInDirectory { userid, column } => write!(
+                f,
+                "DingTalk user {userid:?} shares its `{column}` key value with another DingTalk user; both are skipped \
+                 (choose a unique key column)"
+            ),
+            Self::NotOwned { userid, name } => write!(
+                f,
+                "DingTalk user {userid:?} matches the existing user {name:?}, which this syncer does not own; \
+                 it is left alone (enable adopting existing users to take it over)"
+            ),
+            Self::OwnedByAnotherSyncer {
+                userid,
+                name,
+                syncer,
+            } => write!(
+                f,
+                "DingTalk user {userid:?} matches the user {name:?}, owned by syncer {syncer:?}; it is left alone"
+            ),
+            Self::OwnedForAnotherUserid {
+                userid,
+                name,
+                other_userid,
+            } => write!(
+                f,
+                "DingTalk user {userid:?} matches the user {name:?}, which this syncer keeps for DingTalk user \
+                 {other_userid:?}; it is left alone"
+            ),
+            Self::UserClaimedTwice { userid, name } => write!(
+                f,
+                "DingTalk user {userid:?} and another DingTalk user both lead to the user {name:?}; it is left alone"
+            ),
+            Self::GroupsNotAList { userid, name } => write!(
+                f,
+                "the groups column of user {name:?} (DingTalk {userid:?}) is not a JSON list; its memberships are left alone"
+            ),
+            Self::MembershipTooLong { userid, name } => write!(
+                f,
+                "the casbin rule of user {name:?} (DingTalk {userid:?}) would exceed 100 characters; its memberships are left alone"
+            ),
+            Self::GroupNotDepartment {
+                dept_id,
+                group,
+                found_type,
+            } => write!(
+                f,
+                "department {dept_id} needs group {group:?}, but a group of type {found_type:?} has that name; it is left alone"
+            ),
+            Self::GroupNotOwned { dept_id, group } => write!(
+                f,
+                "department {dept_id} matches the existing department group {group:?}, which this syncer does not own; \
+                 it is left alone (enable adopting existing objects to take it over)"
+            ),
+            Self::GroupOwnedByAnotherSyncer {
+                dept_id,
+                group,
+                syncer,
+            } => write!(
+                f,
+                "department {dept_id} matches group {group:?}, owned by syncer {syncer:?}; it is left alone"
+            ),
+            Self::GroupNameUsedByAnotherOrg { dept_id, group } => write!(
+                f,
+                "department {dept_id} needs group {group:?}, but another organization has a group of that name and \
+                 Casdoor's unique index UQE_group_name forbids a second one; it is not created"
+            ),
+            Self::GroupDisplayNameUnusable { dept_id } => write!(
+                f,
+                "the name of department {dept_id} is longer than 100 characters or holds a NUL byte; its group is not written"
+            ),
+        }
+    }
+}
+
+/// Information for the run report; nothing to fix necessarily.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Notice {
+    /// The mapped Name changed; the user's name (primary key) is never rewritten.
+    NameNotRewritten {
+        userid: String,
+        name: String,
+        mapped_name: String,
+    },
+    /// The fetch was incomplete: no leaver is acted on and no membership is removed.
+    DirectoryIncomplete,
+    /// The directory has no user at all: no leaver is acted on.
+    DirectoryEmpty,
+    /// A department this syncer made a group for is gone; the group is kept.
+    DepartmentGone {
+        dept_id: String,
+        group: String,
+    },
+    DepartmentUnnamed {
+        dept_id: i64,
+    },
+    /// The user this syncer kept for a DingTalk user no longer exists; it is matched anew.
+    LinkedUserMissing {
+        userid: String,
+        name: String,
+    },
+}
+
+impl fmt::Display for Notice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NameNotRewritten {
+                userid,
+                name,
+                mapped_name,
+            } => write!(
+                f,
+                "DingTalk user {userid:?} now maps to the name {mapped_name:?}; the user keeps its name {name:?} \
+                 (names are never rewritten)"
+            ),
+            Self::DirectoryIncomplete => write!(
+                f,
+                "the DingTalk fetch was incomplete: no leaver was acted on and no membership was removed"
+            ),
+            Self::DirectoryEmpty => write!(
+                f,
+                "DingTalk returned no user at all: no leaver was acted on (check the app's contact permissions)"
+            ),
+            Self::DepartmentGone { dept_id, group } => write!(
+                f,
+                "department {dept_id} is gone from DingTalk; its group {group:?} is kept"
+            ),
+            Self::DepartmentUnnamed { dept_id } => write!(
+                f,
+                "department {dept_id} has no name in DingTalk; its group is named by its id"
+            ),
+            Self::LinkedUserMissing { userid, name } => write!(
+                f,
+                "the user {name:?} kept for DingTalk user {userid:?} no longer exists; it is matched anew"
+            ),
+        }
+    }
+}
+
+/// Everything one run will write, and what it will not and why. Every list is sorted.
+///
+/// Apply contract: insert `creates` (with Casdoor's insert defaults, `hash = pre_hash`); for each
+/// of `updates` write exactly the listed columns (`hash` sets `hash` and `pre_hash`); write the
+/// `changes` of `leavers` (none for `Keep`); insert `group_creates`, update `group_updates`;
+/// delete `casbin_remove` rows and insert `casbin_add` rows after the users exist (Casdoor writes
+/// them first and leaves orphans on failure); upsert `link_writes` and delete `link_deletes` by
+/// (kind, external_id). `held`, `conflicts`, `notices` and `record_errors` are only reported.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Plan {
+    pub creates: Vec<NewUser>,
+    pub updates: Vec<UserUpdate>,
+    /// Names of matched users that need no user-row write.
+    pub unchanged: Vec<String>,
+    pub adopted: Vec<Adoption>,
+    pub reappeared: Vec<Reappearance>,
+    /// Leaver actions to apply (empty when held).
+    pub leavers: Vec<LeaverAction>,
+    pub held: Option<Hold>,
+    pub group_creates: Vec<GroupCreate>,
+    pub group_updates: Vec<GroupUpdate>,
+    pub casbin_add: Vec<CasbinGrouping>,
+    pub casbin_remove: Vec<CasbinGrouping>,
+    /// Links to insert or overwrite, keyed by (kind, external_id).
+    pub link_writes: Vec<OwnershipLink>,
+    /// User links to delete (by kind and external_id): their user row no longer exists.
+    pub link_deletes: Vec<OwnershipLink>,
+    pub conflicts: Vec<Conflict>,
+    pub notices: Vec<Notice>,
+    pub record_errors: Vec<RecordError>,
+}
+
+/// Counts of a plan, for logs and run history.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PlanSummary {
+    pub created: usize,
+    /// Updates that change at least one column.
+    pub updated: usize,
+    /// Updates that only rewrite `hash`/`pre_hash` (and maybe `dingtalk`).
+    pub hash_only: usize,
+    pub unchanged: usize,
+    pub adopted: usize,
+    pub reappeared: usize,
+    pub leavers: usize,
+    pub held_leavers: usize,
+    pub memberships_changed: usize,
+    pub casbin_added: usize,
+    pub casbin_removed: usize,
+    pub groups_created: usize,
+    pub groups_updated: usize,
+    pub conflicts: usize,
+    pub notices: usize,
+    pub record_errors: usize,
+}
+
+impl fmt::Display for PlanSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "users: {} created, {} updated, {} hash-only, {} unchanged, {} adopted, {} re-appeared, {} leavers ({} held); \
+             memberships: {} users changed, +{}/-{} casbin rows; groups: {} created, {} updated; \
+             {} conflicts, {} record errors, {} notices",
+            self.created,
+            self.updated,
+            self.hash_only,
+            self.unchanged,
+            self.adopted,
+            self.reappeared,
+            self.leavers,
+            self.held_leavers,
+            self.memberships_changed,
+            self.casbin_added,
+            self.casbin_removed,
+            self.groups_created,
+            self.groups_updated,
+            self.conflicts,
+            self.record_errors,
+            self.notices
+        )
+    }
+}
+
+impl Plan {
+    pub fn summary(&self) -> PlanSummary {
+        let updated = self
+            .updates
+            .iter()
+            .filter(|u| !u.changes.is_empty())
+            .count();
+        let hash_only = self
+            .updates
+            .iter()
+            .filter(|u| u.changes.is_empty() && u.groups.is_none() && u.hash.is_some())
+            .count();
+        PlanSummary {
+            created: self.creates.len(),
+            updated,
+            hash_only,
+            unchanged: self.unchanged.len(),
+            adopted: self.adopted.len(),
+            reappeared: self.reappeared.len(),
+            leavers: self.leavers.len(),
+            held_leavers: self.held.as_ref().map_or(0, |h| h.leavers.len()),
+            memberships_changed: self.creates.iter().filter(|c| c.groups != "[]").count()
+                + self.updates.iter().filter(|u| u.groups.is_some()).count(),
+            casbin_added: self.casbin_add.len(),
+            casbin_removed: self.casbin_remove.len(),
+            groups_created: self.group_creates.len(),
+            groups_updated: self.group_updates.len(),
+            conflicts: self.conflicts.len(),
+            notices: self.notices.len(),
+            record_errors: self.record_errors.len(),
+        }
+    }
+
+    /// Whether applying the plan writes anything (users, groups, casbin rows or links). Held
+    /// leavers, conflicts and notices are not writes.
+    pub fn has_writes(&self) -> bool {
+        !(self.creates.is_empty()
+            && self.updates.is_empty()
+            && self.leavers.is_empty()
+            && self.group_creates.is_empty()
+            && self.group_updates.is_empty()
+            && self.casbin_add.is_empty()
+            && self.casbin_remove.is_empty()
+            && self.link_writes.is_empty()
+            && self.link_deletes.is_empty())
+    }
+}
+
+/// How a DingTalk user resolved against the existing rows.
+enum Target<'a> {
+    New,
+    Existing {
+        row: &'a ExistingUser,
+        adopt: bool,
+        /// The link followed to the row, if any.
+        link: Option<&'a OwnershipLink>,
+    },
+}
+
+/// Computes the plan of one run.
+pub fn plan(input: &PlanInput) -> Plan {
+    let org = input.organization.as_str();
+    let opts = &input.options;
+    let mut out = Plan {
+        record_errors: input.record_errors.clone(),
+        ..Plan::default()
+    };
+
+    let rows: Vec<&ExistingUser> = input
+        .existing_users
+        .iter()
+        .filter(|u| u.owner == org)
+        .collect();
+    let by_name: BTreeMap<&str, &ExistingUser> =
+        rows.iter().map(|u| (u.name.as_str(), *u)).collect();
+    let mut by_key: BTreeMap<&str, Vec<&ExistingUser>> = BTreeMap::new();
+    for row in &rows {
+        if !row.key_value.is_empty() {
+            by_key.entry(row.key_value.as_str()).or_default().push(row);
+        }
+    }
+    // MySQL's default collation compares names without case: fold to find collisions.
+    let taken_names: BTreeSet<String> = rows.iter().map(|u| fold(&u.name)).collect();
+
+    let mut user_links: Vec<&OwnershipLink> = input
+        .links
+        .iter()
+        .filter(|l| l.kind == LinkKind::User)
+        .collect();
+    user_links.sort();
+    let mut link_by_userid: BTreeMap<&str, &OwnershipLink> = BTreeMap::new();
+    let mut owner_of_row: BTreeMap<&str, &OwnershipLink> = BTreeMap::new();
+    for link in &user_links {
+        link_by_userid
+            .entry(link.external_id.as_str())
+            .or_insert(link);
+        owner_of_row
+            .entry(link.casdoor_name.as_str())
+            .or_insert(link);
+    }
+    let mut foreign_users: BTreeMap<&str, &str> = BTreeMap::new();
+    for claim in input
+        .foreign_claims
+        .iter()
+        .filter(|c| c.kind == LinkKind::User)
+    {
+        let syncer = foreign_users
+            .entry(claim.casdoor_name.as_str())
+            .or_insert(&claim.syncer);
+        *syncer = (*syncer).min(claim.syncer.as_str());
+    }
+
+    // Directory users, once per userid.
+    let mut users: Vec<&MappedUser> = Vec::with_capacity(input.users.len());
+    let mut seen_userids = BTreeSet::new();
+    for u in &input.users {
+        if seen_userids.insert(u.userid.as_str()) {
+            users.push(u);
+        } else {
+            out.record_errors.push(RecordError::DuplicateUserid {
+                userid: u.userid.clone(),
+            });
+        }
+    }
+    let present: BTreeSet<&str> = users
+        .iter()
+        .map(|u| u.userid.as_str())
+        .chain(input.record_errors.iter().filter_map(RecordError::userid))
+        .collect();
+    let mut key_count: BTreeMap<&str, usize> = BTreeMap::new();
+    for u in &users {
+        *key_count.entry(u.key.as_str()).or_default() += 1;
+    }
+    let key_column = input.key_column.as_str();
+
+    // Resolve every DingTalk user to a row, a creation, or a conflict.
+    let mut resolved: Vec<(&MappedUser, Target<'_>)> = Vec::with_capacity(users.len());
+    for u in &users {
+        if key_count.get(u.key.as_str()).copied().unwrap_or(0) > 1 {
+            out.conflicts.push(Conflict::DuplicateKeyInDirectory {
+                userid: u.userid.clone(),
+                column: key_column.to_owned(),
+            });
+            continue;
+        }
+        let link = link_by_userid.get(u.userid.as_str()).copied();
+        if let Some(link) = link {
+            if let Some(row) = by_name.get(link.casdoor_name.as_str()) {
+                resolved.push((
+                    u,
+                    Target::Existing {
+                        row,
+                        adopt: false,
+                        link: Some(link),
+                    },
+                ));
+                continue;
+            }
+            out.notices.push(Notice::LinkedUserMissing {
+                userid: u.userid.clone(),
+                name: link.casdoor_name.clone(),
+            });
+        }
+        let candidates = by_key.get(u.key.as_str()).map_or(&[][..], Vec::as_slice);
+        match candidates {
+            [] => resolved.push((u, Target::New)),
+            [row] => {
+                if let Some(own) = owner_of_row.get(row.name.as_str()) {
+                    if own.external_id == u.userid {
+                        resolved.push((
+                            u,
+                            Target::Existing {
+                                row,
+                                adopt: false,
+                                link: Some(own),
+                            },
+                        ));
+                    } else {
+                        out.conflicts.push(Conflict::OwnedForAnotherUserid {
+                            userid: u.userid.clone(),
+                            name: row.name.clone(),
+                            other_userid: own.external_id.clone(),
+                        });
+                    }
+                } else if let Some(syncer) = foreign_users.get(row.name.as_str()) {
+                    out.conflicts.push(Conflict::OwnedByAnotherSyncer {
+                        userid: u.userid.clone(),
+                        name: row.name.clone(),
+                        syncer: (*syncer).to_owned(),
+                    });
+                } else if opts.adopt_existing {
+                    resolved.push((
+                        u,
+                        Target::Existing {
+                            row,
+                            adopt: true,
+                            link: None,
+                        },
+                    ));
+                } else {
+                    out.conflicts.push(Conflict::NotOwned {
+                        userid: u.userid.clone(),
+                        name: row.name.clone(),
+                    });
+                }
+            }
+            several => {
+                let mut names: Vec<String> = several.iter().map(|r| r.name.clone()).collect();
+                names.sort();
+                out.conflicts.push(Conflict::AmbiguousKey {
+                    userid: u.userid.clone(),
+                    column: key_column.to_owned(),
+                    names,
+                });
+            }
+        }
+    }
+
+    // A row reached by two DingTalk users, or a new name wanted twice or already taken, is a
+    // conflict for each of them.
+    let mut row_claims: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut new_names: BTreeMap<String, usize> = BTreeMap::new();
+    for (u, target) in &resolved {
+        match target {
+            Target::Existing { row, .. } => *row_claims.entry(row.name.as_str()).or_default() += 1,
+            Target::New => *new_names.entry(fold(&u.name)).or_default() += 1,
+        }
+    }
+    resolved.retain(|(u, target)| match target {
+        Target::Existing { row, .. } => {
+            let ok = row_claims.get(row.name.as_str()).copied().unwrap_or(0) == 1;
+            if !ok {
+                out.conflicts.push(Conflict::UserClaimedTwice {
+                    userid: u.userid.clone(),
+                    name: row.name.clone(),
+                });
+            }
+            ok
+        }
+        Target::New => {
+            let folded = fold(&u.name);
+            if taken_names.contains(&folded) {
+                out.conflicts.push(Conflict::NameTaken {
+                    userid: u.userid.clone(),
+                    name: u.name.clone(),
+                });
+                false
+            } else if new_names.get(&folded).copied().unwrap_or(0) > 1 {
+                out.conflicts.push(Conflict::SameNameInDirectory {
+                    userid: u.userid.clone(),
+                    name: u.name.clone(),
+                });
+                false
+            } else {
+                true
+            }
+        }
+    });
+
+    let groups = plan_groups(&GroupInput {
+        organization: org,
+        root_display_name: &input.root_group_display_name,
+        departments: &input.departments,
+        directory_complete: input.directory_complete,
+        existing_groups: &input.existing_groups,
+        links: &input.links,
+        foreign_claims: &input.foreign_claims,
+        group_names_in_other_orgs: &input.group_names_in_other_orgs,
+        adopt_existing: opts.adopt_existing,
+        now: &input.now,
+    });
+    let mut rules_by_subject: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for rule in &input.casbin_groupings {
+        rules_by_subject
+            .entry(rule.v0.as_str())
+            .or_default()
+            .insert(rule.v1.as_str());
+    }
+    let no_rules = BTreeSet::new();
+    let remove_stale = input.directory_complete;
+    let membership = |user_name: &str,
+                      current: Option<&str>,
+                      u: &MappedUser,
+                      out: &mut Plan|
+     -> Option<String> {
+        let subject = format!("{org}/{user_name}");
+        let rules = rules_by_subject.get(subject.as_str()).unwrap_or(&no_rules);
+        match plan_membership(
+            org,
+            user_name,
+            current,
+            rules,
+            &u.departments,
+            &groups.managed,
+            remove_stale,
+        ) {
+            Ok(diff) => {
+                out.casbin_add.extend(diff.casbin_add);
+                out.casbin_remove.extend(diff.casbin_remove);
+                diff.groups_json
+            }
+            Err(problem) => {
+                let (userid, name) = (u.userid.clone(), user_name.to_owned());
+                out.conflicts.push(match problem {
+                    MembershipProblem::GroupsNotAList => Conflict::GroupsNotAList { userid, name },
+                    MembershipProblem::TooLongForCasbin => {
+                        Conflict::MembershipTooLong { userid, name }
+                    }
+                });
+                None
+            }
+        }
+    };
+
+    let mut claimed_rows: BTreeSet<&str> = BTreeSet::new();
+    for (u, target) in &resolved {
+        let desired_link = OwnershipLink {
+            kind: LinkKind::User,
+            external_id: u.userid.clone(),
+            casdoor_name: String::new(),
+            content_hash: u.hash.clone(),
+            state: LinkState::Present,
+            left_action: None,
+        };
+        let current_link = link_by_userid.get(u.userid.as_str()).copied();
+        match target {
+            Target::New => {
+                let values = u
+                    .fields
+                    .iter()
+                    .map(|(column, value)| {
+                        let value = value.clone().unwrap_or_else(|| {
+                            column_spec(column).map_or(FieldValue::Text(String::new()), |s| {
+                                FieldValue::zero(s.kind)
+                            })
+                        });
+                        (column.clone(), value)
+                    })
+                    .collect();
+                let groups_json =
+                    membership(&u.name, None, u, &mut out).unwrap_or_else(|| encode_groups(&[]));
+                out.creates.push(NewUser {
+                    name: u.name.clone(),
+                    userid: u.userid.clone(),
+                    values,
+                    hash: u.hash.clone(),
+                    dingtalk: u.dingtalk.clone(),
+                    groups: groups_json,
+                    register_source: format!("{org}/{}", input.syncer),
+                    created_time: input.now.clone(),
+                });
+                let link = OwnershipLink {
+                    casdoor_name: u.name.clone(),
+                    ..desired_link
+                };
+                if current_link != Some(&link) {
+                    out.link_writes.push(link);
+                }
+            }
+            Target::Existing { row, adopt, link } => {
+                claimed_rows.insert(row.name.as_str());
+                let mut changes: Vec<FieldChange> = u
+                    .fields
+                    .iter()
+                    .filter(|(column, _)| column.as_str() != "id")
+                    .filter_map(|(column, value)| {
+                        let new = value.as_ref()?;
+                        let old = row.current(column);
+                        (old != *new).then(|| FieldChange {
+                            column: column.clone(),
+                            old,
+                            new: new.clone(),
+                        })
+                    })
+                    .collect();
+                let left = link.filter(|l| l.state == LinkState::Left);
+                if let Some(left) = left {
+                    let undone = left.left_action;
+                    let mapped_forbidden = matches!(u.fields.get("is_forbidden"), Some(Some(_)));
+                    match undone {
+                        Some(LeftAction::Forbid) if !mapped_forbidden && row.is_forbidden => {
+                            changes.push(FieldChange {
+                                column: "is_forbidden".to_owned(),
+                                old: FieldValue::Bool(true),
+                                new: FieldValue::Bool(false),
+                            });
+                        }
+                        Some(LeftAction::Delete) if row.is_deleted => {
+                            changes.push(FieldChange {
+                                column: "is_deleted".to_owned(),
+                                old: FieldValue::Bool(true),
+                                new: FieldValue::Bool(false),
+                            });
+                            changes.push(FieldChange {
+                                column: "deleted_time".to_owned(),
+                                old: FieldValue::Text(row.deleted_time.clone()),
+                                new: FieldValue::Text(String::new()),
+                            });
+                        }
+                        _ => {}
+                    }
+                    out.reappeared.push(Reappearance {
+                        name: row.name.clone(),
+                        userid: u.userid.clone(),
+                        undone,
+                    });
+                }
+                changes.sort();
+                if u.name_source == NameSource::Mapped && u.name != row.name {
+                    out.notices.push(Notice::NameNotRewritten {
+                        userid: u.userid.clone(),
+                        name: row.name.clone(),
+                        mapped_name: u.name.clone(),
+                    });
+                }
+                let hash = (row.hash != u.hash || row.pre_hash != u.hash).then(|| u.hash.clone());
+                let dingtalk = row.dingtalk.is_empty().then(|| u.dingtalk.clone());
+                let groups_json = membership(&row.name, row.groups.as_deref(), u, &mut out);
+                if changes.is_empty()
+                    && hash.is_none()
+                    && dingtalk.is_none()
+                    && groups_json.is_none()
+                {
+                    out.unchanged.push(row.name.clone());
+                } else {
+                    out.updates.push(UserUpdate {
+                        name: row.name.clone(),
+                        userid: u.userid.clone(),
+                        changes,
+                        hash,
+                        dingtalk,
+                        groups: groups_json,
+                    });
+                }
+                if *adopt {
+                    out.adopted.push(Adoption {
+                        name: row.name.clone(),
+                        userid: u.userid.clone(),
+                    });
+                }
+                let link = OwnershipLink {
+                    casdoor_name: row.name.clone(),
+                    ..desired_link
+                };
+                if current_link != Some(&link) {
+                    out.link_writes.push(link);
+                }
+            }
+        }
+    }
+
+    // The removal percentage is taken of the users the syncer owns once this run's creations,
+    // adoptions and returns are done, so a held run and its re-run judge the same way.
+    let owned_after: BTreeSet<&str> = user_links
+        .iter()
+        .filter(|l| l.state == LinkState::Present && by_name.contains_key(l.casdoor_name.as_str()))
+        .map(|l| l.external_id.as_str())
+        .chain(resolved.iter().map(|(u, _)| u.userid.as_str()))
+        .collect();
+    plan_leavers(
+        input,
+        &user_links,
+        &present,
+        &by_name,
+        &claimed_rows,
+        owned_after.len(),
+        &mut out,
+    );
+
+    // A link whose user row is gone (deleted in Casdoor) holds nothing: drop it unless this plan
+    // points it at a row again, so a stale link can never capture a row created later.
+    let resolved_userids: BTreeSet<&str> =
+        resolved.iter().map(|(u, _)| u.userid.as_str()).collect();
+    out.link_deletes = user_links
+        .iter()
+        .filter(|l| {
+            !by_name.contains_key(l.casdoor_name.as_str())
+                && !resolved_userids.contains(l.external_id.as_str())
+        })
+        .map(|l| (*l).clone())
+        .collect();
+
+    out.group_creates = groups.creates;
+    out.group_updates = groups.updates;
+    out.conflicts.extend(groups.conflicts);
+    out.notices.extend(groups.notices);
+    out.link_writes.extend(groups.link_writes);
+
+    out.creates.sort();
+    out.updates.sort();
+    out.unchanged.sort();
+    out.adopted.sort();
+    out.reappeared.sort();
+    out.leavers.sort();
+    out.group_creates.sort();
+    out.group_updates.sort();
+    for rules in [&mut out.casbin_add, &mut out.casbin_remove] {
+        rules.sort();
+        rules.dedup();
+    }
+    out.link_writes.sort();
+    out.link_writes
+        .dedup_by(|a, b| a.kind == b.kind && a.external_id == b.external_id);
+    out.link_deletes.sort();
+    out.link_deletes
+        .dedup_by(|a, b| a.kind == b.kind && a.external_id == b.external_id);
+    out.conflicts.sort();
+    out.notices.sort();
+    out.notices.dedup();
+    out.record_errors.sort();
+    out
+}
+
+/// Leavers: owned users (link present) missing from a complete, non-empty directory.
+fn plan_leavers(
+    input: &PlanInput,
+    user_links: &[&OwnershipLink],
+    present: &BTreeSet<&str>,
+    by_name: &BTreeMap<&str, &ExistingUser>,
+    claimed_rows: &BTreeSet<&str>,
+    owned: usize,
+    out: &mut Plan,
+) {
+    let opts = &input.options;
+    if !input.directory_complete {
+        out.notices.push(Notice::DirectoryIncomplete);
+        return;
+    }
+    if input.users.is_empty() && input.record_errors.is_empty() {
+        out.notices.push(Notice::DirectoryEmpty);
+        return;
+    }
+    let mut acted_rows: BTreeSet<&str> = BTreeSet::new();
+    let mut actions = Vec::new();
+    let mut links = Vec::new();
+    let mut seen_userids = BTreeSet::new();
+    for link in user_links {
+        if link.state != LinkState::Present
+            || present.contains(link.external_id.as_str())
+            || !by_name.contains_key(link.casdoor_name.as_str())
+            || !seen_userids.insert(link.external_id.as_str())
+        {
+            continue;
+        }
+        let name = link.casdoor_name.as_str();
+        let row = by_name
+            .get(name)
+            .filter(|_| !claimed_rows.contains(name) && acted_rows.insert(name));
+        let (action, changes) = match (row, opts.leaver_policy) {
+            (Some(row), LeaverPolicy::Forbid) if !row.is_forbidden => (
+                LeftAction::Forbid,
+                vec![FieldChange {
+                    column: "is_forbidden".to_owned(),
+                    old: FieldValue::Bool(false),
+                    new: FieldValue::Bool(true),
+                }],
+            ),
+            (Some(row), LeaverPolicy::Delete) if !row.is_deleted => (
+                LeftAction::Delete,
+                vec![
+                    FieldChange {
+                        column: "deleted_time".to_owned(),
+                        old: FieldValue::Text(row.deleted_time.clone()),
+                        new: FieldValue::Text(input.now.clone()),
+                    },
+                    FieldChange {
+                        column: "is_deleted".to_owned(),
+                        old: FieldValue::Bool(false),
+                        new: FieldValue::Bool(true),
+                    },
+                ],
+            ),
+            _ => (LeftAction::Keep, Vec::new()),
+        };
+        links.push(OwnershipLink {
+            state: LinkState::Left,
+            left_action: Some(action),
+            ..(*link).clone()
+        });
+        actions.push(LeaverAction {
+            name: link.casdoor_name.clone(),
+            userid: link.external_id.clone(),
+            action,
+            changes,
+        });
+    }
+    let removals = actions.iter().filter(|a| !a.changes.is_empty()).count();
+    let over_count = u64::try_from(removals).unwrap_or(u64::MAX) > opts.max_removals;
+    let over_percent =
+        owned > 0 && (removals as f64) * 100.0 / (owned as f64) > opts.max_removal_percent;
+    if removals > 0 && (over_count || over_percent) && !opts.allow_removals {
+        actions.sort();
+        out.held = Some(Hold {
+            syncer: input.syncer.clone(),
+            leavers: actions,
+            removals,
+            owned,
+            max_removals: opts.max_removals,
+            max_removal_percent: opts.max_removal_percent,
+        });
+        return;
+    }
+    out.leavers.extend(actions);
+    out.link_writes.extend(links);
+}
+
+fn fold(name: &str) -> String {
+    name.to_lowercase()
+}
+
+#[cfg(test)]
+mod tests;

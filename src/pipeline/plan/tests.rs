@@ -1,0 +1,1528 @@
+use super::*;
+use crate::dingtalk::types::{Directory, DirectoryUser, User};
+use crate::pipeline::groups::DEPARTMENT_GROUP_TYPE;
+use crate::pipeline::map::{Mapping, map_directory, map_user};
+use crate::pipeline::table_columns::ColumnKind;
+
+const ORG: &str = "acme";
+const NOW: &str = "2026-11-25T10:00:00+08:00";
+
+fn profile(userid: &str) -> User {
+    User {
+        userid: userid.into(),
+        unionid: Some(format!("union-{userid}")),
+        name: Some(format!("Name {userid}")),
+        email: Some(format!("{userid}@example.com")),
+        mobile: Some("13800000000".into()),
+        title: Some("Engineer".into()),
+        job_number: Some(format!("J{userid}")),
+        active: Some(true),
+        dept_id_list: Some(vec![7]),
+        ..User::default()
+    }
+}
+
+fn mapped_with(p: User, mapping: &Mapping) -> MappedUser {
+    map_user(
+        &DirectoryUser {
+            profile: p,
+            seen_in: vec![],
+        },
+        mapping,
+    )
+    .unwrap()
+}
+
+fn mapped(p: User) -> MappedUser {
+    mapped_with(p, &Mapping::default_mapping("").unwrap())
+}
+
+fn options() -> PlanOptions {
+    PlanOptions {
+        leaver_policy: LeaverPolicy::Forbid,
+        max_removals: 100,
+        max_removal_percent: 100.0,
+        allow_removals: false,
+        adopt_existing: false,
+    }
+}
+
+fn dept(id: i64, name: Option<&str>, parent: Option<i64>) -> Department {
+    Department {
+        dept_id: id,
+        name: name.map(str::to_owned),
+        parent_id: parent,
+    }
+}
+
+fn input(users: Vec<MappedUser>) -> PlanInput {
+    PlanInput {
+        organization: ORG.into(),
+        root_group_display_name: "Acme".into(),
+        syncer: "syncer_dt".into(),
+        key_column: "id".into(),
+        users,
+        record_errors: vec![],
+        departments: vec![dept(1, None, None), dept(7, Some("R&D"), Some(1))],
+        directory_complete: true,
+        existing_users: vec![],
+        links: vec![],
+        foreign_claims: vec![],
+        existing_groups: vec![],
+        group_names_in_other_orgs: BTreeSet::new(),
+        casbin_groupings: vec![],
+        options: options(),
+        now: NOW.into(),
+    }
+}
+
+fn row_mut<'a>(state: &'a mut PlanInput, name: &str) -> &'a mut ExistingUser {
+    let org = state.organization.clone();
+    state
+        .existing_users
+        .iter_mut()
+        .find(|u| u.owner == org && u.name == name)
+        .unwrap_or_else(|| panic!("no row {name:?}"))
+}
+
+fn row<'a>(state: &'a PlanInput, name: &str) -> &'a ExistingUser {
+    state
+        .existing_users
+        .iter()
+        .find(|u| u.owner == state.organization && u.name == name)
+        .unwrap()
+}
+
+fn apply_change(row: &mut ExistingUser, key_column: &str, change: &FieldChange) {
+    match (change.column.as_str(), &change.new) {
+        ("is_forbidden", FieldValue::Bool(b)) => row.is_forbidden = *b,
+        ("is_deleted", FieldValue::Bool(b)) => row.is_deleted = *b,
+        ("deleted_time", FieldValue::Text(t)) => row.deleted_time = t.clone(),
+        (column, value) => {
+            if column == key_column {
+                row.key_value = value.canonical();
+            }
+            row.values.insert(column.to_owned(), value.clone());
+        }
+    }
+}
+
+/// What apply does to the database, on the plan's input state.
+fn apply_to_state(state: &PlanInput, plan: &Plan) -> PlanInput {
+    let mut next = state.clone();
+    let key_column = state.key_column.clone();
+    for c in &plan.creates {
+        let key_value = if key_column == "name" {
+            c.name.clone()
+        } else {
+            c.values
+                .get(&key_column)
+                .map(FieldValue::canonical)
+                .unwrap_or_default()
+        };
+        next.existing_users.push(ExistingUser {
+            owner: state.organization.clone(),
+            name: c.name.clone(),
+            key_value,
+            values: c.values.clone(),
+            hash: c.hash.clone(),
+            pre_hash: c.hash.clone(),
+            is_forbidden: c.values.get("is_forbidden") == Some(&FieldValue::Bool(true)),
+            is_deleted: false,
+            deleted_time: String::new(),
+            groups: Some(c.groups.clone()),
+            dingtalk: c.dingtalk.clone(),
+        });
+    }
+    for u in &plan.updates {
+        let row = row_mut(&mut next, &u.name);
+        for change in &u.changes {
+            apply_change(row, &key_column, change);
+        }
+        if let Some(hash) = &u.hash {
+            row.hash = hash.clone();
+            row.pre_hash = hash.clone();
+        }
+        if let Some(d) = &u.dingtalk {
+            row.dingtalk = d.clone();
+        }
+        if let Some(g) = &u.groups {
+            row.groups = Some(g.clone());
+        }
+    }
+    for l in plan.leavers.iter().filter(|l| !l.changes.is_empty()) {
+        let row = row_mut(&mut next, &l.name);
+        for change in &l.changes {
+            apply_change(row, &key_column, change);
+        }
+    }
+    for g in &plan.group_creates {
+        next.existing_groups.push(ExistingGroup {
+            owner: state.organization.clone(),
+            name: g.name.clone(),
+            display_name: g.display_name.clone(),
+            parent_id: g.parent_id.clone(),
+            is_top_group: g.is_top_group,
+            group_type: DEPARTMENT_GROUP_TYPE.into(),
+        });
+    }
+    for g in &plan.group_updates {
+        let org = state.organization.clone();
+        let group = next
+            .existing_groups
+            .iter_mut()
+            .find(|e| e.owner == org && e.name == g.name)
+            .unwrap();
+        for change in &g.changes {
+            match (change.column.as_str(), &change.new) {
+                ("display_name", FieldValue::Text(t)) => group.display_name = t.clone(),
+                ("parent_id", FieldValue::Text(t)) => group.parent_id = t.clone(),
+                ("is_top_group", FieldValue::Bool(b)) => group.is_top_group = *b,
+                other => panic!("unexpected group change {other:?}"),
+            }
+        }
+    }
+    next.casbin_groupings
+        .retain(|r| !plan.casbin_remove.contains(r));
+    next.casbin_groupings
+        .extend(plan.casbin_add.iter().cloned());
+    next.links.retain(|l| {
+        !plan
+            .link_deletes
+            .iter()
+            .any(|d| d.kind == l.kind && d.external_id == l.external_id)
+    });
+    for w in &plan.link_writes {
+        match next
+            .links
+            .iter_mut()
+            .find(|l| l.kind == w.kind && l.external_id == w.external_id)
+        {
+            Some(l) => *l = w.clone(),
+            None => next.links.push(w.clone()),
+        }
+    }
+    next
+}
+
+/// The state after one run applied.
+fn settle(state: &PlanInput) -> PlanInput {
+    apply_to_state(state, &plan(state))
+}
+
+fn link_of<'a>(state: &'a PlanInput, userid: &str) -> &'a OwnershipLink {
+    state
+        .links
+        .iter()
+        .find(|l| l.kind == LinkKind::User && l.external_id == userid)
+        .unwrap()
+}
+
+fn change(column: &str, old: FieldValue, new: FieldValue) -> FieldChange {
+    FieldChange {
+        column: column.into(),
+        old,
+        new,
+    }
+}
+
+fn text(s: &str) -> FieldValue {
+    FieldValue::Text(s.into())
+}
+
+#[test]
+fn new_users_get_every_mapped_column_the_hash_and_their_memberships() {
+    let p = User {
+        email: None,
+        active: None,
+        ..profile("u1")
+    };
+    let user = mapped(p);
+    let plan = plan(&input(vec![user.clone()]));
+    assert_eq!(plan.creates.len(), 1);
+    let c = &plan.creates[0];
+    assert_eq!(c.name, "Ju1");
+    assert_eq!(c.values["id"], text("u1"));
+    assert_eq!(c.values["display_name"], text("Name u1"));
+    // Absent in DingTalk: the column's zero value on insert.
+    assert_eq!(c.values["email"], text(""));
+    assert_eq!(c.values["is_forbidden"], FieldValue::Bool(false));
+    assert!(!c.values.contains_key("name"));
+    assert_eq!(c.hash, user.hash);
+    assert_eq!(c.dingtalk, "u1");
+    assert_eq!(c.register_source, "acme/syncer_dt");
+    assert_eq!(c.created_time, NOW);
+    assert_eq!(c.groups, r#"["acme/7"]"#);
+    assert_eq!(
+        plan.casbin_add,
+        [CasbinGrouping {
+            v0: "acme/Ju1".into(),
+            v1: "group:acme/7".into()
+        }]
+    );
+    assert_eq!(
+        plan.link_writes
+            .iter()
+            .filter(|l| l.kind == LinkKind::User)
+            .collect::<Vec<_>>(),
+        [&OwnershipLink {
+            kind: LinkKind::User,
+            external_id: "u1".into(),
+            casdoor_name: "Ju1".into(),
+            content_hash: user.hash.clone(),
+            state: LinkState::Present,
+            left_action: None,
+        }]
+    );
+}
+
+#[test]
+fn unchanged_users_produce_no_write() {
+    let state = settle(&input(vec![mapped(profile("u1")), mapped(profile("u2"))]));
+    let again = plan(&state);
+    assert!(!again.has_writes(), "{again:#?}");
+    assert_eq!(again.unchanged, ["Ju1", "Ju2"]);
+    assert_eq!(again.summary().unchanged, 2);
+}
+
+#[test]
+fn only_differing_mapped_columns_are_written_with_the_new_hash() {
+    let state = settle(&input(vec![mapped(profile("u1"))]));
+    let moved = mapped(User {
+        title: Some("Manager".into()),
+        ..profile("u1")
+    });
+    let mut next = state.clone();
+    next.users = vec![moved.clone()];
+    let plan = plan(&next);
+    assert_eq!(plan.updates.len(), 1);
+    let u = &plan.updates[0];
+    assert_eq!(
+        u.changes,
+        [change("title", text("Engineer"), text("Manager"))]
+    );
+    assert_eq!(u.hash.as_deref(), Some(moved.hash.as_str()));
+    assert_eq!(u.groups, None);
+    assert_eq!(u.dingtalk, None);
+    assert_eq!(
+        link_of(&apply_to_state(&next, &plan), "u1").content_hash,
+        moved.hash
+    );
+}
+
+#[test]
+fn absent_fields_never_clear_existing_values() {
+    let state = settle(&input(vec![mapped(profile("u1"))]));
+    let mut next = state.clone();
+    next.users = vec![mapped(User {
+        email: None,
+        mobile: None,
+        active: None,
+        ..profile("u1")
+    })];
+    let plan = plan(&next);
+    let u = &plan.updates[0];
+    assert!(u.changes.is_empty(), "{:?}", u.changes);
+    // Only the hash moves (absent fields hash as '').
+    assert!(u.hash.is_some());
+    assert_eq!(plan.summary().hash_only, 1);
+}
+
+#[test]
+fn an_empty_value_is_written_because_it_is_present() {
+    let state = settle(&input(vec![mapped(profile("u1"))]));
+    let mut next = state.clone();
+    next.users = vec![mapped(User {
+        email: Some(String::new()),
+        ..profile("u1")
+    })];
+    let plan = plan(&next);
+    assert_eq!(
+        plan.updates[0].changes,
+        [change("email", text("u1@example.com"), text(""))]
+    );
+}
+
+#[test]
+fn only_the_hashes_are_written_when_no_column_differs() {
+    let mut state = settle(&input(vec![mapped(profile("u1"))]));
+    // A local edit elsewhere reset Casdoor's hash, as Casdoor does.
+    row_mut(&mut state, "Ju1").hash = String::new();
+    let plan = plan(&state);
+    assert_eq!(plan.updates.len(), 1);
+    assert!(plan.updates[0].changes.is_empty());
+    assert_eq!(
+        plan.updates[0].hash.as_deref(),
+        Some(state.users[0].hash.as_str())
+    );
+    let mut state = settle(&input(vec![mapped(profile("u1"))]));
+    row_mut(&mut state, "Ju1").pre_hash = "stale".into();
+    assert!(plan_has_only_hash_update(&state));
+}
+
+fn plan_has_only_hash_update(state: &PlanInput) -> bool {
+    let p = plan(state);
+    p.updates.len() == 1 && p.updates[0].changes.is_empty() && p.updates[0].hash.is_some()
+}
+
+#[test]
+fn locally_edited_mapped_columns_are_put_back_even_with_equal_hashes() {
+    let mut state = settle(&input(vec![mapped(profile("u1"))]));
+    row_mut(&mut state, "Ju1")
+        .values
+        .insert("title".into(), text("Hacker"));
+    let plan = plan(&state);
+    assert_eq!(
+        plan.updates[0].changes,
+        [change("title", text("Hacker"), text("Engineer"))]
+    );
+    assert_eq!(plan.updates[0].hash, None);
+}
+
+#[test]
+fn an_existing_users_name_is_never_rewritten() {
+    let state = settle(&input(vec![mapped(profile("u1"))]));
+    let mut next = state.clone();
+    next.users = vec![mapped(User {
+        job_number: Some("NEW-7".into()),
+        ..profile("u1")
+    })];
+    let plan = plan(&next);
+    assert!(plan.creates.is_empty());
+    assert!(
+        plan.updates
+            .iter()
+            .all(|u| u.name == "Ju1" && u.changes.iter().all(|c| c.column != "name"))
+    );
+    assert_eq!(
+        plan.notices,
+        [Notice::NameNotRewritten {
+            userid: "u1".into(),
+            name: "Ju1".into(),
+            mapped_name: "NEW-7".into()
+        }]
+    );
+}
+
+#[test]
+fn a_name_collision_with_another_id_is_a_conflict_never_an_overwrite() {
+    let mut state = input(vec![mapped(profile("u1"))]);
+    state.existing_users.push(ExistingUser {
+        owner: ORG.into(),
+        name: "Ju1".into(),
+        key_value: "some-oauth-uuid".into(),
+        ..ExistingUser::default()
+    });
+    let plan = plan(&state);
+    assert!(plan.creates.is_empty() && plan.updates.is_empty());
+    assert_eq!(
+        plan.conflicts,
+        [Conflict::NameTaken {
+            userid: "u1".into(),
+            name: "Ju1".into()
+        }]
+    );
+    assert!(plan.link_writes.iter().all(|l| l.kind == LinkKind::Group));
+}
+
+#[test]
+fn name_collisions_ignore_case_as_mysql_does() {
+    let mut state = input(vec![mapped(profile("u1"))]);
+    state.existing_users.push(ExistingUser {
+        owner: ORG.into(),
+        name: "JU1".into(),
+        key_value: "other".into(),
+        ..ExistingUser::default()
+    });
+    assert!(matches!(
+        plan(&state).conflicts[..],
+        [Conflict::NameTaken { .. }]
+    ));
+}
+
+#[test]
+fn two_new_users_wanting_the_same_name_are_both_conflicts() {
+    let a = mapped(User {
+        job_number: Some("J1".into()),
+        ..profile("u1")
+    });
+    let b = mapped(User {
+        job_number: Some("j1".into()),
+        ..profile("u2")
+    });
+    let plan = plan(&input(vec![a, b]));
+    assert!(plan.creates.is_empty());
+    assert_eq!(plan.conflicts.len(), 2);
+    assert!(
+        plan.conflicts
+            .iter()
+            .all(|c| matches!(c, Conflict::SameNameInDirectory { .. }))
+    );
+}
+
+fn unowned_row(name: &str, key: &str) -> ExistingUser {
+    ExistingUser {
+        owner: ORG.into(),
+        name: name.into(),
+        key_value: key.into(),
+        values: [("title".to_owned(), text("Old"))].into(),
+        ..ExistingUser::default()
+    }
+}
+
+#[test]
+fn unowned_matching_users_are_adopted_only_when_allowed() {
+    let mut state = input(vec![mapped(profile("u1"))]);
+    state.existing_users.push(unowned_row("legacy-u1", "u1"));
+    let refused = plan(&state);
+    assert_eq!(
+        refused.conflicts,
+        [Conflict::NotOwned {
+            userid: "u1".into(),
+            name: "legacy-u1".into()
+        }]
+    );
+    assert!(refused.updates.is_empty() && refused.creates.is_empty());
+
+    state.options.adopt_existing = true;
+    let adopted = plan(&state);
+    assert_eq!(
+        adopted.adopted,
+        [Adoption {
+            name: "legacy-u1".into(),
+            userid: "u1".into()
+        }]
+    );
+    let u = &adopted.updates[0];
+    assert_eq!(u.name, "legacy-u1");
+    assert!(
+        u.changes
+            .contains(&change("title", text("Old"), text("Engineer")))
+    );
+    assert_eq!(u.dingtalk.as_deref(), Some("u1"));
+    assert!(adopted.link_writes.iter().any(|l| l.external_id == "u1"
+        && l.casdoor_name == "legacy-u1"
+        && l.state == LinkState::Present));
+    let next = apply_to_state(&state, &adopted);
+    assert!(!plan(&next).has_writes());
+}
+
+#[test]
+fn users_owned_by_another_syncer_are_never_touched() {
+    let mut state = input(vec![mapped(profile("u1"))]);
+    state.options.adopt_existing = true;
+    state.existing_users.push(unowned_row("legacy-u1", "u1"));
+    state.foreign_claims.push(ForeignClaim {
+        kind: LinkKind::User,
+        casdoor_name: "legacy-u1".into(),
+        syncer: "syncer_other".into(),
+    });
+    let plan = plan(&state);
+    assert!(plan.updates.is_empty() && plan.creates.is_empty());
+    assert!(matches!(
+        &plan.conflicts[..],
+        [Conflict::OwnedByAnotherSyncer { syncer, .. }] if syncer == "syncer_other"
+    ));
+}
+
+#[test]
+fn unmatched_unowned_users_are_never_touched() {
+    let mut state = input(vec![mapped(profile("u1"))]);
+    state.options.adopt_existing = true;
+    state.existing_users.push(unowned_row("admin", "admin-id"));
+    state.casbin_groupings.push(CasbinGrouping {
+        v0: "acme/admin".into(),
+        v1: "group:acme/7".into(),
+    });
+    let plan = plan(&state);
+    assert!(plan.updates.iter().all(|u| u.name != "admin"));
+    assert!(plan.leavers.is_empty());
+    assert!(plan.casbin_remove.is_empty());
+}
+
+#[test]
+fn several_rows_sharing_the_key_are_a_conflict() {
+    let mut state = input(vec![mapped(profile("u1"))]);
+    state.options.adopt_existing = true;
+    state.existing_users.push(unowned_row("b", "u1"));
+    state.existing_users.push(unowned_row("a", "u1"));
+    assert_eq!(
+        plan(&state).conflicts,
+        [Conflict::AmbiguousKey {
+            userid: "u1".into(),
+            column: "id".into(),
+            names: vec!["a".into(), "b".into()]
+        }]
+    );
+}
+
+#[test]
+fn dingtalk_column_is_filled_only_when_empty() {
+    let mut state = settle(&input(vec![mapped(profile("u1"))]));
+    row_mut(&mut state, "Ju1").dingtalk = "oauth-open-id".into();
+    assert!(!plan(&state).has_writes());
+    row_mut(&mut state, "Ju1").dingtalk = String::new();
+    let plan = plan(&state);
+    assert_eq!(plan.updates[0].dingtalk.as_deref(), Some("u1"));
+}
+
+fn owned_population(n: usize) -> PlanInput {
+    let users = (1..=n).map(|i| mapped(profile(&format!("u{i}")))).collect();
+    settle(&input(users))
+}
+
+fn without(state: &PlanInput, gone: &[&str]) -> PlanInput {
+    let mut next = state.clone();
+    next.users.retain(|u| !gone.contains(&u.userid.as_str()));
+    next
+}
+
+#[test]
+fn leavers_are_forbidden_only_after_a_complete_fetch() {
+    let state = owned_population(4);
+    let mut incomplete = without(&state, &["u2"]);
+    incomplete.directory_complete = false;
+    let plan_incomplete = plan(&incomplete);
+    assert!(plan_incomplete.leavers.is_empty() && plan_incomplete.held.is_none());
+    assert!(
+        plan_incomplete
+            .notices
+            .contains(&Notice::DirectoryIncomplete)
+    );
+    assert!(!plan_incomplete.has_writes());
+
+    let complete = without(&state, &["u2"]);
+    let p = plan(&complete);
+    assert_eq!(
+        p.leavers,
+        [LeaverAction {
+            name: "Ju2".into(),
+            userid: "u2".into(),
+            action: LeftAction::Forbid,
+            changes: vec![change(
+                "is_forbidden",
+                FieldValue::Bool(false),
+                FieldValue::Bool(true)
+            )],
+        }]
+    );
+    let after = apply_to_state(&complete, &p);
+    assert_eq!(link_of(&after, "u2").state, LinkState::Left);
+    assert_eq!(link_of(&after, "u2").left_action, Some(LeftAction::Forbid));
+    assert!(row(&after, "Ju2").is_forbidden);
+    assert!(!plan(&after).has_writes());
+}
+
+#[test]
+fn an_empty_directory_acts_on_no_leaver() {
+    let state = owned_population(3);
+    let empty = without(&state, &["u1", "u2", "u3"]);
+    let p = plan(&empty);
+    assert!(p.leavers.is_empty() && p.held.is_none());
+    assert!(p.notices.contains(&Notice::DirectoryEmpty));
+}
+
+#[test]
+fn users_whose_record_failed_are_not_leavers() {
+    let state = owned_population(3);
+    let mut next = without(&state, &["u2"]);
+    next.record_errors.push(RecordError::NulByte {
+        userid: "u2".into(),
+        column: "title".into(),
+    });
+    let p = plan(&next);
+    assert!(p.leavers.is_empty());
+    assert_eq!(p.record_errors.len(), 1);
+}
+
+#[test]
+fn leaver_policy_delete_soft_deletes_and_keep_only_marks_the_link() {
+    let state = owned_population(3);
+    let mut next = without(&state, &["u3"]);
+    next.options.leaver_policy = LeaverPolicy::Delete;
+    let p = plan(&next);
+    assert_eq!(p.leavers[0].action, LeftAction::Delete);
+    assert_eq!(
+        p.leavers[0].changes,
+        [
+            change("deleted_time", text(""), text(NOW)),
+            change(
+                "is_deleted",
+                FieldValue::Bool(false),
+                FieldValue::Bool(true)
+            ),
+        ]
+    );
+
+    next.options.leaver_policy = LeaverPolicy::Keep;
+    let p = plan(&next);
+    assert_eq!(p.leavers[0].action, LeftAction::Keep);
+    assert!(p.leavers[0].changes.is_empty());
+    let after = apply_to_state(&next, &p);
+    assert_eq!(link_of(&after, "u3").state, LinkState::Left);
+    assert_eq!(row(&after, "Ju3"), row(&next, "Ju3"));
+}
+
+#[test]
+fn a_leaver_already_forbidden_is_recorded_as_kept() {
+    let mut state = owned_population(3);
+    row_mut(&mut state, "Ju3").is_forbidden = true;
+    let p = plan(&without(&state, &["u3"]));
+    assert_eq!(p.leavers[0].action, LeftAction::Keep);
+    assert!(p.leavers[0].changes.is_empty());
+}
+
+#[test]
+fn removal_limit_holds_leavers_but_applies_the_rest() {
+    let mut state = owned_population(10);
+    state.options.max_removals = 2;
+    let mut next = without(&state, &["u1", "u2", "u3"]);
+    next.users.push(mapped(profile("u99")));
+    let p = plan(&next);
+    assert!(p.leavers.is_empty());
+    let held = p.held.as_ref().unwrap();
+    assert_eq!(held.leavers.len(), 3);
+    assert_eq!(held.removals, 3);
+    let message = held.to_string();
+    assert!(message.contains("sync.max_removals"), "{message}");
+    assert!(message.contains("sync.max_removal_percent"), "{message}");
+    assert!(
+        message.contains("syncerd sync syncer_dt --allow-removals"),
+        "{message}"
+    );
+    // Everything else still happens.
+    assert_eq!(p.creates.len(), 1);
+    assert!(p.link_writes.iter().all(|l| l.state == LinkState::Present));
+    // And the same run again holds again without writing.
+    let after = apply_to_state(&next, &p);
+    let again = plan(&after);
+    assert!(again.held.is_some());
+    assert!(!again.has_writes(), "{again:#?}");
+}
+
+#[test]
+fn removal_percent_limit_holds_leavers() {
+    let mut state = owned_population(10);
+    state.options.max_removal_percent = 10.0;
+    let one = plan(&without(&state, &["u1"]));
+    assert!(one.held.is_none() && one.leavers.len() == 1);
+    let two = plan(&without(&state, &["u1", "u2"]));
+    assert!(two.held.is_some() && two.leavers.is_empty());
+    assert_eq!(two.held.as_ref().map(|h| h.owned), Some(10));
+}
+
+#[test]
+fn allow_removals_lifts_the_hold() {
+    let mut state = owned_population(4);
+    state.options.max_removals = 0;
+    let mut next = without(&state, &["u1", "u2"]);
+    assert!(plan(&next).held.is_some());
+    next.options.allow_removals = true;
+    let p = plan(&next);
+    assert!(p.held.is_none());
+    assert_eq!(p.leavers.len(), 2);
+}
+
+#[test]
+fn reappeared_users_are_unforbidden_and_undeleted() {
+    let state = owned_population(3);
+    let gone = without(&state, &["u3"]);
+    let forbidden = settle(&gone);
+    assert!(row(&forbidden, "Ju3").is_forbidden);
+    let mut back = forbidden.clone();
+    back.users = state.users.clone();
+    let p = plan(&back);
+    assert_eq!(
+        p.reappeared,
+        [Reappearance {
+            name: "Ju3".into(),
+            userid: "u3".into(),
+            undone: Some(LeftAction::Forbid)
+        }]
+    );
+    assert_eq!(
+        p.updates[0].changes,
+        [change(
+            "is_forbidden",
+            FieldValue::Bool(true),
+            FieldValue::Bool(false)
+        )]
+    );
+    let after = apply_to_state(&back, &p);
+    assert_eq!(link_of(&after, "u3").state, LinkState::Present);
+    assert_eq!(link_of(&after, "u3").left_action, None);
+    assert!(!plan(&after).has_writes());
+
+    let mut deleting = gone.clone();
+    deleting.options.leaver_policy = LeaverPolicy::Delete;
+    let deleted = settle(&deleting);
+    let mut back = deleted.clone();
+    back.users = state.users.clone();
+    let p = plan(&back);
+    assert_eq!(
+        p.updates[0].changes,
+        [
+            change("deleted_time", text(NOW), text("")),
+            change(
+                "is_deleted",
+                FieldValue::Bool(true),
+                FieldValue::Bool(false)
+            ),
+        ]
+    );
+}
+
+#[test]
+fn a_reappeared_inactive_user_stays_forbidden_by_the_mapping() {
+    let state = owned_population(3);
+    let forbidden = settle(&without(&state, &["u3"]));
+    let mut back = forbidden.clone();
+    back.users = state.users.clone();
+    back.users[2] = mapped(User {
+        active: Some(false),
+        ..profile("u3")
+    });
+    let p = plan(&back);
+    assert!(
+        p.updates[0]
+            .changes
+            .iter()
+            .all(|c| c.column != "is_forbidden")
+    );
+    assert_eq!(p.reappeared.len(), 1);
+}
+
+#[test]
+fn groups_are_created_as_the_department_tree() {
+    let mut state = input(vec![]);
+    state.departments.push(dept(9, Some("Backend"), Some(7)));
+    let p = plan(&state);
+    let view: Vec<_> = p
+        .group_creates
+        .iter()
+        .map(|g| {
+            (
+                g.name.as_str(),
+                g.display_name.as_str(),
+                g.parent_id.as_str(),
+                g.is_top_group,
+            )
+        })
+        .collect();
+    assert_eq!(
+        view,
+        [
+            ("1", "Acme", "acme", true),
+            ("7", "R&D", "1", false),
+            ("9", "Backend", "7", false)
+        ]
+    );
+    let group_links = p
+        .link_writes
+        .iter()
+        .filter(|l| l.kind == LinkKind::Group)
+        .count();
+    assert_eq!(group_links, 3);
+}
+
+#[test]
+fn renamed_and_moved_departments_update_their_groups() {
+    let mut state = settle(&input(vec![]));
+    state.departments = vec![
+        dept(1, None, None),
+        dept(3, Some("Ops"), Some(1)),
+        dept(7, Some("Research"), Some(3)),
+    ];
+    let p = plan(&state);
+    let update = p.group_updates.iter().find(|g| g.name == "7").unwrap();
+    assert_eq!(
+        update.changes,
+        [
+            change("display_name", text("R&D"), text("Research")),
+            change("parent_id", text("1"), text("3")),
+        ]
+    );
+    assert!(!update.adopted);
+}
+
+fn group(name: &str, group_type: &str) -> ExistingGroup {
+    ExistingGroup {
+        owner: ORG.into(),
+        name: name.into(),
+        display_name: "Old".into(),
+        parent_id: String::new(),
+        is_top_group: true,
+        group_type: group_type.into(),
+    }
+}
+
+#[test]
+fn existing_department_groups_are_adopted_only_when_allowed() {
+    let mut state = input(vec![]);
+    state
+        .existing_groups
+        .push(group("7", DEPARTMENT_GROUP_TYPE));
+    let p = plan(&state);
+    assert!(p.conflicts.contains(&Conflict::GroupNotOwned {
+        dept_id: 7,
+        group: "7".into()
+    }));
+    assert!(p.group_updates.is_empty());
+    state.options.adopt_existing = true;
+    let p = plan(&state);
+    let update = &p.group_updates[0];
+    assert!(update.adopted);
+    assert_eq!(
+        update.changes,
+        [
+            change("display_name", text("Old"), text("R&D")),
+            change(
+                "is_top_group",
+                FieldValue::Bool(true),
+                FieldValue::Bool(false)
+            ),
+            change("parent_id", text(""), text("1")),
+        ]
+    );
+}
+
+#[test]
+fn a_same_named_group_of_another_type_or_owner_is_a_conflict() {
+    let mut state = input(vec![]);
+    state.options.adopt_existing = true;
+    state.existing_groups.push(group("7", "Virtual"));
+    state
+        .existing_groups
+        .push(group("1", DEPARTMENT_GROUP_TYPE));
+    state.foreign_claims.push(ForeignClaim {
+        kind: LinkKind::Group,
+        casdoor_name: "1".into(),
+        syncer: "syncer_b".into(),
+    });
+    let p = plan(&state);
+    assert!(p.group_creates.is_empty() && p.group_updates.is_empty());
+    assert_eq!(
+        p.conflicts,
+        [
+            Conflict::GroupNotDepartment {
+                dept_id: 7,
+                group: "7".into(),
+                found_type: "Virtual".into()
+            },
+            Conflict::GroupOwnedByAnotherSyncer {
+                dept_id: 1,
+                group: "1".into(),
+                syncer: "syncer_b".into()
+            },
+        ]
+    );
+    let mut other_org = input(vec![]);
+    other_org.group_names_in_other_orgs.insert("7".into());
+    let p = plan(&other_org);
+    assert_eq!(p.group_creates.len(), 1);
+    assert!(matches!(
+        p.conflicts[..],
+        [Conflict::GroupNameUsedByAnotherOrg { dept_id: 7, .. }]
+    ));
+}
+
+#[test]
+fn departments_gone_from_a_complete_directory_are_reported_not_deleted() {
+    let mut state = settle(&input(vec![]));
+    state.departments = vec![dept(1, None, None)];
+    let p = plan(&state);
+    assert!(!p.has_writes());
+    assert!(p.notices.contains(&Notice::DepartmentGone {
+        dept_id: "7".into(),
+        group: "7".into()
+    }));
+}
+
+#[test]
+fn memberships_follow_department_moves_in_groups_and_casbin() {
+    let mut state = input(vec![mapped(profile("u1"))]);
+    state.departments.push(dept(9, Some("Backend"), Some(7)));
+    let mut state = settle(&state);
+    state.users = vec![mapped(User {
+        dept_id_list: Some(vec![9]),
+        ..profile("u1")
+    })];
+    let p = plan(&state);
+    assert_eq!(p.updates[0].groups.as_deref(), Some(r#"["acme/9"]"#));
+    // Departments are not in the hash: a move alone changes no column.
+    assert!(p.updates[0].changes.is_empty() && p.updates[0].hash.is_none());
+    assert_eq!(
+        p.casbin_add,
+        [CasbinGrouping {
+            v0: "acme/Ju1".into(),
+            v1: "group:acme/9".into()
+        }]
+    );
+    assert_eq!(
+        p.casbin_remove,
+        [CasbinGrouping {
+            v0: "acme/Ju1".into(),
+            v1: "group:acme/7".into()
+        }]
+    );
+}
+
+#[test]
+fn manual_group_memberships_are_kept() {
+    let mut state = settle(&input(vec![mapped(profile("u1"))]));
+    let r = row_mut(&mut state, "Ju1");
+    r.groups = Some(r#"["acme/admins","acme/7"]"#.into());
+    state.casbin_groupings.push(CasbinGrouping {
+        v0: "acme/Ju1".into(),
+        v1: "group:acme/admins".into(),
+    });
+    assert!(!plan(&state).has_writes());
+    state.users = vec![mapped(User {
+        dept_id_list: Some(vec![1]),
+        ..profile("u1")
+    })];
+    let p = plan(&state);
+    assert_eq!(
+        p.updates[0].groups.as_deref(),
+        Some(r#"["acme/admins","acme/1"]"#)
+    );
+    assert!(p.casbin_remove.iter().all(|r| r.v1 != "group:acme/admins"));
+}
+
+#[test]
+fn an_incomplete_directory_never_removes_memberships() {
+    let mut state = settle(&input(vec![mapped(profile("u1"))]));
+    state.directory_complete = false;
+    state.users = vec![mapped(User {
+        dept_id_list: Some(vec![1]),
+        ..profile("u1")
+    })];
+    let p = plan(&state);
+    assert_eq!(
+        p.updates[0].groups.as_deref(),
+        Some(r#"["acme/7","acme/1"]"#)
+    );
+    assert!(p.casbin_remove.is_empty());
+}
+
+#[test]
+fn a_groups_column_that_is_not_a_list_leaves_memberships_alone() {
+    let mut state = settle(&input(vec![mapped(profile("u1"))]));
+    row_mut(&mut state, "Ju1").groups = Some("{broken".into());
+    let p = plan(&state);
+    assert!(p.updates.is_empty() && p.casbin_add.is_empty());
+    assert_eq!(
+        p.conflicts,
+        [Conflict::GroupsNotAList {
+            userid: "u1".into(),
+            name: "Ju1".into()
+        }]
+    );
+}
+
+#[test]
+fn a_custom_key_matches_on_its_column() {
+    let tc = r#"[{"name":"userid","casdoorName":"Id","isHashed":true},
+                 {"name":"unionid","casdoorName":"Name","isKey":true,"isHashed":true},
+                 {"name":"title","casdoorName":"Title","isHashed":true}]"#;
+    let mapping = Mapping::from_syncer(Some(tc), "").unwrap();
+    let user = mapped_with(profile("u1"), &mapping);
+    let mut state = input(vec![user]);
+    state.key_column = mapping.key_column().into();
+    state.options.adopt_existing = true;
+    // Someone who signed in through DingTalk OAuth first: name = unionid, id = a UUID.
+    state.existing_users.push(ExistingUser {
+        owner: ORG.into(),
+        name: "union-u1".into(),
+        key_value: "union-u1".into(),
+        values: [("id".to_owned(), text("7f9c-uuid"))].into(),
+        ..ExistingUser::default()
+    });
+    let p = plan(&state);
+    assert!(p.creates.is_empty());
+    assert_eq!(p.adopted.len(), 1);
+    // `id` is never rewritten on update, as in Casdoor.
+    assert!(p.updates[0].changes.iter().all(|c| c.column != "id"));
+    assert!(!plan(&apply_to_state(&state, &p)).has_writes());
+}
+
+#[test]
+fn a_link_to_a_deleted_user_is_dropped_or_pointed_at_the_recreated_user() {
+    let state = owned_population(2);
+    // An admin deleted both users in Casdoor; u1 is still in DingTalk, u2 is not.
+    let mut next = without(&state, &["u2"]);
+    next.existing_users.clear();
+    let p = plan(&next);
+    assert_eq!(
+        p.creates
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>(),
+        ["Ju1"]
+    );
+    assert!(p.leavers.is_empty() && p.held.is_none());
+    assert_eq!(
+        p.link_deletes
+            .iter()
+            .map(|l| l.external_id.as_str())
+            .collect::<Vec<_>>(),
+        ["u2"]
+    );
+    assert!(p.notices.contains(&Notice::LinkedUserMissing {
+        userid: "u1".into(),
+        name: "Ju1".into()
+    }));
+    let after = apply_to_state(&next, &p);
+    assert!(after.links.iter().all(|l| l.external_id != "u2"));
+    assert!(!plan(&after).has_writes());
+}
+
+#[test]
+fn plan_options_come_from_the_sync_settings() {
+    let settings = SyncSettings::default();
+    let o = PlanOptions::from_settings(&settings, true, false);
+    assert_eq!(o.max_removals, settings.max_removals);
+    assert_eq!(o.leaver_policy, settings.leaver_policy);
+    assert!(o.allow_removals && !o.adopt_existing);
+    assert_eq!(
+        LeftAction::parse(LeftAction::Delete.as_str()),
+        Some(LeftAction::Delete)
+    );
+}
+
+#[test]
+fn plans_do_not_depend_on_input_order() {
+    let users: Vec<_> = (1..=5).map(|i| mapped(profile(&format!("u{i}")))).collect();
+    let mut state = settle(&input(users));
+    state.users.retain(|u| u.userid != "u2");
+    state.users.push(mapped(profile("u9")));
+    state.existing_users.push(unowned_row("Ju9", "x"));
+    let mut reversed = state.clone();
+    reversed.users.reverse();
+    reversed.existing_users.reverse();
+    reversed.links.reverse();
+    reversed.existing_groups.reverse();
+    reversed.casbin_groupings.reverse();
+    reversed.departments.reverse();
+    assert_eq!(plan(&state), plan(&reversed));
+}
+
+#[test]
+fn summary_counts_every_part() {
+    let state = owned_population(3);
+    let mut next = without(&state, &["u3"]);
+    next.users.push(mapped(profile("u4")));
+    next.users[0] = mapped(User {
+        title: Some("Boss".into()),
+        ..profile("u1")
+    });
+    let s = plan(&next).summary();
+    assert_eq!(
+        (s.created, s.updated, s.unchanged, s.leavers, s.held_leavers),
+        (1, 1, 1, 1, 0)
+    );
+    assert_eq!((s.casbin_added, s.memberships_changed), (1, 1));
+    let line = s.to_string();
+    assert!(
+        line.contains("1 created") && line.contains("1 leavers"),
+        "{line}"
+    );
+}
+
+#[test]
+fn conflict_and_notice_messages_say_what_to_do() {
+    let c = Conflict::NotOwned {
+        userid: "u1".into(),
+        name: "bob".into(),
+    };
+    assert!(c.to_string().contains("adopting"));
+    let c = Conflict::GroupNameUsedByAnotherOrg {
+        dept_id: 7,
+        group: "7".into(),
+    };
+    assert!(c.to_string().contains("UQE_group_name"));
+    assert!(
+        Notice::DirectoryIncomplete
+            .to_string()
+            .contains("no leaver")
+    );
+}
+
+// ---- generated inputs -------------------------------------------------------------------------
+
+/// SplitMix64: a tiny deterministic generator, so failures reproduce from the seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+    fn pick<T: Clone>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len())].clone()
+    }
+    fn maybe(&mut self, pool: &[&str]) -> Option<String> {
+        if self.chance(25) {
+            None
+        } else {
+            Some(self.pick(pool).to_owned())
+        }
+    }
+}
+
+const MAPPINGS: &[Option<&str>] = &[
+    None,
+    Some(
+        r#"[{"name":"userid","casdoorName":"Id","isHashed":true},{"name":"unionid","casdoorName":"Name","isHashed":true},
+            {"name":"name","casdoorName":"DisplayName","isHashed":true},{"name":"active","casdoorName":"IsForbidden","isHashed":true}]"#,
+    ),
+    Some(
+        r#"[{"name":"userid","casdoorName":"Id"},{"name":"job_number","casdoorName":"Name","isKey":true,"isHashed":true},
+            {"name":"title","casdoorName":"Tag","isHashed":true},{"name":"email","casdoorName":"Email"}]"#,
+    ),
+    Some(
+        r#"[{"name":"userid","casdoorName":"Id","isHashed":true},{"name":"mobile","casdoorName":"Score"},
+            {"name":"email","casdoorName":"EmailVerified","isHashed":true},{"name":"active","casdoorName":"IsAdmin"}]"#,
+    ),
+];
+
+fn gen_input(rng: &mut Rng, garbage: bool) -> PlanInput {
+    let mut texts = vec![
+        "", "A1", "a1", "A2", " A1 ", "u1", "u2", "bob", "张三", "1", "0",
+    ];
+    if garbage {
+        texts.extend(["a/b", "x\0y", "x\ty", "<&>", "true", "-7", "\u{85}"]);
+    }
+    let long = "n".repeat(120);
+    if garbage {
+        texts.push(long.as_str());
+    }
+    let mut userids = vec!["u1", "u2", "u3", "u4", "u5", "u6"];
+    if garbage {
+        userids.extend(["", " ", "u/7"]);
+    }
+    let mapping = Mapping::from_syncer(rng.pick(MAPPINGS), "https://cdn/").unwrap();
+    let dept_ids = [1_i64, 2, 3, 4, 5, 7];
+
+    let mut departments: Vec<Department> = Vec::new();
+    for &id in &dept_ids {
+        if rng.chance(70) {
+            departments.push(Department {
+                dept_id: id,
+                name: rng.maybe(&texts),
+                parent_id: if id == 1 {
+                    None
+                } else {
+                    rng.pick(&[Some(1), Some(2), Some(3), Some(404), None])
+                },
+            });
+        }
+    }
+    let subset = |rng: &mut Rng| -> Vec<i64> {
+        dept_ids
+            .iter()
+            .copied()
+            .filter(|_| rng.chance(30))
+            .collect()
+    };
+
+    let mut dir_users = Vec::new();
+    for _ in 0..rng.below(7) {
+        let profile = User {
+            userid: rng.pick(&userids).to_owned(),
+            unionid: rng.maybe(&texts),
+            name: rng.maybe(&texts),
+            email: rng.maybe(&texts),
+            mobile: rng.maybe(&texts),
+            avatar: rng.maybe(&["http://a/x.png", "rel.png", ""]),
+            title: rng.maybe(&texts),
+            job_number: rng.maybe(&texts),
+            active: rng.pick(&[None, Some(true), Some(false)]),
+            dept_id_list: if rng.chance(70) {
+                Some(subset(rng))
+            } else {
+                None
+            },
+            ..User::default()
+        };
+        let seen_in = subset(rng);
+        dir_users.push(DirectoryUser { profile, seen_in });
+    }
+    let complete = rng.chance(75);
+    let (users, record_errors) = map_directory(
+        &Directory {
+            users: dir_users,
+            complete,
+            ..Directory::default()
+        },
+        &mapping,
+    );
+
+    let key_column = mapping.key_column();
+    let mut names: Vec<String> = texts.iter().map(|t| (*t).to_owned()).collect();
+    names.extend(users.iter().map(|u| u.name.clone()));
+    names.extend(["Ju1".to_owned(), "ghost".to_owned()]);
+    let mut existing_users: Vec<ExistingUser> = Vec::new();
+    for _ in 0..rng.below(7) {
+        let name = rng.pick(&names);
+        if name.is_empty() || existing_users.iter().any(|e| e.name == name) {
+            continue;
+        }
+        let mut values = BTreeMap::new();
+        for column in mapping.target_columns() {
+            if column == "name" || column == "is_forbidden" || rng.chance(30) {
+                continue;
+            }
+            let kind = column_spec(column).map_or(ColumnKind::Text, |s| s.kind);
+            let value = match (kind, garbage && rng.chance(10)) {
+                (_, true) => text("wrong kind"),
+                (ColumnKind::Text, _) => text(rng.pick(&texts)),
+                (ColumnKind::Bool, _) => FieldValue::Bool(rng.chance(50)),
+                (ColumnKind::Int, _) => FieldValue::Int(rng.below(3) as i64),
+            };
+            values.insert(column.to_owned(), value);
+        }
+        let key_value = if key_column == "name" {
+            name.clone()
+        } else {
+            let k = if rng.chance(60) {
+                rng.pick(&userids).to_owned()
+            } else {
+                rng.pick(&texts).to_owned()
+            };
+            values.insert(key_column.to_owned(), text(&k));
+            k
+        };
+        let hashes: Vec<String> = users
+            .iter()
+            .map(|u| u.hash.clone())
+            .chain(["".to_owned(), "x".to_owned()])
+            .collect();
+        existing_users.push(ExistingUser {
+            owner: if rng.chance(90) {
+                ORG.into()
+            } else {
+                "other".into()
+            },
+            name,
+            key_value,
+            values,
+            hash: rng.pick(&hashes),
+            pre_hash: rng.pick(&hashes),
+            is_forbidden: rng.chance(20),
+            is_deleted: rng.chance(10),
+            deleted_time: rng.pick(&["", NOW]).to_owned(),
+            groups: rng
+                .pick(&[
+                    None,
+                    Some(""),
+                    Some("null"),
+                    Some("[]"),
+                    Some(r#"["acme/1"]"#),
+                    Some(r#"["7","acme/manual","acme/3","acme/3"]"#),
+                    Some("not json"),
+                    Some("[1]"),
+                ])
+                .map(str::to_owned),
+            dingtalk: rng.pick(&["", "u1", "openid"]).to_owned(),
+        });
+    }
+
+    let row_names: Vec<String> = existing_users
+        .iter()
+        .map(|e| e.name.clone())
+        .chain(["ghost".to_owned()])
+        .collect();
+    let link_names: Vec<String> = row_names
+        .iter()
+        .cloned()
+        .chain(users.iter().map(|u| u.name.clone()))
+        .collect();
+    let link_hashes: Vec<String> = users
+        .iter()
+        .map(|u| u.hash.clone())
+        .chain(["".to_owned(), "x".to_owned()])
+        .collect();
+    let mut links = Vec::new();
+    for userid in &userids {
+        if rng.chance(40) {
+            let state = rng.pick(&[LinkState::Present, LinkState::Left]);
+            let left_action = match state {
+                LinkState::Present => None,
+                LinkState::Left => rng.pick(&[
+                    Some(LeftAction::Forbid),
+                    Some(LeftAction::Delete),
+                    Some(LeftAction::Keep),
+                    None,
+                ]),
+            };
+            links.push(OwnershipLink {
+                kind: LinkKind::User,
+                external_id: (*userid).to_owned(),
+                casdoor_name: rng.pick(&link_names),
+                content_hash: rng.pick(&link_hashes),
+                state,
+                left_action,
+            });
+        }
+    }
+    let group_names = ["1", "2", "3", "4", "5", "7", "manual"];
+    for g in group_names {
+        if rng.chance(25) {
+            links.push(OwnershipLink {
+                kind: LinkKind::Group,
+                external_id: if g == "manual" { "5".into() } else { g.into() },
+                casdoor_name: g.into(),
+                content_hash: String::new(),
+                state: LinkState::Present,
+                left_action: None,
+            });
+        }
+    }
+    let mut foreign_claims = Vec::new();
+    for name in row_names.iter().chain(
+        group_names
+            .iter()
+            .map(|g| (*g).to_owned())
+            .collect::<Vec<_>>()
+            .iter(),
+    ) {
+        if rng.chance(8) {
+            foreign_claims.push(ForeignClaim {
+                kind: rng.pick(&[LinkKind::User, LinkKind::Group]),
+                casdoor_name: name.clone(),
+                syncer: rng.pick(&["s1", "s2"]).to_owned(),
+            });
+        }
+    }
+    let mut existing_groups = Vec::new();
+    for g in group_names {
+        if rng.chance(35) {
+            existing_groups.push(ExistingGroup {
+                owner: if rng.chance(90) {
+                    ORG.into()
+                } else {
+                    "other".into()
+                },
+                name: g.into(),
+                display_name: rng.pick(&texts).to_owned(),
+                parent_id: rng.pick(&["", "acme", "1", "3"]).to_owned(),
+                is_top_group: rng.chance(50),
+                group_type: rng.pick(&["department", "Virtual", ""]).to_owned(),
+            });
+        }
+    }
+    let mut casbin_groupings = Vec::new();
+    for name in &row_names {
+        for g in group_names {
+            if rng.chance(10) {
+                casbin_groupings.push(CasbinGrouping {
+                    v0: format!("{ORG}/{name}"),
+                    v1: format!("group:{ORG}/{g}"),
+                });
+            }
+        }
+    }
+    let group_names_in_other_orgs = group_names
+        .iter()
+        .filter(|_| rng.chance(5))
+        .map(|g| (*g).to_owned())
+        .collect();
+    PlanInput {
+        organization: ORG.into(),
+        root_group_display_name: rng.pick(&["Acme", &"a".repeat(101)]).to_owned(),
+        syncer: "syncer_dt".into(),
+        key_column: key_column.into(),
+        users,
+        record_errors,
+        departments,
+        directory_complete: complete,
+        existing_users,
+        links,
+        foreign_claims,
+        existing_groups,
+        group_names_in_other_orgs,
+        casbin_groupings,
+        options: PlanOptions {
+            leaver_policy: rng.pick(&[
+                LeaverPolicy::Forbid,
+                LeaverPolicy::Keep,
+                LeaverPolicy::Delete,
+            ]),
+            max_removals: rng.below(3) as u64,
+            max_removal_percent: rng.pick(&[0.0, 34.0, 100.0]),
+            allow_removals: rng.chance(30),
+            adopt_existing: rng.chance(50),
+        },
+        now: NOW.into(),
+    }
+}
+
+#[test]
+fn applying_a_plan_then_planning_again_writes_nothing() {
+    for seed in 0..1500_u64 {
+        let mut rng = Rng(seed);
+        let state = gen_input(&mut rng, seed % 3 == 0);
+        let first = plan(&state);
+        let after = apply_to_state(&state, &first);
+        let second = plan(&after);
+        assert!(
+            !second.has_writes(),
+            "seed {seed}: second plan writes\ninput: {state:#?}\nfirst: {first:#?}\nsecond: {second:#?}"
+        );
+        assert_eq!(
+            second.conflicts, first.conflicts,
+            "seed {seed}: conflicts changed between runs\ninput: {state:#?}\nfirst: {first:#?}"
+        );
+    }
+}
+
+#[test]
+fn planning_is_deterministic_and_order_independent_on_generated_inputs() {
+    for seed in 0..500_u64 {
+        let mut rng = Rng(seed ^ 0xfeed);
+        let state = gen_input(&mut rng, seed % 2 == 0);
+        let mut reversed = state.clone();
+        reversed.users.reverse();
+        reversed.record_errors.reverse();
+        reversed.existing_users.reverse();
+        reversed.links.reverse();
+        reversed.foreign_claims.reverse();
+        reversed.existing_groups.reverse();
+        reversed.casbin_groupings.reverse();
+        reversed.departments.reverse();
+        assert_eq!(plan(&state), plan(&reversed), "seed {seed}");
+    }
+}
+
+#[test]
+fn planning_never_panics_on_arbitrary_input() {
+    for seed in 0..1000_u64 {
+        let mut rng = Rng(seed.wrapping_mul(31) + 7);
+        let mut state = gen_input(&mut rng, true);
+        // Inconsistent inputs apply could never produce must not panic either.
+        if rng.chance(50) {
+            state.key_column = rng.pick(&["", "name", "nope"]).to_owned();
+        }
+        if rng.chance(30) {
+            let dup = state.users.clone();
+            state.users.extend(dup);
+        }
+        if rng.chance(30) {
+            state.organization = String::new();
+        }
+        if rng.chance(30) {
+            state.options.max_removal_percent = rng.pick(&[f64::NAN, -1.0, f64::INFINITY]);
+        }
+        let _ = plan(&state).summary();
+    }
+}
