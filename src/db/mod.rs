@@ -33,7 +33,7 @@ pub use runs::{
     NewRun, RunCounts, RunFilter, RunMode, RunOutcome, RunRow, RunStatus, RunTrigger,
     StaleRunFilter, finish_run, get_run, insert_run, list_runs, mark_interrupted,
 };
-pub use schema::{SchemaError, SchemaProblem, check_schema};
+pub use schema::{SchemaError, SchemaProblem, check_schema, table_columns};
 pub use syncers::{
     DEFAULT_TABLE_COLUMNS, DINGTALK_TYPE, ERROR_TEXT_MAX_BYTES, NewSyncer, SYNCER_OWNER, SyncerRow,
     add_syncer, append_syncer_error, get_syncer, list_syncers, set_syncer_enabled,

@@ -203,8 +203,9 @@ pub(crate) async fn table_exists(db: &Db, table: &str) -> Result<bool, DbError> 
     Ok(!table_columns(db, table).await?.is_empty())
 }
 
-/// The column names of `table` in catalog order; empty when the table does not exist.
-pub(crate) async fn table_columns(db: &Db, table: &str) -> Result<Vec<String>, DbError> {
+/// The column names of `table` in catalog order, from the current database (MySQL) or schema
+/// (PostgreSQL); empty when the table does not exist.
+pub async fn table_columns(db: &Db, table: &str) -> Result<Vec<String>, DbError> {
     let sql = match db.engine() {
         Engine::Sqlite => "SELECT name AS column_name FROM pragma_table_info(?) ORDER BY cid",
         // `CAST`: MySQL 8 reports catalog names in a binary-ish charset.

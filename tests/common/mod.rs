@@ -262,7 +262,9 @@ impl TestDb {
                 out.push_str(&line);
                 out.push('\n');
             }
-            let columns = self.query_texts(db, &self.columns_sql(table)).await;
+            let columns = db::table_columns(db, table)
+                .await
+                .unwrap_or_else(|e| panic!("{}: {e}", self.label()));
             assert!(
                 !columns.is_empty(),
                 "{}: table {table} has no columns",
@@ -297,21 +299,6 @@ impl TestDb {
             }
         }
         out
-    }
-
-    fn columns_sql(&self, table: &str) -> String {
-        match self.engine {
-            Engine::Sqlite => format!("SELECT name FROM pragma_table_info('{table}') ORDER BY cid"),
-            Engine::MySql => format!(
-                "SELECT CAST(column_name AS CHAR) FROM information_schema.columns \
-                 WHERE table_schema = DATABASE() AND table_name = '{table}' ORDER BY ordinal_position"
-            ),
-            Engine::Postgres => format!(
-                "SELECT column_name::text FROM information_schema.columns \
-                 WHERE table_schema = current_schema() AND table_name = '{table}' \
-                 ORDER BY ordinal_position"
-            ),
-        }
     }
 
     async fn dump_definition(&self, db: &Db, table: &str) -> Vec<String> {
