@@ -10,9 +10,6 @@ mod m20261125_000002_syncerd_tables;
 /// Name of the table recording which migrations ran.
 pub const MIGRATION_TABLE: &str = "syncerd_migrations";
 
-/// syncerd's own tables, created by the migrations.
-pub const SYNCERD_TABLES: [&str; 3] = ["syncer_run", "syncer_link", "syncer_lease"];
-
 pub struct Migrator;
 
 impl MigratorTrait for Migrator {
