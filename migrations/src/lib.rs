@@ -1,10 +1,26 @@
-//! syncerd's schema migrations.
+//! syncerd's schema migrations: Casdoor's tables where they are missing (embedded mode), then
+//! syncerd's own tables. Applied migrations are recorded in `syncerd_migrations`, a name that
+//! says whose they are inside a shared Casdoor database.
 pub use sea_orm_migration::prelude::*;
+
+pub mod casdoor;
+mod m20261125_000001_casdoor_tables;
+mod m20261125_000002_syncerd_tables;
+
+/// Name of the table recording which migrations ran.
+pub const MIGRATION_TABLE: &str = "syncerd_migrations";
 
 pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![]
+        vec![
+            Box::new(m20261125_000001_casdoor_tables::Migration),
+            Box::new(m20261125_000002_syncerd_tables::Migration),
+        ]
+    }
+
+    fn migration_table_name() -> DynIden {
+        Alias::new(MIGRATION_TABLE).into_iden()
     }
 }

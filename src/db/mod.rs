@@ -1,1 +1,360 @@
-//! Database access.
+//! Storage: one code path over SQLite, MySQL/MariaDB and PostgreSQL, on Casdoor's own schema.
+//!
+//! [`connect`] opens a pool with timeouts, [`migrate`] creates what is missing (Casdoor's tables
+//! only in embedded mode, syncerd's own tables always), [`check_schema`] verifies a database before
+//! a daemon relies on it. Casdoor's tables are read and written through the entities in
+//! [`entities`]; [`syncers`] and [`runs`] hold the small repository functions the CLI and the
+//! daemon use.
+
+mod error;
+mod schema;
+mod time;
+
+pub mod entities;
+pub mod runs;
+pub mod syncers;
+
+use std::fmt;
+use std::time::Duration;
+
+use migrations::casdoor::CasdoorTable;
+use migrations::{Migrator, MigratorTrait};
+use sea_orm::sqlx::sqlite::SqliteJournalMode;
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbErr,
+    SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
+};
+
+use crate::config::{DatabaseSettings, Engine};
+use crate::secret::redact_text;
+
+pub use error::DbError;
+pub use runs::{
+    NewRun, RunCounts, RunFilter, RunMode, RunOutcome, RunRow, RunStatus, RunTrigger,
+    StaleRunFilter, finish_run, get_run, insert_run, list_runs, mark_interrupted,
+};
+pub use schema::{SchemaError, SchemaProblem, check_schema, table_columns};
+pub use syncers::{
+    DEFAULT_TABLE_COLUMNS, DINGTALK_TYPE, ERROR_TEXT_MAX_BYTES, NewSyncer, SYNCER_OWNER, SyncerRow,
+    add_syncer, append_syncer_error, get_syncer, list_syncers, set_syncer_enabled,
+};
+pub use time::{casdoor_timestamp, parse_utc_millis, utc_millis};
+
+use error::QueryContext as _;
+
+/// SQLite connections in the pool: WAL lets readers run beside the one writer, and the busy
+/// timeout queues writers instead of failing them.
+const SQLITE_POOL_SIZE: u32 = 4;
+/// How long a SQLite statement waits for another connection's write lock.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// An open connection pool and the engine behind it.
+#[derive(Clone)]
+pub struct Db {
+    conn: DatabaseConnection,
+    engine: Engine,
+    url: String,
+}
+
+impl Db {
+    /// The sea-orm connection, for entity queries.
+    pub fn conn(&self) -> &DatabaseConnection {
+        &self.conn
+    }
+
+    pub fn engine(&self) -> Engine {
+        self.engine
+    }
+
+    /// The database URL with its password redacted, for messages.
+    pub fn redacted_url(&self) -> &str {
+        &self.url
+    }
+
+    /// Starts a transaction that will write. On SQLite it takes the write lock up front
+    /// (`BEGIN IMMEDIATE`), so a read-then-write transaction waits for other writers instead of
+    /// failing when it upgrades its lock.
+    pub async fn begin_write(&self) -> Result<DatabaseTransaction, DbErr> {
+        self.conn
+            .begin_with_options(TransactionOptions {
+                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+                ..TransactionOptions::default()
+            })
+            .await
+    }
+
+    /// Closes the pool, waiting for connections in use to be returned.
+    pub async fn close(self) -> Result<(), DbError> {
+        let context = format!("closing the {} database {}", self.engine, self.url);
+        self.conn.close().await.context(context)
+    }
+}
+
+impl fmt::Debug for Db {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Db")
+            .field("engine", &self.engine)
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Opens a connection pool for `settings`, failing within `connect_timeout` when the database
+/// cannot be reached.
+pub async fn connect(settings: &DatabaseSettings) -> Result<Db, DbError> {
+    let url = settings.url.redacted();
+    let engine = settings
+        .url
+        .engine()
+        .ok_or_else(|| DbError::UnsupportedUrl { url: url.clone() })?;
+    let driver_url = driver_url(settings.url.expose(), engine);
+
+    let mut options = ConnectOptions::new(driver_url.clone());
+    options
+        .sqlx_logging(false)
+        .connect_timeout(settings.connect_timeout)
+        .acquire_timeout(settings.connect_timeout);
+    match engine {
+        Engine::Sqlite => {
+            // Every connection to `sqlite::memory:` is a database of its own: share one.
+            let in_memory = driver_url.contains(":memory:") || driver_url.contains("mode=memory");
+            options
+                .max_connections(if in_memory { 1 } else { SQLITE_POOL_SIZE })
+                .map_sqlx_sqlite_opts(|o| {
+                    o.journal_mode(SqliteJournalMode::Wal)
+                        .busy_timeout(SQLITE_BUSY_TIMEOUT)
+                });
+        }
+        Engine::MySql => {
+            options
+                .max_connections(settings.max_connections.max(1))
+                .map_sqlx_mysql_opts(|o| o.charset("utf8mb4"));
+        }
+        Engine::Postgres => {
+            options.max_connections(settings.max_connections.max(1));
+        }
+    }
+
+    // The pool's own timeouts bound each attempt; this bounds the whole call, DNS included.
+    let deadline = settings.connect_timeout + Duration::from_secs(1);
+    let conn = match tokio::time::timeout(deadline, Database::connect(options)).await {
+        Err(_) => {
+            return Err(DbError::ConnectTimeout {
+                engine,
+                url,
+                timeout: settings.connect_timeout,
+            });
+        }
+        Ok(Err(e)) => {
+            // The pool retries refused connections until it times out and then only says so;
+            // one direct attempt tells the operator why.
+            let cause =
+                match direct_connect_error(engine, &driver_url, settings.connect_timeout).await {
+                    Some(cause) => format!("{e} ({cause})"),
+                    None => e.to_string(),
+                };
+            return Err(DbError::Connect {
+                engine,
+                url,
+                message: redact_text(&cause),
+            });
+        }
+        Ok(Ok(conn)) => conn,
+    };
+
+    if engine == Engine::MySql {
+        let row = conn
+            .query_one_raw(Statement::from_string(
+                conn.get_database_backend(),
+                "SELECT DATABASE() AS db",
+            ))
+            .await
+            .with_context(|| {
+                format!("asking the {engine} database {url} which database is selected")
+            })?;
+        let selected: Option<String> = row.and_then(|r| r.try_get("", "db").ok());
+        if selected.is_none() {
+            return Err(DbError::NoDatabaseSelected { engine, url });
+        }
+    }
+
+    Ok(Db { conn, engine, url })
+}
+
+/// The error of one connection attempt outside the pool, if it fails.
+async fn direct_connect_error(engine: Engine, url: &str, timeout: Duration) -> Option<String> {
+    use sea_orm::sqlx::{Connection, MySqlConnection, PgConnection, SqliteConnection};
+    async fn attempt<C: Connection>(url: &str) -> Option<String> {
+        match C::connect(url).await {
+            Ok(conn) => {
+                let _ = conn.close().await;
+                None
+            }
+            Err(e) => Some(e.to_string()),
+        }
+    }
+    let attempt = async {
+        match engine {
+            Engine::Sqlite => attempt::<SqliteConnection>(url).await,
+            Engine::MySql => attempt::<MySqlConnection>(url).await,
+            Engine::Postgres => attempt::<PgConnection>(url).await,
+        }
+    };
+    tokio::time::timeout(timeout, attempt).await.ok().flatten()
+}
+
+/// sqlx knows `mysql://` and `postgres://` only; syncerd also accepts `mariadb://` and
+/// `postgresql://`.
+fn driver_url(url: &str, engine: Engine) -> String {
+    let replace = |from: &str, to: &str| match url.strip_prefix(from) {
+        Some(rest) => format!("{to}{rest}"),
+        None => url.to_owned(),
+    };
+    match engine {
+        Engine::MySql => replace("mariadb://", "mysql://"),
+        Engine::Postgres => replace("postgresql://", "postgres://"),
+        Engine::Sqlite => url.to_owned(),
+    }
+}
+
+/// What [`migrate`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MigrateReport {
+    /// Names of the migrations applied by this call, in order.
+    pub applied: Vec<String>,
+    /// Casdoor tables this call created because they did not exist (embedded mode).
+    pub created_casdoor_tables: Vec<&'static str>,
+}
+
+impl MigrateReport {
+    pub fn is_up_to_date(&self) -> bool {
+        self.applied.is_empty()
+    }
+}
+
+impl fmt::Display for MigrateReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.applied.is_empty() {
+            return f.write_str("already up to date");
+        }
+        let plural = if self.applied.len() == 1 { "" } else { "s" };
+        write!(
+            f,
+            "applied {} migration{plural} ({})",
+            self.applied.len(),
+            self.applied.join(", ")
+        )?;
+        if !self.created_casdoor_tables.is_empty() {
+            write!(
+                f,
+                "; created Casdoor tables {} (embedded mode)",
+                self.created_casdoor_tables.join(", ")
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Applies pending migrations: Casdoor's tables where missing, then syncerd's own tables.
+/// Running it again is a no-op; existing Casdoor tables are never altered.
+pub async fn migrate(db: &Db) -> Result<MigrateReport, DbError> {
+    let failed = |e: DbErr| DbError::Migrate {
+        engine: db.engine,
+        url: db.url.clone(),
+        message: redact_text(&e.to_string()),
+    };
+    let pending: Vec<String> = Migrator::get_pending_migrations(&db.conn)
+        .await
+        .map_err(failed)?
+        .iter()
+        .map(|m| m.name().to_owned())
+        .collect();
+    if pending.is_empty() {
+        return Ok(MigrateReport::default());
+    }
+
+    let mut missing = Vec::new();
+    for table in CasdoorTable::ALL {
+        if !schema::table_exists(db, table.name()).await? {
+            missing.push(table.name());
+        }
+    }
+
+    Migrator::up(&db.conn, None).await.map_err(failed)?;
+
+    let mut created = Vec::new();
+    for table in missing {
+        if schema::table_exists(db, table).await? {
+            created.push(table);
+        }
+    }
+    Ok(MigrateReport {
+        applied: pending,
+        created_casdoor_tables: created,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn driver_url_maps_scheme_aliases() {
+        assert_eq!(
+            driver_url("mariadb://u:p@h:3306/casdoor", Engine::MySql),
+            "mysql://u:p@h:3306/casdoor"
+        );
+        assert_eq!(
+            driver_url("postgresql://u@h/casdoor", Engine::Postgres),
+            "postgres://u@h/casdoor"
+        );
+        assert_eq!(
+            driver_url("mysql://u@h/casdoor", Engine::MySql),
+            "mysql://u@h/casdoor"
+        );
+        assert_eq!(
+            driver_url("sqlite://x.db?mode=rwc", Engine::Sqlite),
+            "sqlite://x.db?mode=rwc"
+        );
+    }
+
+    #[test]
+    fn migrate_report_says_what_happened() {
+        assert_eq!(MigrateReport::default().to_string(), "already up to date");
+        let report = MigrateReport {
+            applied: vec!["m1".into(), "m2".into()],
+            created_casdoor_tables: vec!["user", "group"],
+        };
+        assert_eq!(
+            report.to_string(),
+            "applied 2 migrations (m1, m2); created Casdoor tables user, group (embedded mode)"
+        );
+    }
+
+    #[tokio::test]
+    async fn connect_errors_never_show_the_password() {
+        let settings = DatabaseSettings {
+            url: crate::config::DatabaseUrl::new(
+                "postgres://syncerd:Pg-S3cret@127.0.0.1:1/casdoor",
+            ),
+            connect_timeout: Duration::from_secs(2),
+            ..DatabaseSettings::default()
+        };
+        let err = connect(&settings).await.err().map(|e| e.to_string());
+        let err = err.unwrap_or_default();
+        assert!(!err.contains("Pg-S3cret"), "{err}");
+        assert!(err.contains("127.0.0.1:1"), "{err}");
+        assert!(err.contains("SYNCERD_DATABASE__URL"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn unsupported_urls_say_which_forms_work() {
+        let settings = DatabaseSettings {
+            url: crate::config::DatabaseUrl::new("oracle://scott:tiger@db/orcl"),
+            ..DatabaseSettings::default()
+        };
+        let err = connect(&settings).await.err().map(|e| e.to_string());
+        let err = err.unwrap_or_default();
+        assert!(err.contains("sqlite://") && !err.contains("tiger"), "{err}");
+    }
+}

@@ -1,0 +1,31 @@
+-- Casdoor's `syncer` table as xorm creates it; spec casdoor-schema-and-sync.md, Appendix B (PostgreSQL).
+-- Kept verbatim: syncerd creates it only where it is missing and never alters an existing one.
+CREATE TABLE IF NOT EXISTS "syncer" (
+  "owner" VARCHAR(100) NOT NULL,
+  "name" VARCHAR(100) NOT NULL,
+  "created_time" VARCHAR(100) NULL,
+  "organization" VARCHAR(100) NULL,
+  "type" VARCHAR(100) NULL,
+  "database_type" VARCHAR(100) NULL,
+  "ssl_mode" VARCHAR(100) NULL,
+  "ssh_type" VARCHAR(100) NULL,
+  "host" VARCHAR(100) NULL,
+  "port" INTEGER NULL,
+  "user" VARCHAR(100) NULL,
+  "password" VARCHAR(150) NULL,
+  "ssh_host" VARCHAR(100) NULL,
+  "ssh_port" INTEGER NULL,
+  "ssh_user" VARCHAR(100) NULL,
+  "ssh_password" VARCHAR(150) NULL,
+  "cert" VARCHAR(100) NULL,
+  "database" VARCHAR(100) NULL,
+  "table" VARCHAR(100) NULL,
+  "table_columns" TEXT NULL,
+  "affiliation_table" VARCHAR(100) NULL,
+  "avatar_base_url" VARCHAR(100) NULL,
+  "error_text" TEXT NULL,
+  "sync_interval" INTEGER NULL,
+  "is_read_only" BOOL NULL,
+  "is_enabled" BOOL NULL,
+  PRIMARY KEY ( "owner","name" )
+);

@@ -1,0 +1,31 @@
+-- Casdoor's `syncer` table as xorm creates it; spec casdoor-schema-and-sync.md, Appendix C (SQLite).
+-- Kept verbatim: syncerd creates it only where it is missing and never alters an existing one.
+CREATE TABLE IF NOT EXISTS `syncer` (
+  `owner` TEXT NOT NULL,
+  `name` TEXT NOT NULL,
+  `created_time` TEXT NULL,
+  `organization` TEXT NULL,
+  `type` TEXT NULL,
+  `database_type` TEXT NULL,
+  `ssl_mode` TEXT NULL,
+  `ssh_type` TEXT NULL,
+  `host` TEXT NULL,
+  `port` INTEGER NULL,
+  `user` TEXT NULL,
+  `password` TEXT NULL,
+  `ssh_host` TEXT NULL,
+  `ssh_port` INTEGER NULL,
+  `ssh_user` TEXT NULL,
+  `ssh_password` TEXT NULL,
+  `cert` TEXT NULL,
+  `database` TEXT NULL,
+  `table` TEXT NULL,
+  `table_columns` TEXT NULL,
+  `affiliation_table` TEXT NULL,
+  `avatar_base_url` TEXT NULL,
+  `error_text` TEXT NULL,
+  `sync_interval` INTEGER NULL,
+  `is_read_only` INTEGER NULL,
+  `is_enabled` INTEGER NULL,
+  PRIMARY KEY ( `owner`,`name` )
+);
