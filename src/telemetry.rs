@@ -34,8 +34,17 @@ pub fn init(settings: &LogSettings) {
         .with_writer(std::io::stderr)
         .with_target(false);
     let _ = match (settings.format, under_journald) {
-        (LogFormat::Json, _) => builder.json().flatten_event(true).with_current_span(true).finish().try_init(),
+        (LogFormat::Json, _) => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .finish()
+            .try_init(),
         (LogFormat::Text, true) => builder.without_time().with_ansi(false).finish().try_init(),
-        (LogFormat::Text, false) => builder.with_timer(SystemTime).with_ansi(ansi).finish().try_init(),
+        (LogFormat::Text, false) => builder
+            .with_timer(SystemTime)
+            .with_ansi(ansi)
+            .finish()
+            .try_init(),
     };
 }

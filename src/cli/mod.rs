@@ -7,6 +7,11 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use syncerd::config::{ConfigSources, LoadedConfig, Settings};
+use syncerd::db::{self, Db};
+
+mod output;
+mod runs;
+mod syncer;
 
 const CONFIG_HELP: &str = "\
 Configuration layers, later ones win: built-in defaults, the TOML file (--config FILE, else
@@ -64,6 +69,17 @@ pub enum OutputFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Create syncerd's tables, and Casdoor's tables where they do not exist (embedded mode).
+    ///
+    /// Never alters an existing Casdoor table; running it again is a no-op. Every other command
+    /// that touches the database first checks that the Casdoor columns syncerd uses exist.
+    /// Reads database.url.
+    Migrate,
+    /// Add, list, enable and disable DingTalk syncers (rows of Casdoor's `syncer` table).
+    #[command(subcommand)]
+    Syncer(syncer::SyncerCommand),
+    /// Read the run history, newest first; `syncerd runs show ID` for one run in full.
+    Runs(runs::RunsArgs),
     /// Inspect the effective configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -107,10 +123,48 @@ fn load_config(global: &GlobalOpts) -> anyhow::Result<LoadedConfig> {
     Ok(loaded)
 }
 
+/// Connects to the configured database and, unless `migrating`, checks that the Casdoor columns
+/// and syncerd tables exist.
+async fn open_db(settings: &Settings, migrating: bool) -> anyhow::Result<Db> {
+    let db = db::connect(&settings.database).await?;
+    if !migrating {
+        db::check_schema(&db).await?;
+    }
+    Ok(db)
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
 /// Runs one command to completion and returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let loaded = load_config(&cli.global)?;
+    let settings = &loaded.settings;
     match cli.command {
+        Command::Migrate => runtime()?.block_on(async {
+            let db = open_db(settings, true).await?;
+            let report = db::migrate(&db).await?;
+            db::check_schema(&db).await?;
+            println!("{}: {report}", db.redacted_url());
+            db.close().await?;
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Syncer(command) => runtime()?.block_on(async {
+            let db = open_db(settings, false).await?;
+            syncer::run(&db, command).await?;
+            db.close().await?;
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Runs(args) => runtime()?.block_on(async {
+            let db = open_db(settings, false).await?;
+            runs::run(&db, args).await?;
+            db.close().await?;
+            Ok(ExitCode::SUCCESS)
+        }),
         Command::Config(ConfigCommand::Show) => {
             if let Some(file) = &loaded.file {
                 println!("# configuration file: {}", file.display());

@@ -1,0 +1,226 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The real `syncerd` binary: help texts, exit codes, and the storage commands on every engine.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::{TestDb, on_every_engine};
+
+const SECRET: &str = "Cli-S3cret-9f2c";
+
+/// Runs the binary with a clean environment apart from the database URL and `extra`.
+fn syncerd(db_url: Option<&str>, args: &[&str], extra: &[(&str, &str)]) -> Output {
+    let dir = std::env::temp_dir();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_syncerd"));
+    cmd.args(args)
+        .current_dir(&dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    if let Some(url) = db_url {
+        cmd.env("SYNCERD_DATABASE__URL", url);
+    }
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn every_command_explains_itself_in_help() {
+    for args in [
+        vec!["--help"],
+        vec!["migrate", "--help"],
+        vec!["syncer", "--help"],
+        vec!["syncer", "add", "--help"],
+        vec!["syncer", "list", "--help"],
+        vec!["syncer", "enable", "--help"],
+        vec!["syncer", "disable", "--help"],
+        vec!["runs", "--help"],
+        vec!["runs", "show", "--help"],
+        vec!["config", "show", "--help"],
+    ] {
+        let out = syncerd(None, &args, &[]);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{args:?}: {stderr}");
+        assert!(stdout.contains("Usage: syncerd"), "{args:?}: {stdout}");
+        assert!(
+            stdout.lines().count() > 4,
+            "{args:?} help is too thin: {stdout}"
+        );
+    }
+    let (root, _) = text(&syncerd(None, &["--help"], &[]));
+    assert!(root.contains("SYNCERD_DATABASE__URL"), "{root}");
+    let (add, _) = text(&syncerd(None, &["syncer", "add", "--help"], &[]));
+    assert!(
+        add.contains("--app-secret-file") && add.contains("database.url"),
+        "{add}"
+    );
+}
+
+#[test]
+fn errors_exit_non_zero_with_one_clear_line() {
+    let out = syncerd(
+        None,
+        &["config", "show"],
+        &[("SYNCERD_DINGTALK__QPS_PER_API", "lots")],
+    );
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("error: ") && stderr.contains("SYNCERD_DINGTALK__QPS_PER_API"),
+        "{stderr}"
+    );
+
+    let out = syncerd(
+        None,
+        &["--config", "/nonexistent/syncerd.toml", "config", "show"],
+        &[],
+    );
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(stderr.contains("/nonexistent/syncerd.toml"), "{stderr}");
+}
+
+#[test]
+fn config_show_redacts_every_secret_and_warns_about_unknown_keys() {
+    let out = syncerd(
+        Some("postgres://syncerd:Pg-Pa55-cli@db:5432/casdoor"),
+        &["config", "show"],
+        &[
+            ("SYNCERD_HTTP__ADMIN_TOKEN", "adm-tok-cli-77"),
+            ("SYNCERD_SYNC__BATCHSIZE", "3"),
+        ],
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let all = format!("{stdout}{stderr}");
+    assert!(
+        !all.contains("Pg-Pa55-cli") && !all.contains("adm-tok-cli-77"),
+        "{all}"
+    );
+    assert!(
+        stdout.contains("postgres://syncerd:[redacted]@db:5432/casdoor"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("admin_token = \"[redacted]\""), "{stdout}");
+    assert!(all.contains("SYNCERD_SYNC__BATCHSIZE"), "{all}");
+}
+
+#[tokio::test]
+async fn storage_commands_work_on_every_engine_and_never_print_the_secret() {
+    on_every_engine(async |t: &TestDb| {
+        let url = t.url().to_owned();
+        let run = |args: Vec<&'static str>| {
+            let url = url.clone();
+            async move {
+                tokio::task::spawn_blocking(move || syncerd(Some(&url), &args, &[]))
+                    .await
+                    .unwrap()
+            }
+        };
+
+        // Before migrate, commands refuse with a hint.
+        let out = run(vec!["syncer", "list"]).await;
+        assert!(!out.status.success(), "{}", t.label());
+        assert!(text(&out).1.contains("syncerd migrate"), "{}", text(&out).1);
+
+        let out = run(vec!["migrate"]).await;
+        assert!(out.status.success(), "{}: {}", t.label(), text(&out).1);
+        assert!(text(&out).0.contains("applied"), "{}", text(&out).0);
+        let out = run(vec!["migrate"]).await;
+        assert!(out.status.success());
+        assert!(
+            text(&out).0.contains("already up to date"),
+            "{}",
+            text(&out).0
+        );
+
+        let out = run(vec![
+            "syncer",
+            "add",
+            "--name",
+            "acme-dt",
+            "--organization",
+            "acme",
+            "--app-key",
+            "dingkey01",
+            "--app-secret",
+            SECRET,
+            "--interval",
+            "120",
+        ])
+        .await;
+        assert!(out.status.success(), "{}: {}", t.label(), text(&out).1);
+
+        let list = run(vec!["syncer", "list"]).await;
+        let (stdout, stderr) = text(&list);
+        assert!(list.status.success(), "{stderr}");
+        assert!(
+            stdout.contains("acme-dt") && stdout.contains("dingkey01") && stdout.contains("no"),
+            "{stdout}"
+        );
+        assert!(!stdout.contains(SECRET) && !stderr.contains(SECRET));
+
+        assert!(
+            run(vec!["syncer", "enable", "acme-dt"])
+                .await
+                .status
+                .success()
+        );
+        let json = run(vec!["syncer", "list", "--format", "json"]).await;
+        let (stdout, _) = text(&json);
+        assert!(!stdout.contains(SECRET), "{stdout}");
+        let rows: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(rows[0]["name"], "acme-dt");
+        assert_eq!(rows[0]["is_enabled"], true);
+        assert_eq!(rows[0]["sync_interval"], 120);
+        assert_eq!(rows[0]["app_secret_set"], true);
+
+        assert!(
+            run(vec!["syncer", "disable", "acme-dt"])
+                .await
+                .status
+                .success()
+        );
+        let json = run(vec!["syncer", "list", "--format", "json"]).await;
+        let rows: serde_json::Value = serde_json::from_str(&text(&json).0).unwrap();
+        assert_eq!(rows[0]["is_enabled"], false);
+
+        let missing = run(vec!["syncer", "enable", "nope"]).await;
+        assert!(!missing.status.success());
+        assert!(
+            text(&missing).1.contains("no syncer named `nope`"),
+            "{}",
+            text(&missing).1
+        );
+
+        // The row is what Casdoor's UI writes: secret in `password`, key in `user`.
+        let db = t.connect().await;
+        let stored = t
+            .query_texts(
+                &db,
+                &format!(
+                    "SELECT {} FROM syncer WHERE name = 'acme-dt'",
+                    t.quote("password")
+                ),
+            )
+            .await;
+        assert_eq!(stored, vec![SECRET.to_owned()]);
+
+        let runs = run(vec!["runs"]).await;
+        assert!(runs.status.success(), "{}", text(&runs).1);
+        assert!(text(&runs).0.contains("no runs recorded yet"));
+        let config = run(vec!["config", "show"]).await;
+        assert!(!text(&config).0.contains(SECRET));
+    })
+    .await;
+}
