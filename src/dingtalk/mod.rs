@@ -8,10 +8,14 @@ pub mod error;
 pub mod fetch;
 pub mod limiter;
 pub mod rng;
+pub mod simulator;
 pub mod types;
 
 pub use check::{CheckReport, CheckStep, FieldSample, StepOutcome};
 pub use client::{Client, ClientConfig};
 pub use endpoint::{Call, Endpoint, Permission};
 pub use error::DingTalkError;
+pub use simulator::{
+    SimulateArgs, Simulator, SimulatorConfig, SimulatorError, SimulatorHandle, run_simulate,
+};
 pub use types::{Credentials, Department, Directory, DirectoryUser, User};
