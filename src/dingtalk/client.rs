@@ -34,6 +34,8 @@ pub const USER_PAGE_SIZE: u32 = 100;
 const TOKEN_REFRESH_MARGIN: Duration = Duration::from_secs(600);
 /// What DingTalk documents when `expires_in` is missing.
 const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(7200);
+/// Token refreshes one request may trigger before it gives up.
+const MAX_TOKEN_REFRESHES: u32 = 3;
 /// Server text kept in an error message, at most.
 const MAX_SERVER_TEXT: usize = 300;
 
@@ -354,12 +356,17 @@ impl Client {
     /// The cached access token of the App Key, fetched when missing or due. Callers that find
     /// it missing while another refresh runs wait for that refresh (single flight).
     pub(crate) async fn access_token(&self, ctx: &CallCtx<'_>) -> Result<Secret, DingTalkError> {
+        self.token_and_origin(ctx).await.map(|(token, _)| token)
+    }
+
+    /// The token and whether this caller fetched it (rather than finding it cached).
+    async fn token_and_origin(&self, ctx: &CallCtx<'_>) -> Result<(Secret, bool), DingTalkError> {
         let mut slot = ctx.app.token.lock().await;
         if let Some(cached) = slot.as_ref()
             && cached.app_secret == ctx.creds.app_secret
             && Instant::now() < cached.refresh_at
         {
-            return Ok(cached.token.clone());
+            return Ok((cached.token.clone(), false));
         }
         let call = Call::new(Endpoint::GetToken);
         let answer = match self.with_retries(ctx, call, None, None).await? {
@@ -393,7 +400,7 @@ impl Client {
             app_secret: ctx.creds.app_secret.clone(),
             refresh_at: Instant::now() + valid_for,
         });
-        Ok(token)
+        Ok((token, true))
     }
 
     /// Drops the cached token if it is still the one DingTalk rejected (a concurrent caller may
@@ -406,29 +413,32 @@ impl Client {
     }
 
     /// Sends one `/topapi` call with every safeguard: token, IP-ban gate, rate limiter, retries
-    /// with back-off, and one replay after a token refresh. Returns the decoded JSON answer.
+    /// with back-off, and a replay with a new token when DingTalk rejects the token. The request
+    /// fails as [`DingTalkError::TokenRejected`] when a token it fetched itself after a
+    /// rejection is rejected too (the app is disabled or its secret rotated), or after
+    /// [`MAX_TOKEN_REFRESHES`] refreshes. A replacement token another caller had fetched may be
+    /// stale as well (revoked in the meantime); that earns one more refresh, not a failure.
     async fn execute(
         &self,
         ctx: &CallCtx<'_>,
         call: Call,
         body: Option<&Value>,
     ) -> Result<Value, DingTalkError> {
-        let mut replayed = false;
+        let mut refreshes = 0u32;
         loop {
-            let token = self.access_token(ctx).await?;
+            let (token, fetched_here) = self.token_and_origin(ctx).await?;
             match self.with_retries(ctx, call, body, Some(&token)).await? {
                 Attempted::Answer(answer) => return Ok(answer),
-                Attempted::TokenRejected(_) if !replayed => {
-                    self.invalidate_token(ctx, &token).await;
-                    replayed = true;
-                    debug!(
-                        endpoint = call.endpoint.path(),
-                        "access token rejected; fetching a new one and replaying once"
-                    );
-                }
                 Attempted::TokenRejected(failure) => {
                     self.invalidate_token(ctx, &token).await;
-                    return Err(self.error_of(ctx, call, failure, 1));
+                    if (fetched_here && refreshes > 0) || refreshes >= MAX_TOKEN_REFRESHES {
+                        return Err(self.error_of(ctx, call, failure, 1));
+                    }
+                    refreshes += 1;
+                    debug!(
+                        endpoint = call.endpoint.path(),
+                        refreshes, "access token rejected; fetching a new one and replaying"
+                    );
                 }
             }
         }

@@ -144,9 +144,9 @@ pub enum DingTalkError {
     },
 
     #[error(
-        "{call}: DingTalk still rejects the access token right after fetching a new one (errcode \
-         {code}: {errmsg}). The app may be disabled or its secret rotated; check the app in the \
-         DingTalk developer console."
+        "{call}: DingTalk rejected a freshly fetched access token as well (errcode {code}: \
+         {errmsg}). The app may be disabled or its secret rotated; check the app in the DingTalk \
+         developer console."
     )]
     TokenRejected {
         call: Call,
