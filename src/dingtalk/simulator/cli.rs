@@ -40,8 +40,9 @@ pub struct SimulateArgs {
     #[arg(long, default_value = super::DEFAULT_APP_KEY)]
     pub app_key: String,
 
-    /// App Secret the simulator accepts (a made-up value; others get errcode 40089).
-    #[arg(long, default_value = super::DEFAULT_APP_SECRET, hide_default_value = true)]
+    /// App Secret the simulator accepts (others get errcode 40089). The default is a made-up,
+    /// public value for demos, not a secret.
+    #[arg(long, default_value = super::DEFAULT_APP_SECRET)]
     pub app_secret: String,
 
     /// Delay added to every answer, in milliseconds.
@@ -151,6 +152,36 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         args: SimulateArgs,
+    }
+
+    #[test]
+    fn help_describes_every_flag() {
+        use clap::CommandFactory;
+        let help = Cli::command().render_long_help().to_string();
+        for flag in [
+            "--users",
+            "--departments",
+            "--max-depth",
+            "--seed",
+            "--listen",
+            "--latency-ms",
+            "--qps",
+            "--token-ttl",
+            "--busy-rate",
+            "--bad-gateway-rate",
+            "--malformed-rate",
+            "--throttle-rate",
+            "--invalidate-token-every",
+        ] {
+            assert!(help.contains(flag), "{flag} missing from:\n{help}");
+        }
+        assert!(
+            help.contains("sim-app-secret"),
+            "demo users need the default secret"
+        );
+        if std::env::var_os("SHOW_HELP").is_some() {
+            println!("{help}");
+        }
     }
 
     #[test]
