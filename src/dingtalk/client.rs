@@ -917,6 +917,28 @@ mod tests {
         assert_eq!(from_settings.ip_ban_pause, Duration::from_secs(300));
     }
 
+    #[tokio::test]
+    async fn transport_errors_lose_their_url_and_its_secrets() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = closed.local_addr().unwrap();
+        drop(closed);
+        let url = format!("http://{addr}/gettoken?appkey=k&appsecret=S3cret-Value-9");
+        let raw = reqwest::Client::new().get(&url).send().await.unwrap_err();
+        assert!(
+            raw.to_string().contains("S3cret-Value-9"),
+            "reqwest embeds the URL"
+        );
+        let Failure::Transport(detail) = failure_of(raw) else {
+            panic!("a refused connection is a transport failure");
+        };
+        assert!(!detail.contains("S3cret-Value-9"), "{detail}");
+        assert!(!detail.contains("appsecret"), "{detail}");
+        assert!(
+            detail.to_lowercase().contains("connect"),
+            "keeps the cause: {detail}"
+        );
+    }
+
     #[test]
     fn client_debug_shows_no_secrets() {
         let client = Client::new(ClientConfig::default()).unwrap();
