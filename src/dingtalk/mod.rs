@@ -1,6 +1,21 @@
 //! The fetch stage: a DingTalk client that walks a whole directory at the API's speed limit,
 //! and a simulator that speaks the same API for the demo, tests and benchmarks.
 
+pub mod check;
+pub mod client;
+pub mod endpoint;
+pub mod error;
+pub mod fetch;
+pub mod limiter;
+pub mod rng;
+pub mod simulator;
 pub mod types;
 
+pub use check::{CheckReport, CheckStep, FieldSample, StepOutcome};
+pub use client::{Client, ClientConfig};
+pub use endpoint::{Call, Endpoint, Permission};
+pub use error::DingTalkError;
+pub use simulator::{
+    SimulateArgs, Simulator, SimulatorConfig, SimulatorError, SimulatorHandle, run_simulate,
+};
 pub use types::{Credentials, Department, Directory, DirectoryUser, User};

@@ -170,6 +170,10 @@ pub struct EndpointStats {
     pub bytes: u64,
     /// Non-zero effective error codes seen, with their counts.
     pub errors_by_code: BTreeMap<i64, u64>,
+    /// Failures without an errcode (`http 502`, `timeout`, `transport`, `malformed answer`,
+    /// `ip ban`), with their counts.
+    #[serde(default)]
+    pub other_errors: BTreeMap<String, u64>,
 }
 
 /// Per-endpoint statistics, keyed by endpoint path such as `/topapi/v2/user/list`.
