@@ -46,6 +46,8 @@ fn every_command_explains_itself_in_help() {
         vec!["runs", "--help"],
         vec!["runs", "show", "--help"],
         vec!["config", "show", "--help"],
+        vec!["check", "--help"],
+        vec!["simulate", "--help"],
     ] {
         let out = syncerd(None, &args, &[]);
         let (stdout, stderr) = text(&out);
@@ -223,4 +225,80 @@ async fn storage_commands_work_on_every_engine_and_never_print_the_secret() {
         assert!(!text(&config).0.contains(SECRET));
     })
     .await;
+}
+
+#[tokio::test]
+async fn check_says_ok_against_the_simulator_and_names_bad_credentials() {
+    use syncerd::dingtalk::simulator::{Simulator, SimulatorConfig};
+    let sim = Simulator::start(
+        SimulatorConfig {
+            users: 30,
+            departments: 4,
+            app_secret: syncerd::secret::Secret::new("Sim-Check-S3cret"),
+            ..Default::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let t = TestDb::sqlite().await;
+    let url = t.url().to_owned();
+    let base = sim.base_url();
+    let run = move |args: Vec<String>| {
+        let url = url.clone();
+        let base = base.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                syncerd(Some(&url), &args, &[("SYNCERD_DINGTALK__API_BASE", &base)])
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    assert!(run(s(&["migrate"])).await.status.success());
+    for (name, secret) in [("good", "Sim-Check-S3cret"), ("bad", "Wrong-S3cret-42")] {
+        let out = run(s(&[
+            "syncer",
+            "add",
+            "--name",
+            name,
+            "--organization",
+            "acme",
+            "--app-key",
+            "sim-app-key",
+            "--app-secret",
+            secret,
+        ]))
+        .await;
+        assert!(out.status.success(), "{}", text(&out).1);
+    }
+    let good = run(s(&["check", "good"])).await;
+    let (stdout, stderr) = text(&good);
+    assert!(good.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("can sync"), "{stdout}");
+    assert!(
+        stdout.contains("mobile") && stdout.contains("email"),
+        "{stdout}"
+    );
+
+    let bad = run(s(&["check", "bad"])).await;
+    let (stdout, stderr) = text(&bad);
+    assert!(!bad.status.success());
+    assert!(
+        stdout.contains("40089") && stdout.contains("App Secret"),
+        "{stdout}"
+    );
+    for secret in ["Sim-Check-S3cret", "Wrong-S3cret-42"] {
+        assert!(
+            !stdout.contains(secret) && !stderr.contains(secret),
+            "{stdout}{stderr}"
+        );
+    }
+    let missing = run(s(&["check", "nope"])).await;
+    assert!(!missing.status.success());
+    assert!(text(&missing).1.contains("no syncer named `nope`"));
+    sim.shutdown().await.unwrap();
+    t.cleanup().await;
 }

@@ -80,6 +80,23 @@ pub enum Command {
     Syncer(syncer::SyncerCommand),
     /// Read the run history, newest first; `syncerd runs show ID` for one run in full.
     Runs(runs::RunsArgs),
+    /// Test a syncer's DingTalk connection, as Casdoor's "Test Connection" should.
+    ///
+    /// Fetches a token, lists the root department's children and reads one page of users, then
+    /// says what works, which DingTalk permission each failure means, and whether mobile numbers
+    /// and e-mail addresses come back (two separate field permissions). Exits 0 only when a sync
+    /// can run. Reads database.url and the dingtalk.* keys.
+    Check {
+        /// The syncer's name.
+        name: String,
+    },
+    /// Serve a simulated DingTalk organization on a local port, for demos, tests and benchmarks.
+    ///
+    /// Point dingtalk.api_base at the printed address and use the App Key / App Secret it
+    /// prints. The organization is generated from the seed, so the same flags always give the
+    /// same users. A control API under /_sim/ (JSON) changes the organization and reads call
+    /// counters; it has no authentication, so keep it on a loopback address. Ctrl-C stops it.
+    Simulate(syncerd::dingtalk::simulator::SimulateArgs),
     /// Inspect the effective configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -157,6 +174,32 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let db = open_db(settings, false).await?;
             syncer::run(&db, command).await?;
             db.close().await?;
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Check { name } => runtime()?.block_on(async {
+            let db = open_db(settings, false).await?;
+            let syncer = db::get_syncer(&db, &name).await?.with_context(|| {
+                format!("no syncer named `{name}`; `syncerd syncer list` shows the existing ones")
+            })?;
+            db.close().await?;
+            let client = syncerd::dingtalk::Client::new((&settings.dingtalk).into())?;
+            let credentials = syncerd::dingtalk::Credentials {
+                app_key: syncer.app_key.clone(),
+                app_secret: syncer.app_secret.clone(),
+            };
+            let report = client.check(&credentials).await;
+            print!("{}", report.render());
+            Ok(if report.can_sync() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }),
+        Command::Simulate(args) => runtime()?.block_on(async {
+            let shutdown = async {
+                let _ = tokio::signal::ctrl_c().await;
+            };
+            syncerd::dingtalk::simulator::run_simulate(args, shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }),
         Command::Runs(args) => runtime()?.block_on(async {
