@@ -302,3 +302,40 @@ async fn check_says_ok_against_the_simulator_and_names_bad_credentials() {
     sim.shutdown().await.unwrap();
     t.cleanup().await;
 }
+
+#[test]
+fn log_dir_writes_rotating_files_that_are_flushed_at_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    let out = syncerd(
+        None,
+        &["config", "show"],
+        &[
+            ("SYNCERD_LOG__DIR", logs.to_str().unwrap()),
+            ("SYNCERD_LOG__FORMAT", "json"),
+            ("SYNCERD_LOG__ROTATION", "hourly"),
+            ("SYNCERD_TYPO_KEY", "1"),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out).1);
+    let files: Vec<_> = std::fs::read_dir(&logs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let name = files[0].file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        name.starts_with("syncerd.") && name.ends_with(".log"),
+        "{name}"
+    );
+    let content = std::fs::read_to_string(&files[0]).unwrap();
+    let line: serde_json::Value = serde_json::from_str(content.lines().next().unwrap()).unwrap();
+    assert_eq!(line["level"], "WARN");
+    assert!(
+        line["message"]
+            .as_str()
+            .unwrap()
+            .contains("SYNCERD_TYPO_KEY"),
+        "{content}"
+    );
+}

@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use syncerd::config::{ConfigSources, LoadedConfig, Settings};
 use syncerd::db::{self, Db};
+use syncerd::telemetry::LogGuard;
 
 mod output;
 mod runs;
@@ -130,14 +131,15 @@ impl GlobalOpts {
     }
 }
 
-/// Loads the configuration, starts logging and reports configuration warnings.
-fn load_config(global: &GlobalOpts) -> anyhow::Result<LoadedConfig> {
+/// Loads the configuration, starts logging and reports configuration warnings. The returned
+/// guard keeps the log file writer alive; drop it last.
+fn load_config(global: &GlobalOpts) -> anyhow::Result<(LoadedConfig, LogGuard)> {
     let loaded = Settings::load(&global.sources()).context("cannot load the configuration")?;
-    syncerd::telemetry::init(&loaded.settings.log);
+    let guard = syncerd::telemetry::init(&loaded.settings.log)?;
     for warning in &loaded.warnings {
         tracing::warn!("{warning}");
     }
-    Ok(loaded)
+    Ok((loaded, guard))
 }
 
 /// Connects to the configured database and, unless `migrating`, checks that the Casdoor columns
@@ -159,7 +161,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// Runs one command to completion and returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let loaded = load_config(&cli.global)?;
+    let (loaded, _log_guard) = load_config(&cli.global)?;
     let settings = &loaded.settings;
     match cli.command {
         Command::Migrate => runtime()?.block_on(async {
