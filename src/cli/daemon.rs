@@ -19,6 +19,9 @@ pub struct RunArgs {
     /// Development aid: how long each stand-in run lasts while the pipeline is not wired.
     #[arg(long, hide = true, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
     pub placeholder_run_delay: Duration,
+    /// Development aid: stand-in runs ignore shutdown (tests of the grace and forced exit).
+    #[arg(long, hide = true)]
+    pub placeholder_ignores_cancel: bool,
 }
 
 /// The work of one run. Until the pipeline is wired this is the stand-in that records a run
@@ -26,7 +29,11 @@ pub struct RunArgs {
 // TODO(lead): wire to pipeline::run_once + the DingTalk client; keep the placeholder when
 // `--placeholder-run-delay` is given so the daemon tests stay independent of DingTalk.
 fn run_fn(_settings: &Settings, args: &RunArgs) -> RunFn {
-    daemon::placeholder_run_fn(args.placeholder_run_delay)
+    if args.placeholder_ignores_cancel {
+        daemon::stubborn_placeholder_run_fn(args.placeholder_run_delay)
+    } else {
+        daemon::placeholder_run_fn(args.placeholder_run_delay)
+    }
 }
 
 /// `syncerd run`: schedules every enabled DingTalk syncer until SIGTERM/SIGINT.

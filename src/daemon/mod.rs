@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{ConfigError, Settings};
 use crate::db::{self, Db, DbError, RunStatus, RunTrigger, StaleRunFilter, SyncerRow};
 
-pub use placeholder::placeholder_run_fn;
+pub use placeholder::{PLACEHOLDER_MESSAGE, placeholder_run_fn, stubborn_placeholder_run_fn};
 pub use scheduler::{TriggerError, effective_interval, validate_syncer};
 pub use shutdown::{Control, ControlSource};
 

@@ -21,10 +21,16 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A [`RunFn`] that records a run lasting `delay` (stopping early, as `interrupted`, when its
 /// token is cancelled) without fetching or writing any user.
 pub fn placeholder_run_fn(delay: Duration) -> RunFn {
-    Arc::new(move |request: RunRequest| placeholder_run(request, delay).boxed())
+    Arc::new(move |request: RunRequest| placeholder_run(request, delay, true).boxed())
 }
 
-async fn placeholder_run(request: RunRequest, delay: Duration) -> RunSummary {
+/// Like [`placeholder_run_fn`], but the run never reaches a safe point: it ignores its token,
+/// so shutdown has to wait out `scheduler.shutdown_grace` (tests of the grace and forced exit).
+pub fn stubborn_placeholder_run_fn(delay: Duration) -> RunFn {
+    Arc::new(move |request: RunRequest| placeholder_run(request, delay, false).boxed())
+}
+
+async fn placeholder_run(request: RunRequest, delay: Duration, honour_cancel: bool) -> RunSummary {
     let started = Instant::now();
     let RunRequest {
         syncer,
@@ -56,7 +62,7 @@ async fn placeholder_run(request: RunRequest, delay: Duration) -> RunSummary {
     };
     let (status, message) = tokio::select! {
         _ = tokio::time::sleep(delay) => (RunStatus::Succeeded, PLACEHOLDER_MESSAGE.to_owned()),
-        _ = cancel.cancelled() => (
+        _ = cancel.cancelled(), if honour_cancel => (
             RunStatus::Interrupted,
             format!("stopped before the end (shutdown or lost lease); {PLACEHOLDER_MESSAGE}"),
         ),
