@@ -747,3 +747,38 @@ async fn http_endpoints_answer_and_the_admin_api_wants_the_token() {
     d.stop().await;
     db.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_run_is_counted_as_failed_and_the_daemon_goes_on() {
+    let t = TestDb::sqlite().await;
+    let db = t.migrated().await;
+    add(&db, "boom", 1, true).await;
+    add(&db, "calm", 1, true).await;
+    let inner = placeholder_run_fn(Duration::ZERO);
+    let run_fn: RunFn = Arc::new(move |request: RunRequest| {
+        let inner = inner.clone();
+        async move {
+            if request.syncer.name == "boom" {
+                panic!("pipeline bug");
+            }
+            inner(request).await
+        }
+        .boxed()
+    });
+    let d = TestDaemon::start(&t, run_fn, |_| {}).await;
+    eventually(
+        Duration::from_secs(8),
+        "failed runs of boom and runs of calm",
+        || async {
+            d.metric("syncerd_runs_total{syncer=\"boom\",status=\"failed\"} ")
+                .await
+                >= 2.0
+                && runs(&db, "calm").await.len() >= 2
+        },
+    )
+    .await;
+    assert_eq!(d.get("/readyz", None).await.0, 200);
+    let (exit, _) = d.stop().await;
+    assert_eq!(exit, DaemonExit::Graceful);
+    db.close().await.unwrap();
+}

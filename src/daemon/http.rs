@@ -165,6 +165,7 @@ async fn list_syncers(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> 
                     e.row.sync_interval,
                     e.desired.clone(),
                     e.job,
+                    e.soon,
                     e.last_run.clone(),
                 )
             })
@@ -172,16 +173,21 @@ async fn list_syncers(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> 
     };
     let mut jobs = shared.jobs.clone();
     let mut views = Vec::with_capacity(entries.len());
-    for (name, organization, enabled, configured, desired, job, last_seen) in entries {
-        let next_run = match job {
-            Some(id) => tokio::time::timeout(LOOKUP_TIMEOUT, jobs.next_tick_for_job(id))
+    for (name, organization, enabled, configured, desired, job, soon, last_seen) in entries {
+        // The earlier of the repeating job's next tick and a pending first run.
+        let mut next_run: Option<DateTime<Utc>> = None;
+        for id in [job, soon].into_iter().flatten() {
+            let tick = tokio::time::timeout(LOOKUP_TIMEOUT, jobs.next_tick_for_job(id))
                 .await
                 .ok()
                 .and_then(Result::ok)
-                .flatten()
-                .map(|t: DateTime<Utc>| utc_millis(t)),
-            None => None,
-        };
+                .flatten();
+            next_run = match (next_run, tick) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        let next_run = next_run.map(utc_millis);
         let (mut last_run, mut lease_holder) = (None, None);
         if let Some(db) = shared.db() {
             let filter = RunFilter {

@@ -9,8 +9,9 @@
 //! * [`shutdown`]: signals as [`Control`] events, and the database back-off;
 //! * [`http`]: `/healthz`, `/readyz`, `/metrics` and the admin API; [`metrics`]: the counters.
 //!
-//! One `CancellationToken` tree: the root token stops the reconcile loop and the HTTP server;
-//! its child `runs` token parents one child token per run, so shutdown cancels every run at once.
+//! One `CancellationToken` tree: under the root, one child stops the reconcile loop, one the HTTP
+//! server (last, so `/healthz` answers during the drain), and the `runs` child parents one token
+//! per run, so shutdown cancels every run at once.
 //! Runs live in a `TaskTracker` that shutdown drains within `scheduler.shutdown_grace`.
 
 pub mod http;
@@ -155,6 +156,7 @@ pub fn instance_id() -> String {
 
 /// A daemon whose HTTP port is bound; [`BoundDaemon::run`] does the rest.
 pub struct BoundDaemon {
+    root: CancellationToken,
     shared: Arc<Shared>,
     listener: TcpListener,
     settings: Settings,
@@ -170,10 +172,12 @@ pub async fn bind(options: DaemonOptions) -> Result<BoundDaemon, DaemonError> {
             listen: listen.clone(),
             source,
         })?;
-    let shared = Shared::new(&options.settings, options.run_fn, options.instance)
+    let root = CancellationToken::new();
+    let shared = Shared::new(&options.settings, options.run_fn, options.instance, &root)
         .await
         .map_err(|e| DaemonError::Scheduler(e.to_string()))?;
     Ok(BoundDaemon {
+        root,
         shared,
         listener,
         settings: options.settings,
@@ -191,12 +195,12 @@ impl BoundDaemon {
     /// recover crashed runs, reconcile and schedule, then shut down gracefully.
     pub async fn run(self, mut control: ControlSource) -> DaemonExit {
         let BoundDaemon {
+            root,
             shared,
             listener,
             mut settings,
             config_loader,
         } = self;
-        let root = CancellationToken::new();
         tracing::info!(
             instance = %shared.instance,
             listen = %settings.http.listen,
@@ -219,9 +223,10 @@ impl BoundDaemon {
                 if let Err(e) = shared.start_jobs().await {
                     tracing::error!("the job scheduler did not start: {e}; retrying on reconcile");
                 }
+                let reconcile_stop = root.child_token();
                 let reconcile = tokio::spawn(scheduler::reconcile_loop(
                     shared.clone(),
-                    root.child_token(),
+                    reconcile_stop.clone(),
                 ));
                 let exit = loop {
                     match control.recv().await {
@@ -231,11 +236,11 @@ impl BoundDaemon {
                         }
                         Some(Control::Shutdown(why)) => {
                             tracing::info!("{why}: shutting down");
-                            break shutdown_runs(&shared, &mut control, &root).await;
+                            break shutdown_runs(&shared, &mut control, &reconcile_stop).await;
                         }
                         None => {
                             tracing::info!("control channel closed: shutting down");
-                            break shutdown_runs(&shared, &mut control, &root).await;
+                            break shutdown_runs(&shared, &mut control, &reconcile_stop).await;
                         }
                     }
                 };
@@ -265,13 +270,14 @@ impl BoundDaemon {
 }
 
 /// Stops scheduling, cancels every run, waits up to `shutdown_grace`, and records what was cut.
+/// The HTTP server keeps answering meanwhile (`/readyz` says 503).
 async fn shutdown_runs(
     shared: &Arc<Shared>,
     control: &mut ControlSource,
-    root: &CancellationToken,
+    reconcile_stop: &CancellationToken,
 ) -> DaemonExit {
+    reconcile_stop.cancel();
     shared.stop_jobs().await;
-    root.cancel();
     shared.cancel_runs();
     let grace = shared.live().shutdown_grace;
     let running = shared.metrics.runs_in_progress();

@@ -14,12 +14,10 @@
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use futures_util::FutureExt as _;
 use tokio::sync::{Notify, OwnedMutexGuard, Semaphore};
 use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 use tokio_util::sync::CancellationToken;
@@ -248,7 +246,8 @@ pub(crate) struct Entry {
     pub row: SyncerRow,
     pub desired: Desired,
     pub job: Option<Uuid>,
-    soon: Option<Uuid>,
+    /// The pending "run soon" one-shot, if any.
+    pub soon: Option<Uuid>,
     reported: Option<String>,
     floor_warned: Option<i32>,
     pub last_run: Option<LastRun>,
@@ -307,6 +306,7 @@ impl Shared {
         settings: &Settings,
         run_fn: RunFn,
         instance: String,
+        root: &CancellationToken,
     ) -> Result<Arc<Shared>, JobSchedulerError> {
         let jobs = JobScheduler::new().await?;
         let live = LiveSettings::from_settings(settings);
@@ -327,7 +327,7 @@ impl Shared {
             permits: std::sync::Mutex::new(permits),
             metrics: Metrics::default(),
             tracker: TaskTracker::new(),
-            runs_token: CancellationToken::new(),
+            runs_token: root.child_token(),
             jobs,
             jobs_started: tokio::sync::Mutex::new(false),
             reconcile_now: Notify::new(),
@@ -913,15 +913,15 @@ async fn run_task(
     shared.metrics.run_started();
     tracing::info!("syncer {name}: {trigger} run starting");
     let started = Instant::now();
-    let run = (shared.run_fn)(RunRequest {
+    // The run is a task of its own, so it keeps going while the lease is renewed; its result
+    // (or panic) is read below.
+    let mut run = shared.tracker.spawn((shared.run_fn)(RunRequest {
         syncer: row,
         trigger,
         cancel: cancel.clone(),
         instance: shared.instance.clone(),
         db: db.clone(),
-    });
-    let run = AssertUnwindSafe(run).catch_unwind();
-    tokio::pin!(run);
+    }));
     let mut renew = tokio::time::interval_at(
         tokio::time::Instant::now() + lease.renew_every,
         lease.renew_every,
@@ -931,12 +931,12 @@ async fn run_task(
         tokio::select! {
             result = &mut run => break match result {
                 Ok(summary) => summary,
-                Err(_) => {
-                    tracing::error!("syncer {name}: the run panicked; the daemon goes on");
+                Err(e) => {
+                    tracing::error!("syncer {name}: the run failed ({e}); the daemon goes on");
                     RunSummary::bare(
                         RunStatus::Failed,
                         started.elapsed(),
-                        Some("the run panicked; see the syncerd log".into()),
+                        Some("the run panicked or was aborted; see the syncerd log".into()),
                     )
                 }
             },
