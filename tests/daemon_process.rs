@@ -442,3 +442,28 @@ async fn the_daemon_waits_for_a_database_that_appears_later_and_healthcheck_tell
     })
     .await;
 }
+
+#[tokio::test]
+async fn run_and_healthcheck_explain_themselves_and_hide_the_development_flags() {
+    for (args, needles) in [
+        (
+            vec!["run", "--help"],
+            vec!["SIGHUP", "lease", "/readyz", "http.listen"],
+        ),
+        (vec!["healthcheck", "--help"], vec!["/readyz", "exit 0"]),
+        (vec!["--help"], vec!["run", "healthcheck"]),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_syncerd"))
+            .args(&args)
+            .env_clear()
+            .output()
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{args:?}");
+        for needle in needles {
+            assert!(text.contains(needle), "{args:?} lacks {needle}:\n{text}");
+        }
+        assert!(!text.contains("placeholder"), "{text}");
+    }
+}

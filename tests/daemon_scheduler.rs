@@ -782,3 +782,25 @@ async fn a_panicking_run_is_counted_as_failed_and_the_daemon_goes_on() {
     assert_eq!(exit, DaemonExit::Graceful);
     db.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_does_not_report_the_same_invalid_row_again() {
+    let t = TestDb::sqlite().await;
+    let db = t.migrated().await;
+    add(&db, "broken", 60, true).await;
+    set(&t, &db, "broken", "organization = ''").await;
+    for _ in 0..2 {
+        let d = TestDaemon::start(&t, placeholder_run_fn(Duration::ZERO), |_| {}).await;
+        d.wait_ready().await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        d.stop().await;
+    }
+    let text = db::get_syncer(&db, "broken")
+        .await
+        .unwrap()
+        .unwrap()
+        .error_text;
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(text.contains("organization is empty"), "{text}");
+    db.close().await.unwrap();
+}

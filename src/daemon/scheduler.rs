@@ -18,7 +18,7 @@ use std::sync::{Arc, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use tokio::sync::{Notify, OwnedMutexGuard, Semaphore};
+use tokio::sync::{Notify, OwnedMutexGuard, OwnedSemaphorePermit, Semaphore};
 use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -291,7 +291,8 @@ pub struct Shared {
     pub(crate) syncers: tokio::sync::Mutex<BTreeMap<String, Entry>>,
     guards: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     semaphore: Arc<Semaphore>,
-    permits: std::sync::Mutex<usize>,
+    /// (permits the semaphore should have in all, permits to forget as runs return them)
+    permits: std::sync::Mutex<(usize, usize)>,
     pub(crate) metrics: Metrics,
     pub(crate) tracker: TaskTracker,
     runs_token: CancellationToken,
@@ -324,7 +325,7 @@ impl Shared {
             syncers: tokio::sync::Mutex::new(BTreeMap::new()),
             guards: std::sync::Mutex::new(HashMap::new()),
             semaphore: Arc::new(Semaphore::new(permits)),
-            permits: std::sync::Mutex::new(permits),
+            permits: std::sync::Mutex::new((permits, 0)),
             metrics: Metrics::default(),
             tracker: TaskTracker::new(),
             runs_token: root.child_token(),
@@ -372,19 +373,32 @@ impl Shared {
         *self.admin_token.write().unwrap_or_else(|e| e.into_inner()) =
             settings.http.admin_token.clone();
         let mut permits = self.permits.lock().unwrap_or_else(|e| e.into_inner());
-        if wanted > *permits {
-            self.semaphore.add_permits(wanted - *permits);
-        } else if wanted < *permits {
-            // Permits held by running runs are forgotten as they come back.
-            let gone = self.semaphore.forget_permits(*permits - wanted);
-            if gone < *permits - wanted {
-                tracing::info!(
-                    "scheduler.max_concurrent_runs lowered to {wanted}: takes full effect as \
-                     running runs end"
-                );
-            }
+        let (total, debt) = &mut *permits;
+        if wanted > *total {
+            let mut add = wanted - *total;
+            let forgiven = add.min(*debt);
+            *debt -= forgiven;
+            add -= forgiven;
+            self.semaphore.add_permits(add);
+        } else if wanted < *total {
+            let cut = *total - wanted;
+            let gone = self.semaphore.forget_permits(cut);
+            // Permits held by running runs are forgotten as those runs end.
+            *debt += cut - gone;
         }
-        *permits = wanted;
+        *total = wanted;
+    }
+
+    /// Whether the permit of a run that just ended must be forgotten (the limit was lowered
+    /// while it ran).
+    fn owes_permit(&self) -> bool {
+        let mut permits = self.permits.lock().unwrap_or_else(|e| e.into_inner());
+        if permits.1 > 0 {
+            permits.1 -= 1;
+            true
+        } else {
+            false
+        }
     }
 
     /// `Ok(summary)` when ready, else why not (one line).
@@ -846,6 +860,23 @@ pub(crate) async fn reconcile_loop(shared: Arc<Shared>, stop: CancellationToken)
     }
 }
 
+/// A slot of `scheduler.max_concurrent_runs`; given back (or forgotten, when the limit was
+/// lowered meanwhile) when dropped, whichever way the run task ends.
+struct RunPermit {
+    permit: Option<OwnedSemaphorePermit>,
+    shared: Arc<Shared>,
+}
+
+impl Drop for RunPermit {
+    fn drop(&mut self) {
+        if let Some(permit) = self.permit.take()
+            && self.shared.owes_permit()
+        {
+            permit.forget();
+        }
+    }
+}
+
 /// One run of one syncer, holding its single-flight guard for its whole life.
 async fn run_task(
     shared: Arc<Shared>,
@@ -858,7 +889,7 @@ async fn run_task(
         biased;
         _ = cancel.cancelled() => return,
         permit = shared.semaphore.clone().acquire_owned() => match permit {
-            Ok(permit) => permit,
+            Ok(permit) => RunPermit { permit: Some(permit), shared: shared.clone() },
             Err(_) => return,
         },
     };
@@ -1175,6 +1206,42 @@ mod tests {
             .map(|_| start_jitter(random_u64(), max).as_millis())
             .collect();
         assert!(distinct.len() > 10, "{distinct:?}");
+    }
+
+    #[tokio::test]
+    async fn lowering_the_run_limit_takes_effect_as_running_runs_end() {
+        let mut settings = Settings::default();
+        settings.scheduler.max_concurrent_runs = 3;
+        let shared = Shared::new(
+            &settings,
+            super::super::placeholder_run_fn(Duration::ZERO),
+            "test:1:a".into(),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            let permit = shared.semaphore.clone().try_acquire_owned();
+            held.push(RunPermit {
+                permit: permit.ok(),
+                shared: shared.clone(),
+            });
+        }
+        settings.scheduler.max_concurrent_runs = 1;
+        shared.apply_settings(&settings);
+        assert_eq!(shared.semaphore.available_permits(), 0);
+        held.truncate(1);
+        assert_eq!(
+            shared.semaphore.available_permits(),
+            0,
+            "two runs ended: forgotten"
+        );
+        held.clear();
+        assert_eq!(shared.semaphore.available_permits(), 1);
+        settings.scheduler.max_concurrent_runs = 2;
+        shared.apply_settings(&settings);
+        assert_eq!(shared.semaphore.available_permits(), 2);
     }
 
     #[tokio::test(start_paused = true)]
