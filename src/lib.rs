@@ -5,6 +5,7 @@
 //! shell over this library so integration tests can reach every behaviour.
 
 pub mod config;
+pub mod daemon;
 pub mod db;
 pub mod dingtalk;
 pub mod pipeline;

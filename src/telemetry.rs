@@ -9,6 +9,7 @@
 
 use std::io::IsTerminal;
 use std::path::Path;
+use std::sync::OnceLock;
 
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_appender::rolling::{self, Rotation};
@@ -45,24 +46,26 @@ pub enum TelemetryError {
     LogDir { dir: String, message: String },
 }
 
-/// Keeps the log file writer alive (dropping it flushes the last lines) and allows changing the
-/// level while running (SIGHUP).
+/// Keeps the log file writer alive: dropping it flushes the last lines.
 pub struct LogGuard {
     _file_writer: Option<WorkerGuard>,
-    reload: Option<reload::Handle<EnvFilter, Outputs>>,
 }
 
-impl LogGuard {
-    /// Replaces the level filter of the running process. `RUST_LOG`, when set, still wins.
-    pub fn set_level(&self, level: &str) -> bool {
-        if std::env::var_os("RUST_LOG").is_some() {
-            return false;
-        }
-        match &self.reload {
-            Some(handle) => handle.reload(filter_for(level)).is_ok(),
-            None => false,
-        }
+/// The reload handle of the installed subscriber's level filter, set by [`init`].
+static LEVEL: OnceLock<reload::Handle<EnvFilter, Outputs>> = OnceLock::new();
+
+/// Switches the log filter of the running process to `level` (the daemon's SIGHUP). Fails with
+/// a message when `RUST_LOG` is set (it wins over `log.level`), when `level` is not a valid
+/// filter, or when [`init`] did not install the subscriber.
+pub fn set_level(level: &str) -> Result<(), String> {
+    if std::env::var_os("RUST_LOG").is_some() {
+        return Err("RUST_LOG is set and wins over log.level; unset it to change the level".into());
     }
+    EnvFilter::try_new(level).map_err(|e| format!("`{level}` is not a valid log filter: {e}"))?;
+    let handle = LEVEL
+        .get()
+        .ok_or_else(|| "logging was not set up by syncerd".to_owned())?;
+    handle.reload(filter_for(level)).map_err(|e| e.to_string())
 }
 
 type BoxedLayer = Box<dyn Layer<Registry> + Send + Sync>;
@@ -132,9 +135,10 @@ pub fn init(settings: &LogSettings) -> Result<LogGuard, TelemetryError> {
     }
     let outputs = tracing_subscriber::registry().with(layers);
     let (filter, handle) = reload::Layer::new(filter_for(&level));
-    let installed = outputs.with(filter).try_init().is_ok();
+    if outputs.with(filter).try_init().is_ok() {
+        let _ = LEVEL.set(handle);
+    }
     Ok(LogGuard {
         _file_writer: guard,
-        reload: installed.then_some(handle),
     })
 }

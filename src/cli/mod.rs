@@ -10,6 +10,7 @@ use syncerd::config::{ConfigSources, LoadedConfig, Settings};
 use syncerd::db::{self, Db};
 use syncerd::telemetry::LogGuard;
 
+mod daemon;
 mod output;
 mod runs;
 mod syncer;
@@ -101,6 +102,17 @@ pub enum Command {
     /// Inspect the effective configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Run the daemon: schedule every enabled DingTalk syncer until SIGTERM/SIGINT.
+    ///
+    /// Follows the `syncer` table (scheduler.reload_interval, and at once on SIGHUP, which also
+    /// re-reads the configuration file), waits for the database while it is down, takes a
+    /// per-syncer lease so replicas never run one syncer twice, and serves /healthz, /readyz,
+    /// /metrics and the admin API on http.listen.
+    Run(daemon::RunArgs),
+    /// Ask the local daemon's /readyz (at http.listen): exit 0 when ready, 1 otherwise.
+    ///
+    /// For Docker's HEALTHCHECK; waits at most 3 seconds.
+    Healthcheck,
 }
 
 #[derive(Debug, Subcommand)]
@@ -210,6 +222,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             db.close().await?;
             Ok(ExitCode::SUCCESS)
         }),
+        Command::Run(args) => daemon::run(&cli.global, loaded, args),
+        Command::Healthcheck => daemon::healthcheck(settings),
         Command::Config(ConfigCommand::Show) => {
             if let Some(file) = &loaded.file {
                 println!("# configuration file: {}", file.display());

@@ -11,6 +11,7 @@ mod schema;
 mod time;
 
 pub mod entities;
+pub mod leases;
 pub mod runs;
 pub mod syncers;
 

@@ -1,0 +1,72 @@
+//! How long a run's lease lives and how often it is renewed.
+//!
+//! The TTL bounds how long a crashed holder blocks its syncer (and how long until its `running`
+//! row is recovered), so it is short; a run renews its lease three times per TTL, so a single
+//! failed renewal does not lose it. Until there is a `scheduler.lease_ttl` key, the TTL follows
+//! `scheduler.reload_interval` (12 reconcile passes, between 2 s and 60 s: 60 s by default).
+
+use std::time::Duration;
+
+/// Shortest lease TTL, whatever the reload interval.
+pub const MIN_LEASE_TTL: Duration = Duration::from_secs(2);
+/// Longest lease TTL (the default with a 5 s reload interval).
+pub const MAX_LEASE_TTL: Duration = Duration::from_secs(60);
+
+/// The lease TTL and renewal period in force.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseTiming {
+    pub ttl: Duration,
+    pub renew_every: Duration,
+}
+
+impl LeaseTiming {
+    /// 12 reload intervals, clamped to [`MIN_LEASE_TTL`, `MAX_LEASE_TTL`]; renewed every third.
+    pub fn for_reload_interval(reload_interval: Duration) -> Self {
+        let ttl = reload_interval
+            .saturating_mul(12)
+            .clamp(MIN_LEASE_TTL, MAX_LEASE_TTL);
+        LeaseTiming {
+            ttl,
+            renew_every: ttl / 3,
+        }
+    }
+
+    /// Whether a run whose lease is known to hold until `held_until_ms` must stop now at
+    /// `now_ms`: the next renewal might come too late, after which another replica may take
+    /// the lease and start the same syncer.
+    pub fn must_stop(&self, held_until_ms: i64, now_ms: i64) -> bool {
+        let margin = i64::try_from(self.renew_every.as_millis()).unwrap_or(i64::MAX);
+        now_ms.saturating_add(margin) >= held_until_ms
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_ttl_follows_the_reload_interval_within_bounds() {
+        let t = LeaseTiming::for_reload_interval(Duration::from_secs(5));
+        assert_eq!(t.ttl, Duration::from_secs(60));
+        assert_eq!(t.renew_every, Duration::from_secs(20));
+        let t = LeaseTiming::for_reload_interval(Duration::from_millis(200));
+        assert_eq!(t.ttl, Duration::from_millis(2400));
+        assert_eq!(t.renew_every, Duration::from_millis(800));
+        let t = LeaseTiming::for_reload_interval(Duration::from_millis(10));
+        assert_eq!(t.ttl, MIN_LEASE_TTL);
+        let t = LeaseTiming::for_reload_interval(Duration::from_secs(3600));
+        assert_eq!(t.ttl, MAX_LEASE_TTL);
+    }
+
+    #[test]
+    fn a_run_stops_after_two_missed_renewals_not_one() {
+        let t = LeaseTiming::for_reload_interval(Duration::from_secs(5));
+        let renewed_at = 1_000_000;
+        let held_until = renewed_at + 60_000;
+        // First renewal (20 s later) failed: 40 s left, keep going.
+        assert!(!t.must_stop(held_until, renewed_at + 20_000));
+        // Second one (40 s later) failed too: the third might be too late.
+        assert!(t.must_stop(held_until, renewed_at + 40_000));
+        assert!(t.must_stop(held_until, held_until + 1));
+    }
+}

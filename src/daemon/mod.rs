@@ -1,0 +1,435 @@
+//! The daemon: follows the `syncer` table, schedules every enabled DingTalk syncer, survives
+//! signals, replicas and crashes, and shows itself over HTTP.
+//!
+//! The daemon only decides *when* a run happens; *what* a run does comes in as a [`RunFn`]
+//! value (the lead wires it to `pipeline::run_once`). Pieces:
+//! * [`scheduler`]: the reconcile pass (table → tokio-cron-scheduler jobs), the single-flight
+//!   guard, the process-wide run limit, the run task;
+//! * [`lease`]: how long a per-syncer lease lives and how often it is renewed;
+//! * [`shutdown`]: signals as [`Control`] events, and the database back-off;
+//! * [`http`]: `/healthz`, `/readyz`, `/metrics` and the admin API; [`metrics`]: the counters.
+//!
+//! One `CancellationToken` tree: under the root, one child stops the reconcile loop, one the HTTP
+//! server (last, so `/healthz` answers during the drain), and the `runs` child parents one token
+//! per run, so shutdown cancels every run at once.
+//! Runs live in a `TaskTracker` that shutdown drains within `scheduler.shutdown_grace`.
+
+pub mod http;
+pub mod lease;
+pub mod metrics;
+mod placeholder;
+pub mod scheduler;
+pub mod shutdown;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use futures_util::future::BoxFuture;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ConfigError, Settings};
+use crate::db::{self, Db, DbError, RunStatus, RunTrigger, StaleRunFilter, SyncerRow};
+
+pub use placeholder::{PLACEHOLDER_MESSAGE, placeholder_run_fn, stubborn_placeholder_run_fn};
+pub use scheduler::{TriggerError, effective_interval, validate_syncer};
+pub use shutdown::{Control, ControlSource};
+
+use scheduler::Shared;
+
+/// What the daemon hands the pipeline for one run.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    /// The row as read just before the run (fresher than the last reconcile).
+    pub syncer: SyncerRow,
+    pub trigger: RunTrigger,
+    /// Cancelled at shutdown or when the lease is lost: stop at the next safe point and return
+    /// status `interrupted`.
+    pub cancel: CancellationToken,
+    /// `hostname:pid:random` of this process. The run's `syncer_run.instance` must be exactly
+    /// this: crash recovery matches running rows to the lease holder by it.
+    pub instance: String,
+    /// The daemon's connection pool.
+    pub db: Db,
+}
+
+/// What a run reports back to the daemon (for metrics, logs and the admin API). The run
+/// records its own `syncer_run` row; the daemon never records it a second time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunSummary {
+    /// The `syncer_run` row the run wrote, if it got that far.
+    pub run_id: Option<i64>,
+    pub status: RunStatus,
+    pub created: u64,
+    pub updated: u64,
+    /// Users forbidden because they left the directory.
+    pub forbidden: u64,
+    /// Users soft-deleted because they left the directory.
+    pub deleted: u64,
+    /// DingTalk API calls made.
+    pub api_calls: u64,
+    pub duration: Duration,
+    /// The operator-facing message of a run that did not fully succeed; free of secrets.
+    pub message: Option<String>,
+}
+
+impl RunSummary {
+    /// A run that ended with `status` and nothing else to report.
+    pub fn bare(status: RunStatus, duration: Duration, message: Option<String>) -> Self {
+        RunSummary {
+            run_id: None,
+            status,
+            created: 0,
+            updated: 0,
+            forbidden: 0,
+            deleted: 0,
+            api_calls: 0,
+            duration,
+            message,
+        }
+    }
+}
+
+/// The work of one run. The lead wires it to `pipeline::run_once` plus the DingTalk client.
+pub type RunFn = Arc<dyn Fn(RunRequest) -> BoxFuture<'static, RunSummary> + Send + Sync>;
+
+/// Re-reads the configuration (file, environment) on SIGHUP.
+pub type ConfigLoader = Box<dyn Fn() -> Result<Settings, ConfigError> + Send + Sync>;
+
+/// Everything the daemon needs to start.
+pub struct DaemonOptions {
+    pub settings: Settings,
+    pub run_fn: RunFn,
+    /// Used on SIGHUP; `None` means a reload only reconciles.
+    pub config_loader: Option<ConfigLoader>,
+    /// `hostname:pid:random`; see [`instance_id`].
+    pub instance: String,
+}
+
+/// How the daemon ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DaemonExit {
+    /// Stopped on request; runs finished or were recorded as interrupted.
+    Graceful,
+    /// A second stop request arrived during shutdown: leave at once.
+    Forced,
+}
+
+/// Why the daemon could not start (it never stops for a database that is down).
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(
+        "cannot listen on http.listen {listen}: {source}. Is another process using the port? \
+         Set http.listen / SYNCERD_HTTP__LISTEN to a free address"
+    )]
+    Bind {
+        listen: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the job scheduler: {0}")]
+    Scheduler(String),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("{what} took longer than {after:?}; is the database overloaded?")]
+    Timeout { what: String, after: Duration },
+}
+
+/// `hostname:pid:random`: names this process as a lease holder and in `syncer_run.instance`.
+/// The random part tells a restarted process (same host, maybe same pid in a container) from
+/// its previous life.
+pub fn instance_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown-host".to_owned());
+    format!(
+        "{host}:{}:{:06x}",
+        std::process::id(),
+        scheduler::random_u64() & 0xff_ffff
+    )
+}
+
+/// A daemon whose HTTP port is bound; [`BoundDaemon::run`] does the rest.
+pub struct BoundDaemon {
+    root: CancellationToken,
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    settings: Settings,
+    config_loader: Option<ConfigLoader>,
+}
+
+/// Binds `http.listen` (the only start-up step that may fail) and prepares the scheduler.
+pub async fn bind(options: DaemonOptions) -> Result<BoundDaemon, DaemonError> {
+    let listen = options.settings.http.listen.clone();
+    let listener = TcpListener::bind(&listen)
+        .await
+        .map_err(|source| DaemonError::Bind {
+            listen: listen.clone(),
+            source,
+        })?;
+    let root = CancellationToken::new();
+    let shared = Shared::new(&options.settings, options.run_fn, options.instance, &root)
+        .await
+        .map_err(|e| DaemonError::Scheduler(e.to_string()))?;
+    Ok(BoundDaemon {
+        root,
+        shared,
+        listener,
+        settings: options.settings,
+        config_loader: options.config_loader,
+    })
+}
+
+impl BoundDaemon {
+    /// The address the HTTP endpoints answer on (useful with port 0).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+
+    /// Runs until `control` asks to stop: connect (retrying while the database is down),
+    /// recover crashed runs, reconcile and schedule, then shut down gracefully.
+    pub async fn run(self, mut control: ControlSource) -> DaemonExit {
+        let BoundDaemon {
+            root,
+            shared,
+            listener,
+            mut settings,
+            config_loader,
+        } = self;
+        tracing::info!(
+            instance = %shared.instance,
+            listen = %settings.http.listen,
+            database = %settings.database.url,
+            "syncerd daemon starting"
+        );
+        let http_task = tokio::spawn(http::serve(listener, shared.clone(), root.child_token()));
+
+        // Connect, retrying with back-off; a stop request meanwhile ends the daemon.
+        let db = tokio::select! {
+            db = shutdown::connect_with_backoff(&settings.database, &shared) => Some(db),
+            ctl = shutdown::next_stop(&mut control) => {
+                tracing::info!("stop requested ({ctl}) before the database was reached");
+                None
+            }
+        };
+        let exit = match db {
+            Some(db) => {
+                shared.set_db(db);
+                if let Err(e) = shared.start_jobs().await {
+                    tracing::error!("the job scheduler did not start: {e}; retrying on reconcile");
+                }
+                let reconcile_stop = root.child_token();
+                let reconcile = tokio::spawn(scheduler::reconcile_loop(
+                    shared.clone(),
+                    reconcile_stop.clone(),
+                ));
+                let exit = loop {
+                    match control.recv().await {
+                        Some(Control::Reload) => {
+                            reload(&shared, &mut settings, config_loader.as_ref());
+                            shared.reconcile_soon();
+                        }
+                        Some(Control::Shutdown(why)) => {
+                            tracing::info!("{why}: shutting down");
+                            break shutdown_runs(&shared, &mut control, &reconcile_stop).await;
+                        }
+                        None => {
+                            tracing::info!("control channel closed: shutting down");
+                            break shutdown_runs(&shared, &mut control, &reconcile_stop).await;
+                        }
+                    }
+                };
+                root.cancel();
+                if exit == DaemonExit::Graceful {
+                    let _ = tokio::time::timeout(Duration::from_secs(5), reconcile).await;
+                }
+                exit
+            }
+            None => DaemonExit::Graceful,
+        };
+        root.cancel();
+        if exit == DaemonExit::Graceful {
+            match tokio::time::timeout(Duration::from_secs(5), http_task).await {
+                Ok(Ok(Err(e))) => tracing::warn!("the HTTP server ended with an error: {e}"),
+                Ok(Err(e)) => tracing::warn!("the HTTP server task failed: {e}"),
+                Err(_) => tracing::warn!("the HTTP server did not stop within 5 s"),
+                Ok(Ok(Ok(()))) => {}
+            }
+            if let Some(db) = shared.db() {
+                let _ = tokio::time::timeout(Duration::from_secs(5), db.clone().close()).await;
+            }
+            tracing::info!("syncerd daemon stopped");
+        }
+        exit
+    }
+}
+
+/// Stops scheduling, cancels every run, waits up to `shutdown_grace`, and records what was cut.
+/// The HTTP server keeps answering meanwhile (`/readyz` says 503).
+async fn shutdown_runs(
+    shared: &Arc<Shared>,
+    control: &mut ControlSource,
+    reconcile_stop: &CancellationToken,
+) -> DaemonExit {
+    reconcile_stop.cancel();
+    shared.stop_jobs().await;
+    shared.cancel_runs();
+    let grace = shared.live().shutdown_grace;
+    let running = shared.metrics.runs_in_progress();
+    if running > 0 {
+        tracing::info!("waiting up to {grace:?} for {running} run(s) to reach a safe point");
+    }
+    let drained = tokio::select! {
+        drained = tokio::time::timeout(grace, shared.tracker.wait()) => drained.is_ok(),
+        ctl = shutdown::next_stop(control) => {
+            tracing::warn!("{ctl} again during shutdown: exiting at once");
+            return DaemonExit::Forced;
+        }
+    };
+    let Some(db) = shared.db() else {
+        return DaemonExit::Graceful;
+    };
+    let timeout = shared.live().db_timeout;
+    if !drained {
+        let still = shared.metrics.runs_in_progress();
+        let reason = format!(
+            "syncerd stopped before the run finished (shutdown grace of {} expired)",
+            crate::config::format_duration(grace)
+        );
+        let filter = StaleRunFilter {
+            instance: Some(shared.instance.clone()),
+            ..StaleRunFilter::default()
+        };
+        match tokio::time::timeout(
+            timeout,
+            db::mark_interrupted(db, &filter, Utc::now(), &reason),
+        )
+        .await
+        {
+            Ok(Ok(n)) => tracing::warn!(
+                "{still} run(s) did not stop within {grace:?}; recorded {n} as interrupted"
+            ),
+            Ok(Err(e)) => tracing::error!("could not record the interrupted runs: {e}"),
+            Err(_) => tracing::error!("recording the interrupted runs timed out"),
+        }
+    }
+    match tokio::time::timeout(
+        timeout,
+        db::leases::release_all_leases(db, &shared.instance),
+    )
+    .await
+    {
+        Ok(Ok(n)) if n > 0 => tracing::info!("released {n} lease(s)"),
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!("could not release the leases (they expire anyway): {e}"),
+        Err(_) => tracing::warn!("releasing the leases timed out (they expire anyway)"),
+    }
+    DaemonExit::Graceful
+}
+
+/// SIGHUP: re-read the configuration and apply what can change while running.
+fn reload(shared: &Shared, current: &mut Settings, loader: Option<&ConfigLoader>) {
+    let Some(loader) = loader else {
+        tracing::info!("reload requested: reconciling now");
+        return;
+    };
+    let new = match loader() {
+        Ok(new) => new,
+        Err(e) => {
+            tracing::error!("reload: keeping the running configuration: {e}");
+            return;
+        }
+    };
+    let mut applied = Vec::new();
+    let mut restart = Vec::new();
+    if new.log.level != current.log.level {
+        match crate::telemetry::set_level(&new.log.level) {
+            Ok(()) => applied.push(format!(
+                "log.level {} → {}",
+                current.log.level, new.log.level
+            )),
+            Err(e) => tracing::warn!("reload: log.level not changed: {e}"),
+        }
+    }
+    let (old_s, new_s) = (&current.scheduler, &new.scheduler);
+    let fmt = crate::config::format_duration;
+    for (key, old, now) in [
+        (
+            "scheduler.reload_interval",
+            fmt(old_s.reload_interval),
+            fmt(new_s.reload_interval),
+        ),
+        (
+            "scheduler.min_interval",
+            fmt(old_s.min_interval),
+            fmt(new_s.min_interval),
+        ),
+        (
+            "scheduler.shutdown_grace",
+            fmt(old_s.shutdown_grace),
+            fmt(new_s.shutdown_grace),
+        ),
+        (
+            "scheduler.max_concurrent_runs",
+            old_s.max_concurrent_runs.to_string(),
+            new_s.max_concurrent_runs.to_string(),
+        ),
+        (
+            "scheduler.accepted_types",
+            old_s.accepted_types.join(","),
+            new_s.accepted_types.join(","),
+        ),
+    ] {
+        if old != now {
+            applied.push(format!("{key} {old} → {now}"));
+        }
+    }
+    if new.http.admin_token != current.http.admin_token {
+        applied.push("http.admin_token changed".to_owned());
+    }
+    shared.apply_settings(&new);
+    for (key, changed) in [
+        ("database", new.database != current.database),
+        ("http.listen", new.http.listen != current.http.listen),
+        ("dingtalk", new.dingtalk != current.dingtalk),
+        ("sync", new.sync != current.sync),
+        (
+            "log.format/dir/rotation/max_files",
+            new.log.format != current.log.format
+                || new.log.dir != current.log.dir
+                || new.log.rotation != current.log.rotation
+                || new.log.max_files != current.log.max_files,
+        ),
+    ] {
+        if changed {
+            restart.push(key);
+        }
+    }
+    if applied.is_empty() {
+        tracing::info!("configuration reloaded: nothing that applies live changed");
+    } else {
+        tracing::info!("configuration reloaded: {}", applied.join("; "));
+    }
+    if !restart.is_empty() {
+        tracing::warn!(
+            "configuration reloaded, but {} changed: restart syncerd for that to take effect",
+            restart.join(", ")
+        );
+    }
+    // What needs a restart keeps its running value, so the warning repeats until then.
+    let mut next = new;
+    next.database = current.database.clone();
+    next.http.listen = current.http.listen.clone();
+    next.dingtalk = current.dingtalk.clone();
+    next.sync = current.sync.clone();
+    next.log = crate::config::LogSettings {
+        level: next.log.level.clone(),
+        ..current.log.clone()
+    };
+    *current = next;
+}
