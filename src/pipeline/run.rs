@@ -312,6 +312,7 @@ impl Runner<'_> {
         let departments = directory.departments.clone();
 
         self.phase(Phase::Loading);
+        let phase_started = Instant::now();
         let mapped = {
             let mapping = mapping.clone();
             tokio::task::spawn_blocking(move || map_directory(&directory, &mapping)).await
@@ -340,7 +341,12 @@ impl Runner<'_> {
             }
         };
 
+        debug!(
+            elapsed_ms = phase_started.elapsed().as_millis() as u64,
+            "mapped and loaded"
+        );
         self.phase(Phase::Planning);
+        let phase_started = Instant::now();
         let now = casdoor_timestamp(Local::now());
         let facts = state.facts;
         let input = PlanInput {
@@ -378,7 +384,7 @@ impl Runner<'_> {
             }
         };
         let summary = plan.summary();
-        debug!(%summary, "planned");
+        debug!(%summary, elapsed_ms = phase_started.elapsed().as_millis() as u64, "planned");
         if self.opts.cancel.is_cancelled() {
             return self
                 .interrupt("cancelled before writing; nothing was written")
@@ -386,6 +392,7 @@ impl Runner<'_> {
         }
 
         self.phase(Phase::Applying);
+        let phase_started = Instant::now();
         let outcome = apply_plan(
             db,
             &plan,
@@ -403,6 +410,10 @@ impl Runner<'_> {
         )
         .await;
 
+        debug!(
+            elapsed_ms = phase_started.elapsed().as_millis() as u64,
+            "applied"
+        );
         let applied = outcome.applied;
         let counts = &mut self.report.counts;
         counts.created = applied.created;
@@ -435,7 +446,7 @@ impl Runner<'_> {
         self.report.notices = plan.notices.iter().map(ToString::to_string).collect();
         if applied.tokens_revoked > 0 {
             self.report.notices.push(format!(
-                "expired the tokens of {} users who were forbidden or deleted",
+                "expired the Casdoor tokens (if any) of {} users who were forbidden or deleted",
                 applied.tokens_revoked
             ));
         }
@@ -594,6 +605,20 @@ mod tests {
         assert!(problem(|r| r.table_columns = "{".into()).contains("table_columns"));
         let secret_free = problem(|r| r.app_key = String::new());
         assert!(!secret_free.contains("secret\""), "{secret_free}");
+    }
+
+    /// The daemon spawns runs on the multi-threaded runtime: the future must be `Send`.
+    #[allow(dead_code)]
+    fn run_once_is_send(ctx: &RunContext, syncer: &SyncerRow) {
+        fn is_send<T: Send>(_: &T) {}
+        let fetched = std::future::ready(Ok::<Directory, String>(Directory::default()));
+        let run = run_once(
+            ctx,
+            syncer,
+            fetched,
+            RunOptions::new(RunTrigger::Schedule, RunMode::Apply),
+        );
+        is_send(&run);
     }
 
     #[test]

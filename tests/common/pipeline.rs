@@ -27,12 +27,26 @@ pub const ALL_TABLES: [&str; 7] = [
     "syncer_lease",
 ];
 
+/// Logs to stderr when `TEST_LOG` is set (its value is the filter, e.g. `debug`).
+pub fn init_test_log() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    if let Ok(filter) = std::env::var("TEST_LOG") {
+        ONCE.call_once(|| {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_writer(std::io::stderr)
+                .try_init();
+        });
+    }
+}
+
 /// Adds the stock DingTalk syncer `SYNCER` for `ORG` and returns its row.
 pub async fn add_syncer(db: &Db) -> SyncerRow {
     add_named_syncer(db, SYNCER, ORG).await
 }
 
 pub async fn add_named_syncer(db: &Db, name: &str, organization: &str) -> SyncerRow {
+    init_test_log();
     db::add_syncer(
         db,
         NewSyncer {
