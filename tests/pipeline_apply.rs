@@ -832,3 +832,55 @@ async fn the_root_group_is_named_after_the_organizations_display_name() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn leaver_policy_delete_soft_deletes_like_casdoor_and_a_return_restores_the_user() {
+    on_every_engine(async |t| {
+        let (db, syncer) = setup(t).await;
+        create_token_table(t, &db).await;
+        let mut sync = sync_settings(100);
+        sync.leaver_policy = syncerd::config::LeaverPolicy::Delete;
+        let ctx = context(&db, sync);
+        let dir = directory::directory(20, 3);
+        run(&ctx, &syncer, &dir, apply()).await;
+        t.execute(
+            &db,
+            &format!(
+                "INSERT INTO token (owner, name, organization, {}, expires_in) \
+                 VALUES ('admin', 't-leaver', '{ORG}', '{}', 7200)",
+                t.quote("user"),
+                unionid(4)
+            ),
+        )
+        .await;
+
+        let gone = run(&ctx, &syncer, &without(&dir, &[4]), apply()).await;
+        assert_status(t, &gone, RunStatus::Succeeded);
+        assert_eq!(
+            (gone.counts.deleted, gone.counts.forbidden),
+            (1, 0),
+            "{}",
+            t.label()
+        );
+        let row = user_row(&db, &unionid(4)).await.unwrap();
+        assert_eq!(row.is_deleted, Some(true), "{}", t.label());
+        let deleted_time = row.deleted_time.unwrap_or_default();
+        assert!(
+            DateTime::parse_from_rfc3339(&deleted_time).is_ok(),
+            "{deleted_time:?}"
+        );
+        assert_eq!(token_expiry(t, &db, "t-leaver").await, 0, "{}", t.label());
+
+        let back = run(&ctx, &syncer, &dir, apply()).await;
+        assert_status(t, &back, RunStatus::Succeeded);
+        let row = user_row(&db, &unionid(4)).await.unwrap();
+        assert_eq!(
+            (row.is_deleted, row.deleted_time.as_deref()),
+            (Some(false), Some("")),
+            "{}",
+            t.label()
+        );
+        db.close().await.unwrap();
+    })
+    .await;
+}

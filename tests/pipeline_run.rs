@@ -498,3 +498,45 @@ async fn progress_ends_done_with_every_row_written() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_database_that_stays_locked_fails_the_run_instead_of_rejecting_every_row() {
+    // SQLite only: another writer takes the database lock during the fetch and keeps it for 7 s,
+    // past the busy timeout (5 s) of the first batch, then lets the history be written.
+    let t = TestDb::sqlite().await;
+    let (db, syncer) = setup(&t).await;
+    let ctx = context(&db, sync_settings(10));
+    let dir = directory::directory(50, 2);
+    let (locked_tx, locked_rx) = tokio::sync::oneshot::channel();
+    let releaser = tokio::spawn(async move {
+        let lock: sea_orm::DatabaseTransaction = locked_rx.await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_secs(7)).await;
+        lock.rollback().await.unwrap();
+    });
+    let fetch = {
+        let lock_db = t.connect().await;
+        async move {
+            let lock = lock_db.begin_write().await.unwrap();
+            locked_tx.send(lock).ok();
+            Ok::<_, String>(dir)
+        }
+    };
+    let report = run_once(&ctx, &syncer, fetch, apply()).await;
+    releaser.await.unwrap();
+    assert_status(&t, &report, RunStatus::Failed);
+    let message = report.message.clone().unwrap_or_default();
+    assert!(message.contains("batch 1 of"), "{message}");
+    assert_eq!(report.counts.created, 0);
+    assert_eq!(report.counts.rows_rejected, 0, "not retried row by row");
+    assert_eq!(rows(&t, &db, "user").await, 0);
+    let row = db::get_run(&db, report.run_id.unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.status, RunStatus::Failed);
+    assert!(
+        row.error_summary.unwrap_or_default().contains("batch 1 of"),
+        "the failure is recorded"
+    );
+    db.close().await.unwrap();
+}

@@ -955,6 +955,28 @@ fn values_row(stmt: &mut InsertStatement, row: Vec<SimpleExpr>) -> Result<(), Db
         .map_err(|e| DbErr::Custom(format!("building an INSERT: {e}")))
 }
 
+/// PostgreSQL waits for a row lock forever by default; a batch blocked by another writer
+/// (Casdoor itself) gives up after this and the run fails saying so. MySQL/MariaDB stop waiting
+/// after `innodb_lock_wait_timeout` (50 s by default), SQLite after the pool's busy timeout.
+const POSTGRES_TIMEOUTS: [&str; 2] = [
+    "SET LOCAL lock_timeout = '60s'",
+    "SET LOCAL statement_timeout = '300s'",
+];
+
+/// A write transaction whose statements cannot wait forever.
+async fn begin_bounded(db: &Db) -> Result<DatabaseTransaction, DbErr> {
+    let txn = db.begin_write().await?;
+    if db.engine() == Engine::Postgres {
+        for sql in POSTGRES_TIMEOUTS {
+            if let Err(e) = txn.execute_unprepared(sql).await {
+                let _ = txn.rollback().await;
+                return Err(e);
+            }
+        }
+    }
+    Ok(txn)
+}
+
 /// Where batches open their transactions: straight on the pool, or as savepoints of a dry
 /// run's outer transaction.
 enum Scope<'a> {
@@ -965,7 +987,7 @@ enum Scope<'a> {
 impl Scope<'_> {
     async fn begin(&self) -> Result<DatabaseTransaction, DbErr> {
         match self {
-            Scope::Pool(db) => db.begin_write().await,
+            Scope::Pool(db) => begin_bounded(db).await,
             Scope::DryRun(outer) => outer.begin().await,
         }
     }
@@ -1033,7 +1055,7 @@ pub async fn apply_plan(db: &Db, plan: &Plan, settings: ApplySettings<'_>) -> Ap
 
     let outer = match settings.mode {
         RunMode::Apply => None,
-        RunMode::DryRun => match db.begin_write().await {
+        RunMode::DryRun => match begin_bounded(db).await {
             Ok(t) => Some(t),
             Err(e) => {
                 outcome.failure = Some(ApplyError::DryRunBegin {
