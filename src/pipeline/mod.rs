@@ -3,20 +3,35 @@
 //! [`map`] and [`plan`] are pure (values in, values out, no clock, no I/O) so the whole decision
 //! of a run can be unit-tested and shown as a dry run; apply only carries out a [`plan::Plan`].
 //!
-//! Flow for apply: [`Mapping::from_syncer`] (an error makes the syncer invalid) →
-//! [`map_directory`] → fill a [`plan::PlanInput`] from the database → [`plan::plan`] → write.
+//! Flow of [`run_once`]: validate the syncer ([`Mapping::from_syncer`] among others) → record the
+//! run → fetch → [`map_directory`] → [`load::load_state`] fills a [`plan::PlanInput`] →
+//! [`plan::plan`] → [`apply::apply_plan`] → record the outcome in a [`RunReport`].
 
+pub mod apply;
 pub mod groups;
 pub mod hash;
+pub mod load;
 pub mod map;
 pub mod plan;
+pub mod report;
+pub mod run;
 pub mod table_columns;
 
+pub use apply::{Applied, ApplyError, ApplyOutcome, ApplySettings, RowError, Subject, apply_plan};
 pub use groups::{CasbinGrouping, ExistingGroup, GroupCreate, GroupUpdate};
+pub use load::{DbState, SchemaFacts, load_state};
 pub use map::{FieldValue, MappedUser, Mapping, NameSource, RecordError, map_directory, map_user};
 pub use plan::{
     Conflict, ExistingUser, FieldChange, ForeignClaim, Hold, LeaverAction, LeftAction, LinkKind,
     LinkState, NewUser, Notice, OwnershipLink, Plan, PlanInput, PlanOptions, PlanSummary,
     UserUpdate,
+};
+pub use report::{
+    ChangeAction, ColumnChange, ErrorKind, ObjectKind, Phase, PlannedChange, Progress,
+    ReportCounts, ReportError, RunReport,
+};
+pub use run::{
+    RunContext, RunError, RunOptions, SyncerProblem, process_instance, run_once,
+    run_with_directory, validate_syncer,
 };
 pub use table_columns::MappingError;

@@ -11,6 +11,9 @@
 //! drops the database from a helper thread.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod directory;
+pub mod pipeline;
+
 use std::io::Write as _;
 use std::sync::Once;
 use std::sync::atomic::{AtomicU64, Ordering};

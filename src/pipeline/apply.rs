@@ -1,0 +1,1271 @@
+//! Writes a [`Plan`] to the database, exactly per its apply contract.
+//!
+//! The plan is cut into *units*: one user row (insert, update or leaver change) together with its
+//! casbin rows, its ownership link and its token revocation; one group row with its link; or one
+//! stale link to delete. Units are written in batches of `sync.batch_size`, one transaction per
+//! batch. When the database rejects a batch it is rolled back and retried unit by unit, each in
+//! its own transaction: a rejected unit becomes a [`RowError`] and writes nothing at all (so a
+//! user whose row failed gets no link and no casbin rows), the rest commits.
+//!
+//! Cancellation is honoured between batches only, so every batch commits or rolls back whole.
+//! A dry run takes the same path inside one outer transaction (batches become savepoints) that is
+//! rolled back at the end: the database checks every constraint exactly as in a real run, and
+//! nothing stays.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use sea_orm::sea_query::{
+    Alias, Cond, Expr, ExprTrait, InsertStatement, OnConflict, Query, SimpleExpr,
+};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseTransaction, DbErr, IdenStatic, Iterable, RuntimeErr,
+    TransactionTrait, Value,
+};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::Engine;
+use crate::db::entities::{casbin_user_rule, group, syncer_link, user};
+use crate::db::{Db, RunMode, utc_millis};
+use crate::secret::redact_text;
+
+use super::groups::{CasbinGrouping, DEPARTMENT_GROUP_TYPE, GroupCreate, GroupUpdate};
+use super::load::{GROUPING_PTYPE, SchemaFacts, link_kind_text, link_state_text};
+use super::map::FieldValue;
+use super::plan::{
+    FieldChange, LeaverAction, LinkKind, LinkState, NewUser, OwnershipLink, Plan, UserUpdate,
+};
+use super::report::{Phase, Progress};
+
+/// Progress is logged at info at most this often.
+const PROGRESS_LOG_EVERY: Duration = Duration::from_secs(5);
+
+/// `user.type` of the users syncerd creates.
+const NORMAL_USER: &str = "normal-user";
+/// `user.register_type` of users a syncer creates.
+const REGISTER_TYPE: &str = "Add Users";
+/// JSON text columns Casdoor writes as `null` for a new user (nil slices and structs).
+const NULL_JSON_USER_COLUMNS: &[&str] = &[
+    "recovery_codes",
+    "face_ids",
+    "cart",
+    "roles",
+    "permissions",
+    "mfa_items",
+    "application_scopes",
+];
+
+/// Bind parameters one statement may carry on `engine`.
+fn bind_limit(engine: Engine) -> usize {
+    match engine {
+        Engine::Sqlite => 32_766,
+        Engine::MySql | Engine::Postgres => 65_535,
+    }
+}
+
+/// Rows per multi-row statement when each row binds `params_per_row` values (plus `fixed`).
+fn rows_per_statement(engine: Engine, params_per_row: usize, fixed: usize) -> usize {
+    (bind_limit(engine).saturating_sub(fixed) / params_per_row.max(1)).max(1)
+}
+
+/// How one apply is carried out.
+#[derive(Debug, Clone)]
+pub struct ApplySettings<'a> {
+    pub organization: &'a str,
+    pub syncer: &'a str,
+    /// The run writing the links (`first_seen_run`, `last_seen_run`); `None` in a dry run.
+    pub run_id: Option<i64>,
+    /// Units per transaction (at least 1).
+    pub batch_size: usize,
+    pub mode: RunMode,
+    pub facts: SchemaFacts,
+    /// Casdoor's timestamp text of this run, for `updated_time`.
+    pub now: &'a str,
+    pub cancel: &'a CancellationToken,
+    pub progress: Option<&'a watch::Sender<Progress>>,
+}
+
+/// What a unit of apply is about, for errors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subject {
+    /// A user row; `userid` is unknown only for a membership-only unit.
+    User {
+        userid: Option<String>,
+        name: String,
+    },
+    Department {
+        dept_id: String,
+        group: String,
+    },
+    /// A stale ownership link.
+    Link {
+        kind: LinkKind,
+        external_id: String,
+    },
+}
+
+/// A unit the database rejected; nothing of it was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowError {
+    pub subject: Subject,
+    /// The database's message, redacted.
+    pub message: String,
+}
+
+impl std::fmt::Display for RowError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.subject {
+            Subject::User {
+                userid: Some(userid),
+                name,
+            } => write!(
+                f,
+                "the database rejected the row of DingTalk user {userid:?} (user {name:?}); nothing of it was written: {}",
+                self.message
+            ),
+            Subject::User { userid: None, name } => write!(
+                f,
+                "the database rejected the memberships of user {name:?}; nothing of them was written: {}",
+                self.message
+            ),
+            Subject::Department { dept_id, group } => write!(
+                f,
+                "the database rejected group {group:?} of department {dept_id}; nothing of it was written: {}",
+                self.message
+            ),
+            Subject::Link { kind, external_id } => write!(
+                f,
+                "the database rejected deleting the {} link of {external_id:?}: {}",
+                link_kind_text(*kind),
+                self.message
+            ),
+        }
+    }
+}
+
+impl RowError {
+    /// The DingTalk userid, for user rows.
+    pub fn userid(&self) -> Option<&str> {
+        match &self.subject {
+            Subject::User { userid, .. } => userid.as_deref(),
+            Subject::Link {
+                kind: LinkKind::User,
+                external_id,
+            } => Some(external_id),
+            _ => None,
+        }
+    }
+
+    /// The department id, for group rows.
+    pub fn department(&self) -> Option<i64> {
+        match &self.subject {
+            Subject::Department { dept_id, .. } => dept_id.parse().ok(),
+            _ => None,
+        }
+    }
+}
+
+/// A failure that stops the apply (the database cannot be talked to, or a dry run's outer
+/// transaction failed). Batches committed before it stay committed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    #[error(
+        "writing batch {batch} of {batches} to the database failed: {message}; the batches before it were committed, \
+         the rest was not written (the next run picks it up)"
+    )]
+    Batch {
+        batch: usize,
+        batches: usize,
+        message: String,
+    },
+    #[error("the dry run could not open its transaction: {message}")]
+    DryRunBegin { message: String },
+    #[error("the dry run could not roll back its transaction: {message}")]
+    DryRunRollback { message: String },
+}
+
+/// What the committed units did (in a dry run: what they would have done).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub created: u64,
+    pub updated: u64,
+    pub forbidden: u64,
+    pub unforbidden: u64,
+    pub deleted: u64,
+    pub undeleted: u64,
+    pub groups_created: u64,
+    pub groups_updated: u64,
+    pub memberships_changed: u64,
+    pub casbin_added: u64,
+    pub casbin_removed: u64,
+    pub links_written: u64,
+    pub links_deleted: u64,
+    /// Users whose tokens were expired.
+    pub tokens_revoked: u64,
+}
+
+impl Applied {
+    fn add(&mut self, other: &Applied) {
+        self.created += other.created;
+        self.updated += other.updated;
+        self.forbidden += other.forbidden;
+        self.unforbidden += other.unforbidden;
+        self.deleted += other.deleted;
+        self.undeleted += other.undeleted;
+        self.groups_created += other.groups_created;
+        self.groups_updated += other.groups_updated;
+        self.memberships_changed += other.memberships_changed;
+        self.casbin_added += other.casbin_added;
+        self.casbin_removed += other.casbin_removed;
+        self.links_written += other.links_written;
+        self.links_deleted += other.links_deleted;
+        self.tokens_revoked += other.tokens_revoked;
+    }
+}
+
+/// The result of [`apply_plan`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApplyOutcome {
+    pub applied: Applied,
+    pub row_errors: Vec<RowError>,
+    pub rows_written: u64,
+    pub rows_total: u64,
+    /// Cancelled at a safe point: the remaining batches were not written.
+    pub interrupted: bool,
+    pub failure: Option<ApplyError>,
+}
+
+/// A user row write other than an insert.
+#[derive(Debug, Clone, Copy)]
+enum RowUpdate<'p> {
+    Directory(&'p UserUpdate),
+    Leaver(&'p LeaverAction),
+}
+
+impl RowUpdate<'_> {
+    fn changes(&self) -> &[FieldChange] {
+        match self {
+            RowUpdate::Directory(u) => &u.changes,
+            RowUpdate::Leaver(l) => &l.changes,
+        }
+    }
+}
+
+/// Everything written together or not at all.
+#[derive(Debug)]
+struct Unit<'p> {
+    subject: Subject,
+    group_create: Option<&'p GroupCreate>,
+    group_update: Option<&'p GroupUpdate>,
+    user_create: Option<&'p NewUser>,
+    user_update: Option<RowUpdate<'p>>,
+    casbin_remove: Vec<&'p CasbinGrouping>,
+    casbin_add: Vec<&'p CasbinGrouping>,
+    links: Vec<&'p OwnershipLink>,
+    link_deletes: Vec<&'p OwnershipLink>,
+    /// Expire this user's tokens (newly forbidden or deleted).
+    revoke_tokens: bool,
+}
+
+impl<'p> Unit<'p> {
+    fn new(subject: Subject) -> Self {
+        Self {
+            subject,
+            group_create: None,
+            group_update: None,
+            user_create: None,
+            user_update: None,
+            casbin_remove: Vec::new(),
+            casbin_add: Vec::new(),
+            links: Vec::new(),
+            link_deletes: Vec::new(),
+            revoke_tokens: false,
+        }
+    }
+
+    fn user(userid: Option<&str>, name: &str) -> Self {
+        Self::new(Subject::User {
+            userid: userid.map(str::to_owned),
+            name: name.to_owned(),
+        })
+    }
+
+    fn user_name(&self) -> Option<&str> {
+        match &self.subject {
+            Subject::User { name, .. } => Some(name),
+            _ => None,
+        }
+    }
+
+    fn applied(&self, token_table: bool) -> Applied {
+        let mut a = Applied {
+            created: u64::from(self.user_create.is_some()),
+            updated: u64::from(matches!(self.user_update, Some(RowUpdate::Directory(_)))),
+            groups_created: u64::from(self.group_create.is_some()),
+            groups_updated: u64::from(self.group_update.is_some_and(|g| !g.changes.is_empty())),
+            casbin_added: self.casbin_add.len() as u64,
+            casbin_removed: self.casbin_remove.len() as u64,
+            links_written: self.links.len() as u64,
+            links_deleted: self.link_deletes.len() as u64,
+            ..Applied::default()
+        };
+        if let Some(update) = &self.user_update {
+            for c in update.changes() {
+                match (c.column.as_str(), &c.new) {
+                    ("is_forbidden", FieldValue::Bool(true)) => a.forbidden += 1,
+                    ("is_forbidden", FieldValue::Bool(false)) => a.unforbidden += 1,
+                    ("is_deleted", FieldValue::Bool(true)) => a.deleted += 1,
+                    ("is_deleted", FieldValue::Bool(false)) => a.undeleted += 1,
+                    _ => {}
+                }
+            }
+        }
+        let groups_written = self.user_create.is_some_and(|c| c.groups != "[]")
+            || matches!(self.user_update, Some(RowUpdate::Directory(u)) if u.groups.is_some());
+        a.memberships_changed = u64::from(
+            groups_written || !self.casbin_add.is_empty() || !self.casbin_remove.is_empty(),
+        );
+        a.tokens_revoked = u64::from(self.revoke_tokens && token_table);
+        a
+    }
+}
+
+/// Cuts a plan into units: groups first (by department id), then users (by name), then stale
+/// links.
+fn build_units<'p>(plan: &'p Plan, organization: &str) -> Vec<Unit<'p>> {
+    let mut groups: BTreeMap<(i64, String), Unit<'p>> = BTreeMap::new();
+    let group_key = |dept: &str| (dept.parse::<i64>().unwrap_or(i64::MAX), dept.to_owned());
+    let group_unit = |dept: &str, group: &str| {
+        Unit::new(Subject::Department {
+            dept_id: dept.to_owned(),
+            group: group.to_owned(),
+        })
+    };
+    for g in &plan.group_creates {
+        let dept = g.dept_id.to_string();
+        groups
+            .entry(group_key(&dept))
+            .or_insert_with(|| group_unit(&dept, &g.name))
+            .group_create = Some(g);
+    }
+    for g in &plan.group_updates {
+        let dept = g.dept_id.to_string();
+        groups
+            .entry(group_key(&dept))
+            .or_insert_with(|| group_unit(&dept, &g.name))
+            .group_update = Some(g);
+    }
+
+    let mut users: BTreeMap<&'p str, Unit<'p>> = BTreeMap::new();
+    for c in &plan.creates {
+        users
+            .entry(c.name.as_str())
+            .or_insert_with(|| Unit::user(Some(&c.userid), &c.name))
+            .user_create = Some(c);
+    }
+    for u in &plan.updates {
+        let unit = users
+            .entry(u.name.as_str())
+            .or_insert_with(|| Unit::user(Some(&u.userid), &u.name));
+        unit.user_update = Some(RowUpdate::Directory(u));
+    }
+    for l in plan.leavers.iter().filter(|l| !l.changes.is_empty()) {
+        users
+            .entry(l.name.as_str())
+            .or_insert_with(|| Unit::user(Some(&l.userid), &l.name))
+            .user_update = Some(RowUpdate::Leaver(l));
+    }
+    for link in &plan.link_writes {
+        match link.kind {
+            LinkKind::Group => groups
+                .entry(group_key(&link.external_id))
+                .or_insert_with(|| group_unit(&link.external_id, &link.casdoor_name))
+                .links
+                .push(link),
+            LinkKind::User => users
+                .entry(link.casdoor_name.as_str())
+                .or_insert_with(|| Unit::user(Some(&link.external_id), &link.casdoor_name))
+                .links
+                .push(link),
+        }
+    }
+    let prefix = format!("{organization}/");
+    let subject_name = |rule: &'p CasbinGrouping| rule.v0.strip_prefix(prefix.as_str());
+    for rule in &plan.casbin_remove {
+        if let Some(name) = subject_name(rule) {
+            users
+                .entry(name)
+                .or_insert_with(|| Unit::user(None, name))
+                .casbin_remove
+                .push(rule);
+        }
+    }
+    for rule in &plan.casbin_add {
+        if let Some(name) = subject_name(rule) {
+            users
+                .entry(name)
+                .or_insert_with(|| Unit::user(None, name))
+                .casbin_add
+                .push(rule);
+        }
+    }
+    for unit in users.values_mut() {
+        unit.revoke_tokens = unit.user_update.is_some_and(|u| {
+            u.changes().iter().any(|c| {
+                matches!(
+                    (c.column.as_str(), &c.new),
+                    ("is_forbidden" | "is_deleted", FieldValue::Bool(true))
+                )
+            })
+        });
+    }
+
+    let mut units: Vec<Unit<'p>> = groups.into_values().collect();
+    units.extend(users.into_values());
+    for link in &plan.link_deletes {
+        let mut unit = Unit::new(Subject::Link {
+            kind: link.kind,
+            external_id: link.external_id.clone(),
+        });
+        unit.link_deletes.push(link);
+        units.push(unit);
+    }
+    units
+}
+
+/// Whether an error means the database cannot be worked with right now (connection lost, pool
+/// exhausted, lock or statement timeout, deadlock), as opposed to rejecting this data. Such an
+/// error stops the apply instead of being retried row by row.
+fn is_systemic(err: &DbErr) -> bool {
+    use sea_orm::sqlx::Error as SqlxError;
+    let sqlx_error = match err {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => return true,
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => e,
+        _ => return false,
+    };
+    match &**sqlx_error {
+        SqlxError::Io(_)
+        | SqlxError::Tls(_)
+        | SqlxError::Protocol(_)
+        | SqlxError::PoolTimedOut
+        | SqlxError::PoolClosed
+        | SqlxError::WorkerCrashed
+        | SqlxError::BeginFailed => true,
+        SqlxError::Database(db_err) => {
+            let code = db_err.code().unwrap_or_default();
+            if db_err
+                .try_downcast_ref::<sea_orm::sqlx::sqlite::SqliteError>()
+                .is_some()
+            {
+                // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes.
+                return code.parse::<u32>().is_ok_and(|n| matches!(n & 0xff, 5 | 6));
+            }
+            if let Some(mysql) =
+                db_err.try_downcast_ref::<sea_orm::sqlx::mysql::MySqlDatabaseError>()
+                && matches!(mysql.number(), 1205 | 1213)
+            {
+                // Lock wait timeout, deadlock.
+                return true;
+            }
+            // SQLSTATE classes: 08 connection, 40 rollback (deadlock, serialization),
+            // 53 resources, 57 operator intervention (statement timeout, shutdown);
+            // 55P03 lock not available.
+            ["08", "40", "53", "57"]
+                .iter()
+                .any(|class| code.starts_with(class))
+                || code == "55P03"
+        }
+        _ => false,
+    }
+}
+
+fn db_message(err: &DbErr) -> String {
+    redact_text(&err.to_string())
+}
+
+/// Builds and runs the statements of a batch of units.
+struct Writer<'a> {
+    engine: Engine,
+    organization: &'a str,
+    syncer: &'a str,
+    run_id: Option<i64>,
+    now: &'a str,
+    now_utc: String,
+    token_table: bool,
+    user_columns: Vec<user::Column>,
+    user_index: HashMap<&'static str, usize>,
+    user_template: Vec<Value>,
+}
+
+fn text(s: &str) -> Value {
+    Value::String(Some(s.to_owned()))
+}
+
+fn field_value(value: &FieldValue) -> Value {
+    match value {
+        FieldValue::Text(s) => text(s),
+        FieldValue::Bool(b) => Value::Bool(Some(*b)),
+        FieldValue::Int(i) => Value::Int(Some(i32::try_from(*i).unwrap_or(if *i < 0 {
+            i32::MIN
+        } else {
+            i32::MAX
+        }))),
+    }
+}
+
+/// Casdoor's insert value of a user column nobody set: zero values, JSON defaults.
+fn user_default(column: user::Column) -> Value {
+    use sea_orm::sea_query::ColumnType;
+    let name = column.as_str();
+    match name {
+        "type" => return text(NORMAL_USER),
+        "register_type" => return text(REGISTER_TYPE),
+        "properties" => return text("{}"),
+        "address" => return text("[]"),
+        "groups" => return text("[]"),
+        n if NULL_JSON_USER_COLUMNS.contains(&n) => return text("null"),
+        _ => {}
+    }
+    match column.def().get_column_type() {
+        ColumnType::Boolean => Value::Bool(Some(false)),
+        ColumnType::Integer => Value::Int(Some(0)),
+        ColumnType::BigInteger => Value::BigInt(Some(0)),
+        ColumnType::Double | ColumnType::Float => Value::Double(Some(0.0)),
+        // Every BLOB column of `user` holds JSON (addresses, webauthnCredentials,
+        // managedAccounts, mfaAccounts): Go writes nil as `null`.
+        ColumnType::Blob | ColumnType::Binary(_) | ColumnType::VarBinary(_) => {
+            Value::Bytes(Some(b"null".to_vec()))
+        }
+        _ => text(""),
+    }
+}
+
+impl<'a> Writer<'a> {
+    fn new(settings: &ApplySettings<'a>, engine: Engine) -> Self {
+        let user_columns: Vec<user::Column> = user::Column::iter().collect();
+        let user_index = user_columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.as_str(), i))
+            .collect();
+        let user_template = user_columns.iter().map(|c| user_default(*c)).collect();
+        Self {
+            engine,
+            organization: settings.organization,
+            syncer: settings.syncer,
+            run_id: settings.run_id,
+            now: settings.now,
+            now_utc: utc_millis(Utc::now()),
+            token_table: settings.facts.token_table,
+            user_columns,
+            user_index,
+            user_template,
+        }
+    }
+
+    fn user_column(&self, name: &str) -> Result<user::Column, DbErr> {
+        self.user_index
+            .get(name)
+            .and_then(|i| self.user_columns.get(*i).copied())
+            .ok_or_else(|| DbErr::Custom(format!("`{name}` is not a column of table user")))
+    }
+
+    /// The 181 values of a new user row, in column order.
+    fn user_row(&self, new: &NewUser) -> Result<Vec<SimpleExpr>, DbErr> {
+        let mut row = self.user_template.clone();
+        let mut set = |column: &str, value: Value| -> Result<(), DbErr> {
+            let i = self.user_index.get(column).copied().ok_or_else(|| {
+                DbErr::Custom(format!("`{column}` is not a column of table user"))
+            })?;
+            if let Some(slot) = row.get_mut(i) {
+                *slot = value;
+            }
+            Ok(())
+        };
+        for (column, value) in &new.values {
+            set(column, field_value(value))?;
+        }
+        set("owner", text(self.organization))?;
+        set("name", text(&new.name))?;
+        set("created_time", text(&new.created_time))?;
+        set("updated_time", text(&new.created_time))?;
+        set("hash", text(&new.hash))?;
+        set("pre_hash", text(&new.hash))?;
+        set("register_source", text(&new.register_source))?;
+        set("dingtalk", text(&new.dingtalk))?;
+        set("groups", text(&new.groups))?;
+        Ok(row.into_iter().map(SimpleExpr::from).collect())
+    }
+
+    fn user_update_values(
+        &self,
+        update: RowUpdate<'_>,
+    ) -> Result<Vec<(user::Column, Value)>, DbErr> {
+        let mut values = Vec::new();
+        for change in update.changes() {
+            values.push((self.user_column(&change.column)?, field_value(&change.new)));
+        }
+        if let RowUpdate::Directory(u) = update {
+            if let Some(hash) = &u.hash {
+                values.push((user::Column::Hash, text(hash)));
+                values.push((user::Column::PreHash, text(hash)));
+            }
+            if let Some(dingtalk) = &u.dingtalk {
+                values.push((user::Column::Dingtalk, text(dingtalk)));
+            }
+            if let Some(groups) = &u.groups {
+                values.push((user::Column::Groups, text(groups)));
+            }
+        }
+        values.push((user::Column::UpdatedTime, text(self.now)));
+        Ok(values)
+    }
+
+    async fn write(&self, txn: &DatabaseTransaction, units: &[&Unit<'_>]) -> Result<(), DbErr> {
+        self.insert_groups(txn, units).await?;
+        for unit in units {
+            if let Some(g) = unit.group_update.filter(|g| !g.changes.is_empty()) {
+                self.update_group(txn, g).await?;
+            }
+        }
+        self.insert_users(txn, units).await?;
+        for unit in units {
+            if let (Some(update), Some(name)) = (unit.user_update, unit.user_name()) {
+                let values = self.user_update_values(update)?;
+                let stmt = Query::update()
+                    .table(user::Entity)
+                    .values(values.into_iter().map(|(c, v)| (c, Expr::from(v))))
+                    .and_where(user::Column::Owner.eq(self.organization))
+                    .and_where(user::Column::Name.eq(name))
+                    .to_owned();
+                txn.execute(&stmt).await?;
+            }
+        }
+        self.delete_groupings(txn, units).await?;
+        self.insert_groupings(txn, units).await?;
+        self.upsert_links(txn, units).await?;
+        self.delete_links(txn, units).await?;
+        self.revoke_tokens(txn, units).await
+    }
+
+    async fn insert_groups(
+        &self,
+        txn: &DatabaseTransaction,
+        units: &[&Unit<'_>],
+    ) -> Result<(), DbErr> {
+        let creates: Vec<&GroupCreate> = units.iter().filter_map(|u| u.group_create).collect();
+        let columns = [
+            group::Column::Owner,
+            group::Column::Name,
+            group::Column::CreatedTime,
+            group::Column::UpdatedTime,
+            group::Column::DisplayName,
+            group::Column::Manager,
+            group::Column::ContactEmail,
+            group::Column::Type,
+            group::Column::ParentId,
+            group::Column::IsTopGroup,
+            group::Column::Title,
+            group::Column::Key,
+            group::Column::Children,
+            group::Column::IsEnabled,
+            group::Column::GidNumber,
+            group::Column::Properties,
+        ];
+        for chunk in creates.chunks(rows_per_statement(self.engine, columns.len(), 0)) {
+            let mut stmt = Query::insert()
+                .into_table(group::Entity)
+                .columns(columns)
+                .to_owned();
+            for g in chunk {
+                let row: Vec<SimpleExpr> = vec![
+                    text(self.organization).into(),
+                    text(&g.name).into(),
+                    text(&g.created_time).into(),
+                    text(&g.created_time).into(),
+                    text(&g.display_name).into(),
+                    text("").into(),
+                    text("").into(),
+                    text(DEPARTMENT_GROUP_TYPE).into(),
+                    text(&g.parent_id).into(),
+                    Value::Bool(Some(g.is_top_group)).into(),
+                    text("").into(),
+                    text("").into(),
+                    text("null").into(),
+                    Value::Bool(Some(true)).into(),
+                    Value::Int(Some(0)).into(),
+                    text("null").into(),
+                ];
+                values_row(&mut stmt, row)?;
+            }
+            txn.execute(&stmt).await?;
+        }
+        Ok(())
+    }
+
+    async fn update_group(&self, txn: &DatabaseTransaction, g: &GroupUpdate) -> Result<(), DbErr> {
+        let mut values = Vec::new();
+        for change in &g.changes {
+            let column = match change.column.as_str() {
+                "display_name" => group::Column::DisplayName,
+                "parent_id" => group::Column::ParentId,
+                "is_top_group" => group::Column::IsTopGroup,
+                other => {
+                    return Err(DbErr::Custom(format!(
+                        "`{other}` is not a group column syncerd writes"
+                    )));
+                }
+            };
+            values.push((column, field_value(&change.new)));
+        }
+        values.push((group::Column::UpdatedTime, text(self.now)));
+        let stmt = Query::update()
+            .table(group::Entity)
+            .values(values.into_iter().map(|(c, v)| (c, Expr::from(v))))
+            .and_where(group::Column::Owner.eq(self.organization))
+            .and_where(group::Column::Name.eq(g.name.as_str()))
+            .to_owned();
+        txn.execute(&stmt).await.map(|_| ())
+    }
+
+    async fn insert_users(
+        &self,
+        txn: &DatabaseTransaction,
+        units: &[&Unit<'_>],
+    ) -> Result<(), DbErr> {
+        let creates: Vec<&NewUser> = units.iter().filter_map(|u| u.user_create).collect();
+        let per_statement = rows_per_statement(self.engine, self.user_columns.len(), 0);
+        for chunk in creates.chunks(per_statement) {
+            let mut stmt = Query::insert()
+                .into_table(user::Entity)
+                .columns(self.user_columns.iter().copied())
+                .to_owned();
+            for new in chunk {
+                values_row(&mut stmt, self.user_row(new)?)?;
+            }
+            txn.execute(&stmt).await?;
+        }
+        Ok(())
+    }
+
+    async fn delete_groupings(
+        &self,
+        txn: &DatabaseTransaction,
+        units: &[&Unit<'_>],
+    ) -> Result<(), DbErr> {
+        let rules: Vec<&CasbinGrouping> = units
+            .iter()
+            .flat_map(|u| u.casbin_remove.iter().copied())
+            .collect();
+        for chunk in rules.chunks(rows_per_statement(self.engine, 2, 1)) {
+            let mut any = Cond::any();
+            for rule in chunk {
+                any = any.add(
+                    Cond::all()
+                        .add(casbin_user_rule::Column::V0.eq(rule.v0.as_str()))
+                        .add(casbin_user_rule::Column::V1.eq(rule.v1.as_str())),
+                );
+            }
+            let stmt = Query::delete()
+                .from_table(casbin_user_rule::Entity)
+                .and_where(casbin_user_rule::Column::Ptype.eq(GROUPING_PTYPE))
+                .cond_where(any)
+                .to_owned();
+            txn.execute(&stmt).await?;
+        }
+        Ok(())
+    }
+
+    async fn insert_groupings(
+        &self,
+        txn: &DatabaseTransaction,
+        units: &[&Unit<'_>],
+    ) -> Result<(), DbErr> {
+        let rules: Vec<&CasbinGrouping> = units
+            .iter()
+            .flat_map(|u| u.casbin_add.iter().copied())
+            .collect();
+        let columns = [
+            casbin_user_rule::Column::Ptype,
+            casbin_user_rule::Column::V0,
+            casbin_user_rule::Column::V1,
+            casbin_user_rule::Column::V2,
+            casbin_user_rule::Column::V3,
+            casbin_user_rule::Column::V4,
+            casbin_user_rule::Column::V5,
+        ];
+        for chunk in rules.chunks(rows_per_statement(self.engine, columns.len(), 0)) {
+            let mut stmt = Query::insert()
+                .into_table(casbin_user_rule::Entity)
+                .columns(columns)
+                .to_owned();
+            for rule in chunk {
+                let row: Vec<SimpleExpr> = vec![
+                    text(GROUPING_PTYPE).into(),
+                    text(&rule.v0).into(),
+                    text(&rule.v1).into(),
+                    text("").into(),
+                    text("").into(),
+                    text("").into(),
+                    text("").into(),
+                ];
+                values_row(&mut stmt, row)?;
+            }
+            txn.execute(&stmt).await?;
+        }
+        Ok(())
+    }
+
+    /// Inserts or overwrites links by (syncer, kind, external_id). A new link's
+    /// `first_seen_run` and `created_at` are kept on overwrite; `last_seen_run` moves to this
+    /// run for present links only (a left link was not seen).
+    async fn upsert_links(
+        &self,
+        txn: &DatabaseTransaction,
+        units: &[&Unit<'_>],
+    ) -> Result<(), DbErr> {
+        use syncer_link::Column as L;
+        let links: Vec<&OwnershipLink> =
+            units.iter().flat_map(|u| u.links.iter().copied()).collect();
+        let columns = [
+            L::SyncerName,
+            L::Kind,
+            L::ExternalId,
+            L::Organization,
+            L::CasdoorName,
+            L::ContentHash,
+            L::State,
+            L::LeftAction,
+            L::FirstSeenRun,
+            L::LastSeenRun,
+            L::CreatedAt,
+            L::UpdatedAt,
+        ];
+        for state in [LinkState::Present, LinkState::Left] {
+            let of_state: Vec<&&OwnershipLink> =
+                links.iter().filter(|l| l.state == state).collect();
+            let mut update = vec![
+                L::Organization,
+                L::CasdoorName,
+                L::ContentHash,
+                L::State,
+                L::LeftAction,
+                L::UpdatedAt,
+            ];
+            if state == LinkState::Present {
+                update.push(L::LastSeenRun);
+            }
+            for chunk in of_state.chunks(rows_per_statement(self.engine, columns.len(), 0)) {
+                let mut stmt = Query::insert()
+                    .into_table(syncer_link::Entity)
+                    .columns(columns)
+                    .on_conflict(
+                        OnConflict::columns([L::SyncerName, L::Kind, L::ExternalId])
+                            .update_columns(update.clone())
+                            .to_owned(),
+                    )
+                    .to_owned();
+                for link in chunk {
+                    let last_seen = match state {
+                        LinkState::Present => self.run_id,
+                        LinkState::Left => None,
+                    };
+                    let row: Vec<SimpleExpr> = vec![
+                        text(self.syncer).into(),
+                        text(link_kind_text(link.kind)).into(),
+                        text(&link.external_id).into(),
+                        text(self.organization).into(),
+                        text(&link.casdoor_name).into(),
+                        text(&link.content_hash).into(),
+                        text(link_state_text(link.state)).into(),
+                        Value::String(link.left_action.map(|a| a.as_str().to_owned())).into(),
+                        Value::BigInt(self.run_id).into(),
+                        Value::BigInt(last_seen).into(),
+                        text(&self.now_utc).into(),
+                        text(&self.now_utc).into(),
+                    ];
+                    values_row(&mut stmt, row)?;
+                }
+                txn.execute(&stmt).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn delete_links(
+        &self,
+        txn: &DatabaseTransaction,
+        units: &[&Unit<'_>],
+    ) -> Result<(), DbErr> {
+        use syncer_link::Column as L;
+        for kind in [LinkKind::User, LinkKind::Group] {
+            let ids: Vec<&str> = units
+                .iter()
+                .flat_map(|u| u.link_deletes.iter())
+                .filter(|l| l.kind == kind)
+                .map(|l| l.external_id.as_str())
+                .collect();
+            for chunk in ids.chunks(rows_per_statement(self.engine, 1, 2)) {
+                let stmt = Query::delete()
+                    .from_table(syncer_link::Entity)
+                    .and_where(L::SyncerName.eq(self.syncer))
+                    .and_where(L::Kind.eq(link_kind_text(kind)))
+                    .and_where(L::ExternalId.is_in(chunk.iter().copied()))
+                    .to_owned();
+                txn.execute(&stmt).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Casdoor's own revocation: `UPDATE token SET expires_in = 0 WHERE organization = ? AND
+    /// "user" = ?` (spec §9), for users newly forbidden or deleted.
+    async fn revoke_tokens(
+        &self,
+        txn: &DatabaseTransaction,
+        units: &[&Unit<'_>],
+    ) -> Result<(), DbErr> {
+        if !self.token_table {
+            return Ok(());
+        }
+        let names: Vec<&str> = units
+            .iter()
+            .filter(|u| u.revoke_tokens)
+            .filter_map(|u| u.user_name())
+            .collect();
+        for chunk in names.chunks(rows_per_statement(self.engine, 1, 2)) {
+            let stmt = Query::update()
+                .table(Alias::new("token"))
+                .value(Alias::new("expires_in"), 0_i32)
+                .and_where(Expr::col(Alias::new("organization")).eq(self.organization))
+                .and_where(Expr::col(Alias::new("user")).is_in(chunk.iter().copied()))
+                .to_owned();
+            txn.execute(&stmt).await?;
+        }
+        Ok(())
+    }
+}
+
+fn values_row(stmt: &mut InsertStatement, row: Vec<SimpleExpr>) -> Result<(), DbErr> {
+    stmt.values(row)
+        .map(|_| ())
+        .map_err(|e| DbErr::Custom(format!("building an INSERT: {e}")))
+}
+
+/// PostgreSQL waits for a row lock forever by default; a batch blocked by another writer
+/// (Casdoor itself) gives up after this and the run fails saying so. MySQL/MariaDB stop waiting
+/// after `innodb_lock_wait_timeout` (50 s by default), SQLite after the pool's busy timeout.
+const POSTGRES_TIMEOUTS: [&str; 2] = [
+    "SET LOCAL lock_timeout = '60s'",
+    "SET LOCAL statement_timeout = '300s'",
+];
+
+/// A write transaction whose statements cannot wait forever.
+async fn begin_bounded(db: &Db) -> Result<DatabaseTransaction, DbErr> {
+    let txn = db.begin_write().await?;
+    if db.engine() == Engine::Postgres {
+        for sql in POSTGRES_TIMEOUTS {
+            if let Err(e) = txn.execute_unprepared(sql).await {
+                let _ = txn.rollback().await;
+                return Err(e);
+            }
+        }
+    }
+    Ok(txn)
+}
+
+/// Where batches open their transactions: straight on the pool, or as savepoints of a dry
+/// run's outer transaction.
+enum Scope<'a> {
+    Pool(&'a Db),
+    DryRun(&'a DatabaseTransaction),
+}
+
+impl Scope<'_> {
+    async fn begin(&self) -> Result<DatabaseTransaction, DbErr> {
+        match self {
+            Scope::Pool(db) => begin_bounded(db).await,
+            Scope::DryRun(outer) => outer.begin().await,
+        }
+    }
+
+    /// Writes `units` in one transaction, committed when every statement succeeds.
+    async fn write(&self, writer: &Writer<'_>, units: &[&Unit<'_>]) -> Result<(), DbErr> {
+        let txn = self.begin().await?;
+        match writer.write(&txn, units).await {
+            Ok(()) => txn.commit().await,
+            Err(e) => {
+                if let Err(rollback) = txn.rollback().await {
+                    debug!(error = %db_message(&rollback), "rolling back a failed batch failed too");
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Reports progress to the optional channel and, at most every few seconds, to the log.
+struct Reporter<'a> {
+    sender: Option<&'a watch::Sender<Progress>>,
+    last_log: Instant,
+}
+
+impl Reporter<'_> {
+    fn publish(&mut self, written: u64, total: u64, done: bool) {
+        if let Some(sender) = self.sender {
+            sender.send_replace(Progress {
+                phase: Phase::Applying,
+                rows_written: written,
+                rows_total: total,
+            });
+        }
+        if done || self.last_log.elapsed() >= PROGRESS_LOG_EVERY {
+            info!(rows_written = written, rows_total = total, "applying");
+            self.last_log = Instant::now();
+        }
+    }
+}
+
+/// Writes `plan`. Never panics and never returns early without saying why: a fatal database
+/// problem is in [`ApplyOutcome::failure`], rejected rows in [`ApplyOutcome::row_errors`].
+pub async fn apply_plan(db: &Db, plan: &Plan, settings: ApplySettings<'_>) -> ApplyOutcome {
+    let units = build_units(plan, settings.organization);
+    let writer = Writer::new(&settings, db.engine());
+    let batch_size = settings.batch_size.max(1);
+    let batches = units.len().div_ceil(batch_size);
+    let mut outcome = ApplyOutcome {
+        rows_total: units.len() as u64,
+        ..ApplyOutcome::default()
+    };
+    let mut reporter = Reporter {
+        sender: settings.progress,
+        last_log: Instant::now(),
+    };
+    reporter.publish(0, outcome.rows_total, false);
+    debug!(
+        units = units.len(),
+        batches,
+        batch_size,
+        mode = %settings.mode,
+        "applying the plan"
+    );
+
+    let outer = match settings.mode {
+        RunMode::Apply => None,
+        RunMode::DryRun => match begin_bounded(db).await {
+            Ok(t) => Some(t),
+            Err(e) => {
+                outcome.failure = Some(ApplyError::DryRunBegin {
+                    message: db_message(&e),
+                });
+                return outcome;
+            }
+        },
+    };
+    let scope = match &outer {
+        Some(t) => Scope::DryRun(t),
+        None => Scope::Pool(db),
+    };
+
+    let all: Vec<&Unit<'_>> = units.iter().collect();
+    'batches: for (index, batch) in all.chunks(batch_size).enumerate() {
+        if settings.cancel.is_cancelled() {
+            outcome.interrupted = true;
+            info!(
+                rows_written = outcome.rows_written,
+                rows_total = outcome.rows_total,
+                "cancelled: stopping before the next batch"
+            );
+            break;
+        }
+        match scope.write(&writer, batch).await {
+            Ok(()) => {
+                for unit in batch {
+                    outcome.applied.add(&unit.applied(writer.token_table));
+                }
+            }
+            Err(e) if is_systemic(&e) => {
+                outcome.failure = Some(ApplyError::Batch {
+                    batch: index + 1,
+                    batches,
+                    message: db_message(&e),
+                });
+                break;
+            }
+            Err(e) => {
+                debug!(
+                    batch = index + 1,
+                    error = %db_message(&e),
+                    "the database rejected a batch; retrying it row by row"
+                );
+                for unit in batch {
+                    match scope.write(&writer, &[unit]).await {
+                        Ok(()) => outcome.applied.add(&unit.applied(writer.token_table)),
+                        Err(e) if is_systemic(&e) => {
+                            outcome.failure = Some(ApplyError::Batch {
+                                batch: index + 1,
+                                batches,
+                                message: db_message(&e),
+                            });
+                            break 'batches;
+                        }
+                        Err(e) => {
+                            let error = RowError {
+                                subject: unit.subject.clone(),
+                                message: db_message(&e),
+                            };
+                            warn!(
+                                userid = error.userid().unwrap_or_default(),
+                                department = error.department().unwrap_or_default(),
+                                "the database rejected a row; it was skipped"
+                            );
+                            debug!(error = %error, "rejected row");
+                            outcome.row_errors.push(error);
+                        }
+                    }
+                }
+            }
+        }
+        outcome.rows_written += batch.len() as u64;
+        reporter.publish(outcome.rows_written, outcome.rows_total, false);
+    }
+
+    if let Some(outer) = outer
+        && let Err(e) = outer.rollback().await
+        && outcome.failure.is_none()
+    {
+        outcome.failure = Some(ApplyError::DryRunRollback {
+            message: db_message(&e),
+        });
+    }
+    reporter.publish(outcome.rows_written, outcome.rows_total, true);
+    outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::plan::{LeftAction, Plan};
+
+    fn link(kind: LinkKind, external_id: &str, name: &str) -> OwnershipLink {
+        OwnershipLink {
+            kind,
+            external_id: external_id.into(),
+            casdoor_name: name.into(),
+            content_hash: String::new(),
+            state: LinkState::Present,
+            left_action: None,
+        }
+    }
+
+    fn new_user(name: &str, userid: &str) -> NewUser {
+        NewUser {
+            name: name.into(),
+            userid: userid.into(),
+            values: BTreeMap::new(),
+            hash: "h".into(),
+            dingtalk: userid.into(),
+            groups: "[\"acme/1\"]".into(),
+            register_source: "acme/dt".into(),
+            created_time: "2026-01-01T00:00:00Z".into(),
+        }
+    }
+
+    #[test]
+    fn a_users_row_casbin_rows_and_link_form_one_unit() {
+        let plan = Plan {
+            creates: vec![new_user("alice", "u1"), new_user("bob", "u2")],
+            casbin_add: vec![
+                CasbinGrouping {
+                    v0: "acme/alice".into(),
+                    v1: "group:acme/1".into(),
+                },
+                CasbinGrouping {
+                    v0: "acme/carol".into(),
+                    v1: "group:acme/1".into(),
+                },
+            ],
+            link_writes: vec![
+                link(LinkKind::User, "u1", "alice"),
+                link(LinkKind::User, "u2", "bob"),
+                link(LinkKind::Group, "1", "1"),
+            ],
+            group_creates: vec![GroupCreate {
+                dept_id: 1,
+                name: "1".into(),
+                display_name: "Acme".into(),
+                parent_id: "acme".into(),
+                is_top_group: true,
+                created_time: "t".into(),
+            }],
+            leavers: vec![LeaverAction {
+                name: "dave".into(),
+                userid: "u4".into(),
+                action: LeftAction::Forbid,
+                changes: vec![FieldChange {
+                    column: "is_forbidden".into(),
+                    old: FieldValue::Bool(false),
+                    new: FieldValue::Bool(true),
+                }],
+            }],
+            ..Plan::default()
+        };
+        let units = build_units(&plan, "acme");
+        assert_eq!(units.len(), 5, "{units:#?}");
+        assert!(matches!(units[0].subject, Subject::Department { .. }));
+        assert_eq!(units[0].links.len(), 1);
+        let alice = &units[1];
+        assert_eq!(alice.user_name(), Some("alice"));
+        assert!(alice.user_create.is_some());
+        assert_eq!(alice.casbin_add.len(), 1);
+        assert_eq!(alice.links.len(), 1);
+        assert_eq!(alice.applied(true).memberships_changed, 1);
+        let carol = &units[3];
+        assert_eq!(
+            carol.subject,
+            Subject::User {
+                userid: None,
+                name: "carol".into()
+            }
+        );
+        let dave = &units[4];
+        assert!(dave.revoke_tokens);
+        let applied = dave.applied(true);
+        assert_eq!((applied.forbidden, applied.tokens_revoked), (1, 1));
+        assert_eq!(dave.applied(false).tokens_revoked, 0);
+    }
+
+    #[test]
+    fn new_users_get_casdoors_insert_defaults() {
+        let get = |name: &str| {
+            user::Column::iter()
+                .find(|c| c.as_str() == name)
+                .map(user_default)
+        };
+        assert_eq!(get("type"), Some(text("normal-user")));
+        assert_eq!(get("register_type"), Some(text("Add Users")));
+        assert_eq!(get("properties"), Some(text("{}")));
+        assert_eq!(get("address"), Some(text("[]")));
+        assert_eq!(get("roles"), Some(text("null")));
+        assert_eq!(get("email_verified"), Some(Value::Bool(Some(false))));
+        assert_eq!(get("score"), Some(Value::Int(Some(0))));
+        assert_eq!(get("balance"), Some(Value::Double(Some(0.0))));
+        assert_eq!(
+            get("webauthnCredentials"),
+            Some(Value::Bytes(Some(b"null".to_vec())))
+        );
+        assert_eq!(get("github"), Some(text("")));
+    }
+
+    #[test]
+    fn statements_stay_under_the_bind_parameter_limits() {
+        assert_eq!(rows_per_statement(Engine::Sqlite, 181, 0), 181);
+        assert_eq!(rows_per_statement(Engine::Postgres, 181, 0), 362);
+        assert_eq!(rows_per_statement(Engine::MySql, 181, 0), 362);
+        assert!(rows_per_statement(Engine::Sqlite, 2, 1) * 2 < 32_766);
+        assert_eq!(rows_per_statement(Engine::Sqlite, 100_000, 0), 1);
+    }
+}

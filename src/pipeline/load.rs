@@ -1,0 +1,522 @@
+//! Reads the database state one plan needs: the organization's users (only the columns planning
+//! reads), this syncer's links, other syncers' claims, the organization's groups and casbin `g`
+//! rows, and the few facts about Casdoor's schema that change what may be written.
+//!
+//! NULLs read as zero values (`''`, false, 0), as Casdoor reads them. Nothing here writes.
+
+use std::collections::BTreeSet;
+
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, LikeExpr, Query};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, IdenStatic, Iterable, QueryFilter,
+    QueryResult, QuerySelect, Statement,
+};
+use tracing::{debug, warn};
+
+use crate::config::Engine;
+use crate::db::entities::{casbin_user_rule, group, syncer_link, user};
+use crate::db::{Db, DbError, SYNCER_OWNER, table_columns};
+
+use super::groups::{CasbinGrouping, ExistingGroup};
+use super::map::{FieldValue, Mapping};
+use super::plan::{ExistingUser, ForeignClaim, LeftAction, LinkKind, LinkState, OwnershipLink};
+use super::table_columns::{ColumnKind, column_spec};
+
+/// Casbin's `ptype` of a user-group membership.
+pub(crate) const GROUPING_PTYPE: &str = "g";
+
+/// The stored text of a link's kind.
+pub(crate) fn link_kind_text(kind: LinkKind) -> &'static str {
+    match kind {
+        LinkKind::User => "user",
+        LinkKind::Group => "group",
+    }
+}
+
+/// The stored text of a link's state.
+pub(crate) fn link_state_text(state: LinkState) -> &'static str {
+    match state {
+        LinkState::Present => "present",
+        LinkState::Left => "left",
+    }
+}
+
+fn parse_link_kind(text: &str) -> Option<LinkKind> {
+    match text {
+        "user" => Some(LinkKind::User),
+        "group" => Some(LinkKind::Group),
+        _ => None,
+    }
+}
+
+fn parse_link_state(text: &str) -> Option<LinkState> {
+    match text {
+        "present" => Some(LinkState::Present),
+        "left" => Some(LinkState::Left),
+        _ => None,
+    }
+}
+
+/// What the database holds for one syncer's organization, in the shapes the plan takes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DbState {
+    pub existing_users: Vec<ExistingUser>,
+    /// This syncer's links in the organization.
+    pub links: Vec<OwnershipLink>,
+    /// Rows of the organization other syncers own.
+    pub foreign_claims: Vec<ForeignClaim>,
+    pub existing_groups: Vec<ExistingGroup>,
+    /// Group names of other organizations, filled only while `UQE_group_name` exists.
+    pub group_names_in_other_orgs: BTreeSet<String>,
+    /// Casbin `g` rows whose subject is a user of the organization.
+    pub casbin_groupings: Vec<CasbinGrouping>,
+    /// The organization's display name (Casdoor's `organization` table), else its name.
+    pub root_group_display_name: String,
+    pub facts: SchemaFacts,
+}
+
+/// Facts about the Casdoor schema that change what apply may do.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SchemaFacts {
+    /// Casdoor's `token` table exists with `organization`, `user` and `expires_in`: tokens of
+    /// users that get forbidden or deleted are expired (spec §9).
+    pub token_table: bool,
+    /// Casdoor's global unique index on `group.name` (`UQE_group_name`, or any unique index on
+    /// `name` alone) exists: group names must be unique across organizations.
+    pub unique_group_names: bool,
+}
+
+/// Reads everything [`DbState`] holds for `organization` and syncer `syncer`.
+pub async fn load_state(
+    db: &Db,
+    organization: &str,
+    syncer: &str,
+    mapping: &Mapping,
+) -> Result<DbState, DbError> {
+    let facts = schema_facts(db).await?;
+    let existing_users = load_users(db, organization, mapping).await?;
+    let (links, foreign_claims) = load_links(db, organization, syncer).await?;
+    let existing_groups = load_groups(db, organization).await?;
+    let group_names_in_other_orgs = if facts.unique_group_names {
+        load_group_names_elsewhere(db, organization).await?
+    } else {
+        BTreeSet::new()
+    };
+    let casbin_groupings = load_groupings(db, organization).await?;
+    let root_group_display_name = load_org_display_name(db, organization).await?;
+    debug!(
+        users = existing_users.len(),
+        links = links.len(),
+        foreign_claims = foreign_claims.len(),
+        groups = existing_groups.len(),
+        casbin_rows = casbin_groupings.len(),
+        token_table = facts.token_table,
+        unique_group_names = facts.unique_group_names,
+        "loaded the organization's state"
+    );
+    Ok(DbState {
+        existing_users,
+        links,
+        foreign_claims,
+        existing_groups,
+        group_names_in_other_orgs,
+        casbin_groupings,
+        root_group_display_name,
+        facts,
+    })
+}
+
+fn query_error(context: String, err: DbErr) -> DbError {
+    DbError::query(context, err)
+}
+
+async fn query_all<S: sea_orm::StatementBuilder>(
+    db: &Db,
+    stmt: &S,
+    context: impl FnOnce() -> String,
+) -> Result<Vec<QueryResult>, DbError> {
+    db.conn()
+        .query_all(stmt)
+        .await
+        .map_err(|e| query_error(context(), e))
+}
+
+/// The user columns planning reads, each once, in a stable order.
+pub fn user_columns_to_read(mapping: &Mapping) -> Vec<user::Column> {
+    let mut wanted: Vec<&str> = vec![
+        "owner",
+        "name",
+        mapping.key_column(),
+        "hash",
+        "pre_hash",
+        "is_forbidden",
+        "is_deleted",
+        "deleted_time",
+        "groups",
+        "dingtalk",
+    ];
+    wanted.extend(mapping.target_columns());
+    let mut seen = BTreeSet::new();
+    wanted
+        .into_iter()
+        .filter(|c| seen.insert(*c))
+        .filter_map(|c| user::Column::iter().find(|col| col.as_str() == c))
+        .collect()
+}
+
+fn text(row: &QueryResult, column: &str) -> Result<String, DbErr> {
+    Ok(row
+        .try_get::<Option<String>>("", column)?
+        .unwrap_or_default())
+}
+
+fn flag(row: &QueryResult, column: &str) -> Result<bool, DbErr> {
+    Ok(row.try_get::<Option<bool>>("", column)?.unwrap_or_default())
+}
+
+fn int(row: &QueryResult, column: &str) -> Result<i64, DbErr> {
+    Ok(row
+        .try_get::<Option<i32>>("", column)?
+        .map(i64::from)
+        .unwrap_or_default())
+}
+
+fn field(row: &QueryResult, column: &str) -> Result<FieldValue, DbErr> {
+    let kind = column_spec(column).map_or(ColumnKind::Text, |s| s.kind);
+    Ok(match kind {
+        ColumnKind::Text => FieldValue::Text(text(row, column)?),
+        ColumnKind::Bool => FieldValue::Bool(flag(row, column)?),
+        ColumnKind::Int => FieldValue::Int(int(row, column)?),
+    })
+}
+
+async fn load_users(
+    db: &Db,
+    organization: &str,
+    mapping: &Mapping,
+) -> Result<Vec<ExistingUser>, DbError> {
+    let context = || format!("reading the users of organization {organization} (table user)");
+    let columns = user_columns_to_read(mapping);
+    let stmt = Query::select()
+        .columns(columns)
+        .from(user::Entity)
+        .and_where(Expr::col(user::Column::Owner).eq(organization))
+        .to_owned();
+    let rows = query_all(db, &stmt, context).await?;
+    let key_column = mapping.key_column();
+    let targets = mapping.target_columns();
+    let read = |row: &QueryResult| -> Result<ExistingUser, DbErr> {
+        let name = text(row, "name")?;
+        let mut values = std::collections::BTreeMap::new();
+        for column in &targets {
+            values.insert((*column).to_owned(), field(row, column)?);
+        }
+        let key_value = match field(row, key_column)? {
+            FieldValue::Text(t) => t,
+            other => other.canonical(),
+        };
+        Ok(ExistingUser {
+            owner: text(row, "owner")?,
+            key_value,
+            values,
+            hash: text(row, "hash")?,
+            pre_hash: text(row, "pre_hash")?,
+            is_forbidden: flag(row, "is_forbidden")?,
+            is_deleted: flag(row, "is_deleted")?,
+            deleted_time: text(row, "deleted_time")?,
+            groups: row.try_get::<Option<String>>("", "groups")?,
+            dingtalk: text(row, "dingtalk")?,
+            name,
+        })
+    };
+    rows.iter()
+        .map(read)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| query_error(context(), e))
+}
+
+async fn load_links(
+    db: &Db,
+    organization: &str,
+    syncer: &str,
+) -> Result<(Vec<OwnershipLink>, Vec<ForeignClaim>), DbError> {
+    let rows = syncer_link::Entity::find()
+        .filter(syncer_link::Column::Organization.eq(organization))
+        .all(db.conn())
+        .await
+        .map_err(|e| {
+            query_error(
+                format!("reading the links of organization {organization} (table syncer_link)"),
+                e,
+            )
+        })?;
+    let mut own = Vec::new();
+    let mut foreign = Vec::new();
+    for row in rows {
+        let Some(kind) = parse_link_kind(&row.kind) else {
+            warn!(
+                syncer = %row.syncer_name,
+                kind = %row.kind,
+                "ignoring a syncer_link row of unknown kind"
+            );
+            continue;
+        };
+        if row.syncer_name != syncer {
+            foreign.push(ForeignClaim {
+                kind,
+                casdoor_name: row.casdoor_name,
+                syncer: row.syncer_name,
+            });
+            continue;
+        }
+        let Some(state) = parse_link_state(&row.state) else {
+            warn!(
+                syncer = %row.syncer_name,
+                external_id = %row.external_id,
+                state = %row.state,
+                "ignoring a syncer_link row of unknown state"
+            );
+            continue;
+        };
+        own.push(OwnershipLink {
+            kind,
+            external_id: row.external_id,
+            casdoor_name: row.casdoor_name,
+            content_hash: row.content_hash,
+            state,
+            left_action: row.left_action.as_deref().and_then(LeftAction::parse),
+        });
+    }
+    Ok((own, foreign))
+}
+
+/// `owner, name, display_name, parent_id, is_top_group, type` of a group row.
+type GroupRow = (
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<bool>,
+    Option<String>,
+);
+
+async fn load_groups(db: &Db, organization: &str) -> Result<Vec<ExistingGroup>, DbError> {
+    let rows: Vec<GroupRow> = group::Entity::find()
+        .select_only()
+        .column(group::Column::Owner)
+        .column(group::Column::Name)
+        .column(group::Column::DisplayName)
+        .column(group::Column::ParentId)
+        .column(group::Column::IsTopGroup)
+        .column(group::Column::Type)
+        .filter(group::Column::Owner.eq(organization))
+        .into_tuple()
+        .all(db.conn())
+        .await
+        .map_err(|e| {
+            query_error(
+                format!("reading the groups of organization {organization} (table group)"),
+                e,
+            )
+        })?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(owner, name, display_name, parent_id, is_top_group, group_type)| ExistingGroup {
+                owner,
+                name,
+                display_name: display_name.unwrap_or_default(),
+                parent_id: parent_id.unwrap_or_default(),
+                is_top_group: is_top_group.unwrap_or_default(),
+                group_type: group_type.unwrap_or_default(),
+            },
+        )
+        .collect())
+}
+
+async fn load_group_names_elsewhere(
+    db: &Db,
+    organization: &str,
+) -> Result<BTreeSet<String>, DbError> {
+    let names: Vec<String> = group::Entity::find()
+        .select_only()
+        .column(group::Column::Name)
+        .filter(group::Column::Owner.ne(organization))
+        .into_tuple()
+        .all(db.conn())
+        .await
+        .map_err(|e| {
+            query_error(
+                format!("reading the group names of organizations other than {organization}"),
+                e,
+            )
+        })?;
+    Ok(names.into_iter().collect())
+}
+
+/// `LIKE` pattern for "starts with `prefix`", escaping with `!`.
+fn starts_with_pattern(prefix: &str) -> String {
+    let mut out = String::with_capacity(prefix.len() + 2);
+    for ch in prefix.chars() {
+        if matches!(ch, '%' | '_' | '!') {
+            out.push('!');
+        }
+        out.push(ch);
+    }
+    out.push('%');
+    out
+}
+
+async fn load_groupings(db: &Db, organization: &str) -> Result<Vec<CasbinGrouping>, DbError> {
+    let prefix = format!("{organization}/");
+    let rows: Vec<(String, String)> = casbin_user_rule::Entity::find()
+        .select_only()
+        .column(casbin_user_rule::Column::V0)
+        .column(casbin_user_rule::Column::V1)
+        .filter(casbin_user_rule::Column::Ptype.eq(GROUPING_PTYPE))
+        .filter(
+            Expr::col(casbin_user_rule::Column::V0)
+                .like(LikeExpr::new(starts_with_pattern(&prefix)).escape('!')),
+        )
+        .into_tuple()
+        .all(db.conn())
+        .await
+        .map_err(|e| {
+            query_error(
+                format!(
+                    "reading the casbin memberships of organization {organization} (table casbin_user_rule)"
+                ),
+                e,
+            )
+        })?;
+    // LIKE ignores case on MySQL: keep exact prefixes only.
+    Ok(rows
+        .into_iter()
+        .filter(|(v0, _)| v0.starts_with(&prefix))
+        .map(|(v0, v1)| CasbinGrouping { v0, v1 })
+        .collect())
+}
+
+async fn load_org_display_name(db: &Db, organization: &str) -> Result<String, DbError> {
+    let columns = table_columns(db, "organization").await?;
+    let has = |c: &str| columns.iter().any(|x| x.eq_ignore_ascii_case(c));
+    if !(has("owner") && has("name") && has("display_name")) {
+        return Ok(organization.to_owned());
+    }
+    let stmt = Query::select()
+        .column(Alias::new("display_name"))
+        .from(Alias::new("organization"))
+        .and_where(Expr::col(Alias::new("owner")).eq(SYNCER_OWNER))
+        .and_where(Expr::col(Alias::new("name")).eq(organization))
+        .to_owned();
+    let rows = query_all(db, &stmt, || {
+        format!("reading the display name of organization {organization} (table organization)")
+    })
+    .await?;
+    let display = rows
+        .first()
+        .and_then(|r| r.try_get::<Option<String>>("", "display_name").ok())
+        .flatten()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty());
+    Ok(display.unwrap_or_else(|| organization.to_owned()))
+}
+
+/// Whether the token table can be revoked from, and whether group names are globally unique.
+pub async fn schema_facts(db: &Db) -> Result<SchemaFacts, DbError> {
+    let token_columns = table_columns(db, "token").await?;
+    let has = |c: &str| token_columns.iter().any(|x| x.eq_ignore_ascii_case(c));
+    let token_table = has("organization") && has("user") && has("expires_in");
+    Ok(SchemaFacts {
+        token_table,
+        unique_group_names: unique_index_on_group_name(db).await?,
+    })
+}
+
+/// Whether a unique index on `group(name)` alone exists (Casdoor's `UQE_group_name`, whatever
+/// its name). The primary key (`owner`, `name`) does not count.
+async fn unique_index_on_group_name(db: &Db) -> Result<bool, DbError> {
+    let sql = match db.engine() {
+        Engine::Sqlite => {
+            "SELECT il.name AS index_name FROM pragma_index_list('group') AS il \
+             WHERE il.\"unique\" = 1 \
+             AND (SELECT COUNT(*) FROM pragma_index_info(il.name)) = 1 \
+             AND (SELECT ii.name FROM pragma_index_info(il.name) AS ii) = 'name'"
+        }
+        Engine::MySql => {
+            "SELECT CAST(index_name AS CHAR) AS index_name FROM information_schema.statistics \
+             WHERE table_schema = DATABASE() AND table_name = 'group' AND non_unique = 0 \
+             GROUP BY index_name \
+             HAVING COUNT(*) = 1 AND MAX(CAST(column_name AS CHAR)) = 'name'"
+        }
+        Engine::Postgres => {
+            "SELECT i.relname::text AS index_name FROM pg_index x \
+             JOIN pg_class t ON t.oid = x.indrelid \
+             JOIN pg_class i ON i.oid = x.indexrelid \
+             JOIN pg_namespace n ON n.oid = t.relnamespace \
+             JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = x.indkey[0] \
+             WHERE n.nspname = current_schema() AND t.relname = 'group' \
+             AND x.indisunique AND x.indnatts = 1 AND a.attname = 'name'"
+        }
+    };
+    let conn = db.conn();
+    let rows = conn
+        .query_all_raw(Statement::from_string(
+            conn.get_database_backend(),
+            sql.to_owned(),
+        ))
+        .await
+        .map_err(|e| {
+            query_error(
+                "looking for Casdoor's unique index on group.name (UQE_group_name)".to_owned(),
+                e,
+            )
+        })?;
+    Ok(!rows.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn like_patterns_escape_wildcards() {
+        assert_eq!(starts_with_pattern("acme/"), "acme/%");
+        assert_eq!(starts_with_pattern("a_b%c!/"), "a!_b!%c!!/%");
+    }
+
+    #[test]
+    fn only_needed_user_columns_are_read() {
+        let mapping = Mapping::default_mapping("").unwrap_or_else(|e| panic!("{e}"));
+        let columns: Vec<&str> = user_columns_to_read(&mapping)
+            .iter()
+            .map(|c| c.as_str())
+            .collect();
+        assert!(columns.len() < 20, "{columns:?}");
+        for c in [
+            "owner",
+            "name",
+            "id",
+            "hash",
+            "pre_hash",
+            "is_forbidden",
+            "groups",
+            "dingtalk",
+            "title",
+        ] {
+            assert!(columns.contains(&c), "{c} in {columns:?}");
+        }
+        let unique: BTreeSet<&str> = columns.iter().copied().collect();
+        assert_eq!(unique.len(), columns.len());
+    }
+
+    #[test]
+    fn link_texts_round_trip() {
+        for kind in [LinkKind::User, LinkKind::Group] {
+            assert_eq!(parse_link_kind(link_kind_text(kind)), Some(kind));
+        }
+        for state in [LinkState::Present, LinkState::Left] {
+            assert_eq!(parse_link_state(link_state_text(state)), Some(state));
+        }
+    }
+}

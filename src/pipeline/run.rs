@@ -1,0 +1,632 @@
+//! One run of one syncer, end to end: validate → record `running` → fetch → map → load → plan →
+//! apply → record the outcome.
+//!
+//! The fetch is a seam: [`run_once`] takes the fetch as a future (built by the caller from the
+//! DingTalk client, not polled before the syncer is validated and the run recorded), and
+//! [`run_with_directory`] takes an already fetched directory, so everything after the fetch is
+//! tested with hand-built directories. A run never panics: whatever happens ends up in the
+//! [`RunReport`], the run history and, for failed, partial and held runs, one line of
+//! `syncer.error_text`.
+
+use std::fmt::Display;
+use std::future::Future;
+use std::time::Instant;
+
+use chrono::{Local, Utc};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument as _, debug, info, info_span, warn};
+
+use crate::config::SyncSettings;
+use crate::db::{
+    self, DINGTALK_TYPE, Db, DbError, NewRun, RunMode, RunOutcome, RunStatus, RunTrigger,
+    SyncerRow, casdoor_timestamp, utc_millis,
+};
+use crate::dingtalk::types::Directory;
+use crate::secret::redact_text;
+
+use super::apply::{ApplyError, ApplySettings, apply_plan};
+use super::load::load_state;
+use super::map::{Mapping, map_directory};
+use super::plan::{PlanInput, PlanOptions, plan};
+use super::report::{ErrorKind, Phase, Progress, ReportError, RunReport, planned_changes};
+use super::table_columns::MappingError;
+
+/// What every run of this process shares.
+#[derive(Debug, Clone)]
+pub struct RunContext {
+    pub db: Db,
+    pub sync: SyncSettings,
+    /// `hostname:pid`, recorded with each run.
+    pub instance: String,
+}
+
+impl RunContext {
+    /// A context whose `instance` is this process ([`process_instance`]).
+    pub fn new(db: Db, sync: SyncSettings) -> Self {
+        Self {
+            db,
+            sync,
+            instance: process_instance(),
+        }
+    }
+}
+
+/// `hostname:pid` of this process (the hostname from the kernel or `$HOSTNAME`, else
+/// `localhost`).
+pub fn process_instance() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned());
+    format!("{host}:{}", std::process::id())
+}
+
+/// How one run is carried out.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub trigger: RunTrigger,
+    pub mode: RunMode,
+    /// One-shot override of the removal limits.
+    pub allow_removals: bool,
+    /// Take over unowned users and groups that match DingTalk objects.
+    pub adopt_existing: bool,
+    /// Cancelling stops the run at the next safe point (between batches) as `interrupted`.
+    pub cancel: CancellationToken,
+    pub progress: Option<watch::Sender<Progress>>,
+}
+
+impl RunOptions {
+    /// Options with no overrides, a fresh token and no progress channel.
+    pub fn new(trigger: RunTrigger, mode: RunMode) -> Self {
+        Self {
+            trigger,
+            mode,
+            allow_removals: false,
+            adopt_existing: false,
+            cancel: CancellationToken::new(),
+            progress: None,
+        }
+    }
+}
+
+/// Why a syncer row cannot run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SyncerProblem {
+    #[error("its type is {found:?}; syncerd runs only syncers of type \"DingTalk\"")]
+    WrongType { found: String },
+    #[error(
+        "its organization (column `organization`) is empty; choose one on the syncer's page in Casdoor"
+    )]
+    NoOrganization,
+    #[error("its App Key (column `user`) is empty; set it on the syncer's page in Casdoor")]
+    NoAppKey,
+    #[error("its App Secret (column `password`) is empty; set it on the syncer's page in Casdoor")]
+    NoAppSecret,
+    #[error(transparent)]
+    Mapping(#[from] MappingError),
+}
+
+/// Checks a syncer row and returns its field mapping.
+pub fn validate_syncer(syncer: &SyncerRow) -> Result<Mapping, SyncerProblem> {
+    if syncer.syncer_type != DINGTALK_TYPE {
+        return Err(SyncerProblem::WrongType {
+            found: syncer.syncer_type.clone(),
+        });
+    }
+    if syncer.organization.trim().is_empty() {
+        return Err(SyncerProblem::NoOrganization);
+    }
+    if syncer.app_key.trim().is_empty() {
+        return Err(SyncerProblem::NoAppKey);
+    }
+    if syncer.app_secret.expose().trim().is_empty() {
+        return Err(SyncerProblem::NoAppSecret);
+    }
+    Ok(Mapping::from_syncer(
+        Some(&syncer.table_columns),
+        &syncer.avatar_base_url,
+    )?)
+}
+
+/// Why a run failed as a whole. Every message is operator-facing and secret-free.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("syncer {syncer} cannot run: {problem}")]
+    InvalidSyncer {
+        syncer: String,
+        problem: SyncerProblem,
+    },
+    #[error(
+        "syncer {syncer}: recording the run in syncer_run failed: {source}; nothing was fetched or written"
+    )]
+    History { syncer: String, source: DbError },
+    #[error(
+        "syncer {syncer}: fetching the DingTalk directory failed: {message}; nothing was written"
+    )]
+    Fetch { syncer: String, message: String },
+    #[error(
+        "syncer {syncer}: reading organization {organization} from the database failed: {source}; nothing was written"
+    )]
+    Load {
+        syncer: String,
+        organization: String,
+        source: DbError,
+    },
+    #[error("syncer {syncer}: {what} failed unexpectedly ({message}); nothing was written")]
+    Internal {
+        syncer: String,
+        what: &'static str,
+        message: String,
+    },
+    #[error("syncer {syncer}: {source}")]
+    Apply { syncer: String, source: ApplyError },
+}
+
+/// [`run_once`] with a directory that is already fetched (or a fetch that already failed).
+pub async fn run_with_directory<E: Display>(
+    ctx: &RunContext,
+    syncer: &SyncerRow,
+    fetched: Result<Directory, E>,
+    opts: RunOptions,
+) -> RunReport {
+    run_once(ctx, syncer, std::future::ready(fetched), opts).await
+}
+
+/// Runs `syncer` once. `fetch` is polled only after the syncer is validated and (outside dry
+/// run) the run is recorded as `running`; its error's `Display` must be operator-facing and
+/// secret-free. A dry run plans and applies inside a rolled-back transaction and records no
+/// history and no `error_text`.
+pub async fn run_once<F, E>(
+    ctx: &RunContext,
+    syncer: &SyncerRow,
+    fetch: F,
+    opts: RunOptions,
+) -> RunReport
+where
+    F: Future<Output = Result<Directory, E>>,
+    E: Display,
+{
+    let span = info_span!("sync_run", syncer = %syncer.name, run_id = tracing::field::Empty);
+    Runner {
+        ctx,
+        syncer,
+        opts: &opts,
+        started: Instant::now(),
+        report: RunReport::new(
+            &syncer.name,
+            &syncer.organization,
+            opts.trigger,
+            opts.mode,
+            utc_millis(Utc::now()),
+        ),
+    }
+    .run(fetch)
+    .instrument(span)
+    .await
+}
+
+struct Runner<'a> {
+    ctx: &'a RunContext,
+    syncer: &'a SyncerRow,
+    opts: &'a RunOptions,
+    started: Instant,
+    report: RunReport,
+}
+
+impl Runner<'_> {
+    fn phase(&self, phase: Phase) {
+        if let Some(progress) = &self.opts.progress {
+            progress.send_replace(Progress::at(phase));
+        }
+    }
+
+    fn name(&self) -> String {
+        self.syncer.name.clone()
+    }
+
+    async fn run<F, E>(mut self, fetch: F) -> RunReport
+    where
+        F: Future<Output = Result<Directory, E>>,
+        E: Display,
+    {
+        self.phase(Phase::Starting);
+        let db = &self.ctx.db;
+        if self.opts.mode == RunMode::Apply {
+            let new_run = NewRun {
+                syncer_name: self.syncer.name.clone(),
+                organization: self.syncer.organization.clone(),
+                trigger: self.opts.trigger,
+                mode: self.opts.mode,
+                started_at: Utc::now(),
+                instance: self.ctx.instance.clone(),
+            };
+            match db::insert_run(db, new_run).await {
+                Ok(id) => {
+                    self.report.run_id = Some(id);
+                    tracing::Span::current().record("run_id", id);
+                }
+                Err(source) => {
+                    let error = RunError::History {
+                        syncer: self.name(),
+                        source,
+                    };
+                    return self.fail(error).await;
+                }
+            }
+        }
+        info!(
+            trigger = %self.opts.trigger,
+            mode = %self.opts.mode,
+            organization = %self.syncer.organization,
+            "run started"
+        );
+
+        let mapping = match validate_syncer(self.syncer) {
+            Ok(m) => m,
+            Err(problem) => {
+                let error = RunError::InvalidSyncer {
+                    syncer: self.name(),
+                    problem,
+                };
+                return self.fail(error).await;
+            }
+        };
+        if !self.syncer.is_read_only {
+            debug!(
+                "is_read_only is off on this syncer; it changes nothing: syncerd never writes back to DingTalk"
+            );
+        }
+
+        self.phase(Phase::Fetching);
+        let fetched = tokio::select! {
+            biased;
+            () = self.opts.cancel.cancelled() => {
+                return self.interrupt("cancelled while fetching the DingTalk directory; nothing was written").await;
+            }
+            fetched = fetch => fetched,
+        };
+        let directory = match fetched {
+            Ok(d) => d,
+            Err(e) => {
+                let error = RunError::Fetch {
+                    syncer: self.name(),
+                    message: redact_text(&e.to_string()),
+                };
+                return self.fail(error).await;
+            }
+        };
+        self.report.counts.fetched = directory.users.len() as u64;
+        self.report.api_calls = directory.total_calls();
+        for reason in &directory.incomplete_reasons {
+            self.report.push_error(ReportError {
+                kind: ErrorKind::Department,
+                userid: None,
+                department: None,
+                message: reason.clone(),
+            });
+        }
+        let complete = directory.complete;
+        let departments = directory.departments.clone();
+
+        self.phase(Phase::Loading);
+        let phase_started = Instant::now();
+        let mapped = {
+            let mapping = mapping.clone();
+            tokio::task::spawn_blocking(move || map_directory(&directory, &mapping)).await
+        };
+        let (users, record_errors) = match mapped {
+            Ok(m) => m,
+            Err(e) => {
+                let error = RunError::Internal {
+                    syncer: self.name(),
+                    what: "mapping the directory",
+                    message: e.to_string(),
+                };
+                return self.fail(error).await;
+            }
+        };
+        let organization = self.syncer.organization.clone();
+        let state = match load_state(db, &organization, &self.syncer.name, &mapping).await {
+            Ok(s) => s,
+            Err(source) => {
+                let error = RunError::Load {
+                    syncer: self.name(),
+                    organization,
+                    source,
+                };
+                return self.fail(error).await;
+            }
+        };
+
+        debug!(
+            elapsed_ms = phase_started.elapsed().as_millis() as u64,
+            "mapped and loaded"
+        );
+        self.phase(Phase::Planning);
+        let phase_started = Instant::now();
+        let now = casdoor_timestamp(Local::now());
+        let facts = state.facts;
+        let input = PlanInput {
+            organization: organization.clone(),
+            root_group_display_name: state.root_group_display_name,
+            syncer: self.syncer.name.clone(),
+            key_column: mapping.key_column().to_owned(),
+            users,
+            record_errors,
+            departments,
+            directory_complete: complete,
+            existing_users: state.existing_users,
+            links: state.links,
+            foreign_claims: state.foreign_claims,
+            existing_groups: state.existing_groups,
+            group_names_in_other_orgs: state.group_names_in_other_orgs,
+            casbin_groupings: state.casbin_groupings,
+            options: PlanOptions::from_settings(
+                &self.ctx.sync,
+                self.opts.allow_removals,
+                self.opts.adopt_existing,
+            ),
+            now: now.clone(),
+        };
+        let planned = tokio::task::spawn_blocking(move || plan(&input)).await;
+        let plan = match planned {
+            Ok(p) => p,
+            Err(e) => {
+                let error = RunError::Internal {
+                    syncer: self.name(),
+                    what: "planning",
+                    message: e.to_string(),
+                };
+                return self.fail(error).await;
+            }
+        };
+        let summary = plan.summary();
+        debug!(%summary, elapsed_ms = phase_started.elapsed().as_millis() as u64, "planned");
+        if self.opts.cancel.is_cancelled() {
+            return self
+                .interrupt("cancelled before writing; nothing was written")
+                .await;
+        }
+
+        self.phase(Phase::Applying);
+        let phase_started = Instant::now();
+        let outcome = apply_plan(
+            db,
+            &plan,
+            ApplySettings {
+                organization: &organization,
+                syncer: &self.syncer.name,
+                run_id: self.report.run_id,
+                batch_size: self.ctx.sync.batch_size,
+                mode: self.opts.mode,
+                facts,
+                now: &now,
+                cancel: &self.opts.cancel,
+                progress: self.opts.progress.as_ref(),
+            },
+        )
+        .await;
+
+        debug!(
+            elapsed_ms = phase_started.elapsed().as_millis() as u64,
+            "applied"
+        );
+        let applied = outcome.applied;
+        let counts = &mut self.report.counts;
+        counts.created = applied.created;
+        counts.updated = applied.updated;
+        counts.unchanged = plan.unchanged.len() as u64;
+        counts.forbidden = applied.forbidden;
+        counts.unforbidden = applied.unforbidden;
+        counts.deleted = applied.deleted;
+        counts.groups_created = applied.groups_created;
+        counts.groups_updated = applied.groups_updated;
+        counts.memberships_changed = applied.memberships_changed;
+        counts.record_errors = plan.record_errors.len() as u64;
+        counts.rows_rejected = outcome.row_errors.len() as u64;
+        counts.conflicts = plan.conflicts.len() as u64;
+        counts.held_removals = plan.held.as_ref().map_or(0, |h| h.removals as u64);
+        for e in &plan.record_errors {
+            self.report.push_error(ReportError::from_record(e));
+        }
+        for c in &plan.conflicts {
+            self.report.push_error(ReportError::from_conflict(c));
+        }
+        for e in &outcome.row_errors {
+            self.report.push_error(ReportError {
+                kind: ErrorKind::Row,
+                userid: e.userid().map(str::to_owned),
+                department: e.department(),
+                message: e.to_string(),
+            });
+        }
+        self.report.notices = plan.notices.iter().map(ToString::to_string).collect();
+        if applied.tokens_revoked > 0 {
+            self.report.notices.push(format!(
+                "expired the Casdoor tokens (if any) of {} users who were forbidden or deleted",
+                applied.tokens_revoked
+            ));
+        }
+        self.report.held = plan.held.as_ref().map(ToString::to_string);
+        if self.opts.mode == RunMode::DryRun {
+            self.report.changes = planned_changes(&plan);
+        }
+
+        if let Some(source) = outcome.failure {
+            let error = RunError::Apply {
+                syncer: self.name(),
+                source,
+            };
+            return self.fail(error).await;
+        }
+        if outcome.interrupted {
+            let message = format!(
+                "cancelled between batches: {} of {} rows were written, the rest was not (the next run picks it up)",
+                outcome.rows_written, outcome.rows_total
+            );
+            return self.interrupt(&message).await;
+        }
+        let status = if plan.held.is_some() {
+            RunStatus::Held
+        } else if self.report.errors_total > 0 || !complete {
+            RunStatus::Partial
+        } else {
+            RunStatus::Succeeded
+        };
+        self.finish(status).await
+    }
+
+    async fn fail(mut self, error: RunError) -> RunReport {
+        self.report.message = Some(redact_text(&error.to_string()));
+        self.finish(RunStatus::Failed).await
+    }
+
+    async fn interrupt(mut self, message: &str) -> RunReport {
+        self.report.message = Some(message.to_owned());
+        self.finish(RunStatus::Interrupted).await
+    }
+
+    /// Sets the status, scrubs the secret, records history and `error_text`, logs the end.
+    async fn finish(mut self, status: RunStatus) -> RunReport {
+        let report = &mut self.report;
+        report.status = status;
+        report.duration_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        report.scrub(self.syncer.app_secret.expose());
+        let db = &self.ctx.db;
+
+        if self.opts.mode == RunMode::Apply {
+            if let Some(id) = report.run_id {
+                let outcome = RunOutcome {
+                    status,
+                    counts: report.counts.run_counts(),
+                    api_calls: report.api_calls,
+                    error_summary: report.summary_line(),
+                    details: Some(report.details()),
+                    finished_at: Utc::now(),
+                    duration: self.started.elapsed(),
+                };
+                if let Err(e) = db::finish_run(db, id, outcome).await {
+                    warn!(error = %e, "could not record the outcome of the run in syncer_run");
+                    report.notices.push(format!(
+                        "the outcome could not be recorded in syncer_run: {e}"
+                    ));
+                }
+            }
+            if matches!(
+                status,
+                RunStatus::Failed | RunStatus::Partial | RunStatus::Held
+            ) && let Some(line) = report.summary_line()
+                && let Err(e) = db::append_syncer_error(db, &self.syncer.name, &line).await
+            {
+                warn!(error = %e, "could not append to the syncer's error_text");
+            }
+        }
+        self.phase_done();
+        let report = self.report;
+        let c = &report.counts;
+        info!(
+            status = %report.status,
+            fetched = c.fetched,
+            created = c.created,
+            updated = c.updated,
+            unchanged = c.unchanged,
+            forbidden = c.forbidden,
+            unforbidden = c.unforbidden,
+            deleted = c.deleted,
+            groups_created = c.groups_created,
+            groups_updated = c.groups_updated,
+            memberships_changed = c.memberships_changed,
+            record_errors = c.record_errors,
+            rows_rejected = c.rows_rejected,
+            conflicts = c.conflicts,
+            api_calls = report.api_calls,
+            duration_ms = report.duration_ms,
+            "run finished"
+        );
+        if let Some(message) = &report.message {
+            info!(%message, "run did not complete");
+        }
+        report
+    }
+
+    fn phase_done(&self) {
+        if let Some(progress) = &self.opts.progress {
+            let current = *progress.borrow();
+            progress.send_replace(Progress {
+                phase: Phase::Done,
+                ..current
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Secret;
+
+    fn row() -> SyncerRow {
+        SyncerRow {
+            owner: "admin".into(),
+            name: "dt".into(),
+            created_time: String::new(),
+            organization: "acme".into(),
+            syncer_type: "DingTalk".into(),
+            app_key: "key".into(),
+            app_secret: Secret::new("secret"),
+            table_columns: db::DEFAULT_TABLE_COLUMNS.into(),
+            avatar_base_url: String::new(),
+            error_text: String::new(),
+            sync_interval: 600,
+            is_read_only: false,
+            is_enabled: true,
+        }
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        assert!(validate_syncer(&row()).is_ok());
+        let problem = |f: fn(&mut SyncerRow)| {
+            let mut r = row();
+            f(&mut r);
+            validate_syncer(&r)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        assert!(problem(|r| r.syncer_type = "Database".into()).contains("\"Database\""));
+        assert!(problem(|r| r.syncer_type = "dingtalk".into()).contains("DingTalk"));
+        assert!(problem(|r| r.organization = " ".into()).contains("organization"));
+        assert!(problem(|r| r.app_key = String::new()).contains("App Key"));
+        assert!(problem(|r| r.app_secret = Secret::new("")).contains("App Secret"));
+        assert!(problem(|r| r.table_columns = "{".into()).contains("table_columns"));
+        let secret_free = problem(|r| r.app_key = String::new());
+        assert!(!secret_free.contains("secret\""), "{secret_free}");
+    }
+
+    /// The daemon spawns runs on the multi-threaded runtime: the future must be `Send`.
+    #[allow(dead_code)]
+    fn run_once_is_send(ctx: &RunContext, syncer: &SyncerRow) {
+        fn is_send<T: Send>(_: &T) {}
+        let fetched = std::future::ready(Ok::<Directory, String>(Directory::default()));
+        let run = run_once(
+            ctx,
+            syncer,
+            fetched,
+            RunOptions::new(RunTrigger::Schedule, RunMode::Apply),
+        );
+        is_send(&run);
+    }
+
+    #[test]
+    fn the_instance_is_host_and_pid() {
+        let instance = process_instance();
+        assert!(
+            instance.ends_with(&format!(":{}", std::process::id())),
+            "{instance}"
+        );
+    }
+}
