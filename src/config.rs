@@ -261,6 +261,10 @@ pub struct SyncSettings {
     /// ... or on more than this percentage of the users the syncer owns.
     #[serde(deserialize_with = "lenient_number")]
     pub max_removal_percent: f64,
+    /// Take over existing users and department groups that match a DingTalk user (on the key
+    /// column) or department but that no syncer owns yet. Off: they are reported as conflicts.
+    #[serde(deserialize_with = "lenient_bool")]
+    pub adopt_existing: bool,
 }
 
 impl Default for SyncSettings {
@@ -270,6 +274,7 @@ impl Default for SyncSettings {
             leaver_policy: LeaverPolicy::Forbid,
             max_removals: 100,
             max_removal_percent: 10.0,
+            adopt_existing: false,
         }
     }
 }
@@ -780,6 +785,16 @@ fn lenient_string<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, 
         Text::F(f) => f.to_string(),
         Text::B(b) => b.to_string(),
     })
+}
+
+/// Accepts a bool, or text such as `true`, `false`, `1`, `0`, `yes`, `no` (the environment's form).
+fn lenient_bool<'de, D: Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
+    let s = lenient_string(deserializer)?;
+    match s.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        other => Err(D::Error::custom(format!("`{other}` is not true or false"))),
+    }
 }
 
 /// Accepts a list of strings, or one comma-separated string (the environment's form).

@@ -47,6 +47,9 @@ fn every_command_explains_itself_in_help() {
         vec!["runs", "show", "--help"],
         vec!["config", "show", "--help"],
         vec!["check", "--help"],
+        vec!["sync", "--help"],
+        vec!["run", "--help"],
+        vec!["healthcheck", "--help"],
         vec!["simulate", "--help"],
     ] {
         let out = syncerd(None, &args, &[]);
@@ -338,4 +341,97 @@ fn log_dir_writes_rotating_files_that_are_flushed_at_exit() {
             .contains("SYNCERD_TYPO_KEY"),
         "{content}"
     );
+}
+
+#[tokio::test]
+async fn sync_imports_the_simulated_directory_then_finds_nothing_to_change() {
+    use syncerd::dingtalk::simulator::{Simulator, SimulatorConfig};
+    let sim = Simulator::start(
+        SimulatorConfig {
+            users: 120,
+            departments: 6,
+            ..Default::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let base = sim.base_url();
+    let secret = sim.credentials().app_secret.expose().to_owned();
+    on_every_engine(async |t: &TestDb| {
+        let url = t.url().to_owned();
+        let run = |args: Vec<String>| {
+            let (url, base) = (url.clone(), base.clone());
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                    syncerd(Some(&url), &args, &[("SYNCERD_DINGTALK__API_BASE", &base)])
+                })
+                .await
+                .unwrap()
+            }
+        };
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert!(run(s(&["migrate"])).await.status.success());
+        let add = run(s(&[
+            "syncer",
+            "add",
+            "--name",
+            "sim",
+            "--organization",
+            "acme",
+            "--app-key",
+            "sim-app-key",
+            "--app-secret",
+            &secret,
+        ]))
+        .await;
+        assert!(add.status.success(), "{}", text(&add).1);
+
+        let dry = run(s(&["sync", "sim", "--dry-run", "--format", "json"])).await;
+        assert!(dry.status.success(), "{}: {}", t.label(), text(&dry).1);
+        let report: serde_json::Value = serde_json::from_str(&text(&dry).0).unwrap();
+        assert_eq!(report["mode"], "dry_run");
+        assert_eq!(report["counts"]["created"], 120);
+        let db = t.connect().await;
+        assert!(
+            t.query_texts(&db, "SELECT syncer_name FROM syncer_run")
+                .await
+                .is_empty()
+        );
+
+        let first = run(s(&["sync", "sim", "--format", "json"])).await;
+        assert!(first.status.success(), "{}: {}", t.label(), text(&first).1);
+        let report: serde_json::Value = serde_json::from_str(&text(&first).0).unwrap();
+        assert_eq!(report["status"], "succeeded");
+        assert_eq!(report["counts"]["created"], 120);
+        let users = t
+            .query_texts(
+                &db,
+                &format!("SELECT name FROM {} WHERE owner = 'acme'", t.quote("user")),
+            )
+            .await;
+        assert_eq!(users.len(), 120);
+
+        let second = run(s(&["sync", "sim"])).await;
+        let (stdout, stderr) = text(&second);
+        assert!(second.status.success(), "{stderr}");
+        assert!(
+            stdout.contains("unchanged") && stdout.contains("120"),
+            "{stdout}"
+        );
+        let all = format!("{stdout}{stderr}{}{}", text(&first).0, text(&first).1);
+        assert!(
+            !all.contains(&secret),
+            "the App Secret leaked into the output"
+        );
+
+        let history = run(s(&["runs", "--syncer", "sim", "--format", "json"])).await;
+        let rows: serde_json::Value = serde_json::from_str(&text(&history).0).unwrap();
+        assert_eq!(rows.as_array().unwrap().len(), 2);
+        assert_eq!(rows[0]["counts"]["unchanged"], 120);
+        assert_eq!(rows[1]["counts"]["created"], 120);
+    })
+    .await;
+    sim.shutdown().await.unwrap();
 }

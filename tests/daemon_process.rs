@@ -40,7 +40,10 @@ fn syncerd_command(dir: &Path, db_url: &str, port: u16, env: &[(&str, &str)]) ->
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("SYNCERD_DATABASE__URL", db_url)
         .env("SYNCERD_HTTP__LISTEN", format!("127.0.0.1:{port}"))
-        .env("SYNCERD_DATABASE__CONNECT_TIMEOUT", "3s");
+        .env("SYNCERD_DATABASE__CONNECT_TIMEOUT", "3s")
+        // Tests never reach the real DingTalk: a closed loopback port unless a test sets one.
+        .env("SYNCERD_DINGTALK__API_BASE", "http://127.0.0.1:9")
+        .env("SYNCERD_DINGTALK__MAX_ATTEMPTS", "1");
     for (k, v) in env {
         cmd.env(k, v);
     }

@@ -16,24 +16,28 @@ const FORCED_EXIT: u8 = 130;
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Development aid: how long each stand-in run lasts while the pipeline is not wired.
-    #[arg(long, hide = true, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
-    pub placeholder_run_delay: Duration,
+    /// Development aid for the daemon's own tests: replace every sync by a stand-in run of this
+    /// length that records a run and touches neither DingTalk nor any user.
+    #[arg(long, hide = true, value_name = "DURATION", value_parser = parse_duration)]
+    pub placeholder_run_delay: Option<Duration>,
     /// Development aid: stand-in runs ignore shutdown (tests of the grace and forced exit).
     #[arg(long, hide = true)]
     pub placeholder_ignores_cancel: bool,
 }
 
-/// The work of one run. Until the pipeline is wired this is the stand-in that records a run
-/// and touches no user.
-// TODO(lead): wire to pipeline::run_once + the DingTalk client; keep the placeholder when
-// `--placeholder-run-delay` is given so the daemon tests stay independent of DingTalk.
-fn run_fn(_settings: &Settings, args: &RunArgs) -> RunFn {
-    if args.placeholder_ignores_cancel {
-        daemon::stubborn_placeholder_run_fn(args.placeholder_run_delay)
-    } else {
-        daemon::placeholder_run_fn(args.placeholder_run_delay)
-    }
+/// The work of one run: the DingTalk fetch and the pipeline, with one client (token cache, rate
+/// limiters) shared by every syncer; the stand-in only when a hidden test flag asks for it.
+fn run_fn(settings: &Settings, args: &RunArgs) -> anyhow::Result<RunFn> {
+    Ok(match args.placeholder_run_delay {
+        Some(delay) if args.placeholder_ignores_cancel => {
+            daemon::stubborn_placeholder_run_fn(delay)
+        }
+        Some(delay) => daemon::placeholder_run_fn(delay),
+        None => {
+            let client = syncerd::dingtalk::Client::new((&settings.dingtalk).into())?;
+            daemon::pipeline_run_fn(settings.sync.clone(), client)
+        }
+    })
 }
 
 /// `syncerd run`: schedules every enabled DingTalk syncer until SIGTERM/SIGINT.
@@ -51,7 +55,7 @@ pub fn run(global: &GlobalOpts, loaded: LoadedConfig, args: RunArgs) -> anyhow::
     let exit = runtime.block_on(async {
         let control = ControlSource::os_signals().context("cannot install signal handlers")?;
         let daemon = daemon::bind(DaemonOptions {
-            run_fn: run_fn(&settings, &args),
+            run_fn: run_fn(&settings, &args)?,
             settings,
             config_loader: Some(loader),
             instance: daemon::instance_id(),

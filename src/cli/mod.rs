@@ -13,6 +13,7 @@ use syncerd::telemetry::LogGuard;
 mod daemon;
 mod output;
 mod runs;
+mod sync;
 mod syncer;
 
 const CONFIG_HELP: &str = "\
@@ -82,6 +83,14 @@ pub enum Command {
     Syncer(syncer::SyncerCommand),
     /// Read the run history, newest first; `syncerd runs show ID` for one run in full.
     Runs(runs::RunsArgs),
+    /// Run one syncer once, in the foreground, and exit 0 only if the run succeeded.
+    ///
+    /// Fetches the whole DingTalk directory, maps and plans it against the database, writes the
+    /// changes in batches, records the run in the history (and failures in the syncer's
+    /// error_text), and prints a report. Takes the syncer's lease, so it never overlaps a running
+    /// daemon's run. Ctrl-C stops at the next safe point. Reads database.url, dingtalk.* and
+    /// sync.*.
+    Sync(sync::SyncArgs),
     /// Test a syncer's DingTalk connection, as Casdoor's "Test Connection" should.
     ///
     /// Fetches a token, lists the root department's children and reads one page of users, then
@@ -190,6 +199,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             db.close().await?;
             Ok(ExitCode::SUCCESS)
         }),
+        Command::Sync(args) => runtime()?.block_on(sync::run(settings, args)),
         Command::Check { name } => runtime()?.block_on(async {
             let db = open_db(settings, false).await?;
             let syncer = db::get_syncer(&db, &name).await?.with_context(|| {

@@ -17,6 +17,7 @@
 pub mod http;
 pub mod lease;
 pub mod metrics;
+mod pipeline;
 mod placeholder;
 pub mod scheduler;
 pub mod shutdown;
@@ -33,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{ConfigError, Settings};
 use crate::db::{self, Db, DbError, RunStatus, RunTrigger, StaleRunFilter, SyncerRow};
 
+pub use pipeline::{pipeline_run_fn, summary_of};
 pub use placeholder::{PLACEHOLDER_MESSAGE, placeholder_run_fn, stubborn_placeholder_run_fn};
 pub use scheduler::{TriggerError, effective_interval, validate_syncer};
 pub use shutdown::{Control, ControlSource};

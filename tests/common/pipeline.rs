@@ -73,6 +73,7 @@ pub fn sync_settings(batch_size: usize) -> SyncSettings {
         leaver_policy: LeaverPolicy::Forbid,
         max_removals: 100,
         max_removal_percent: 50.0,
+        adopt_existing: false,
     }
 }
 

@@ -1,0 +1,170 @@
+//! `syncerd sync NAME`: one run of one syncer in the foreground.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use syncerd::config::Settings;
+use syncerd::db::leases::{acquire_lease, epoch_millis, get_lease, release_lease, renew_lease};
+use syncerd::db::{self, RunMode, RunTrigger};
+use syncerd::dingtalk::{Client, Credentials};
+use syncerd::pipeline::{Progress, RunContext, RunOptions, process_instance, run_once};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::OutputFormat;
+
+/// How long a foreground run's lease lives without renewal (a daemon takes it over after that).
+const LEASE_TTL: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// The syncer's name.
+    pub name: String,
+    /// Plan and apply inside a transaction that is rolled back: every database constraint is
+    /// checked as in a real run, nothing is written (no run history either), and the planned
+    /// changes are printed per user.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Apply leaver actions even when they exceed sync.max_removals / sync.max_removal_percent
+    /// (releases a `held` run, once).
+    #[arg(long)]
+    pub allow_removals: bool,
+    /// Take over matching users and groups that no syncer owns (sync.adopt_existing, once).
+    #[arg(long)]
+    pub adopt_existing: bool,
+    #[arg(long, value_enum, default_value_t)]
+    pub format: OutputFormat,
+}
+
+/// Draws `phase  written/total` on one terminal line until the channel closes.
+async fn draw_progress(mut rx: watch::Receiver<Progress>) {
+    let mut stderr = std::io::stderr();
+    loop {
+        let p = *rx.borrow_and_update();
+        let line = if p.rows_total > 0 {
+            let width = 30usize;
+            let done = ((p.rows_written.min(p.rows_total) as f64 / p.rows_total as f64)
+                * width as f64) as usize;
+            format!(
+                "\r{:<10} [{}{}] {}/{} rows ",
+                format!("{:?}", p.phase).to_lowercase(),
+                "#".repeat(done),
+                " ".repeat(width - done),
+                p.rows_written,
+                p.rows_total
+            )
+        } else {
+            format!(
+                "\r{:<10} {:<40}",
+                format!("{:?}", p.phase).to_lowercase(),
+                ""
+            )
+        };
+        let _ = stderr.write_all(line.as_bytes());
+        let _ = stderr.flush();
+        if rx.changed().await.is_err() {
+            break;
+        }
+    }
+    let _ = stderr.write_all(b"\r\x1b[K");
+}
+
+pub async fn run(settings: &Settings, args: SyncArgs) -> anyhow::Result<ExitCode> {
+    let db = super::open_db(settings, false).await?;
+    let syncer = db::get_syncer(&db, &args.name).await?.with_context(|| {
+        format!(
+            "no syncer named `{}`; `syncerd syncer list` shows the existing ones",
+            args.name
+        )
+    })?;
+    let mode = if args.dry_run {
+        RunMode::DryRun
+    } else {
+        RunMode::Apply
+    };
+    let instance = format!("{}:cli", process_instance());
+
+    // A real run takes the syncer's lease so it never overlaps a daemon's run of it.
+    let lease = if args.dry_run {
+        None
+    } else {
+        if !acquire_lease(&db, &syncer.name, &instance, epoch_millis(), LEASE_TTL).await? {
+            let holder = get_lease(&db, &syncer.name)
+                .await?
+                .map(|l| l.holder)
+                .unwrap_or_default();
+            bail!(
+                "syncer `{}` is being synced by another process ({holder}); wait for that run to end \
+                 (`syncerd runs --syncer {}`) and try again",
+                syncer.name,
+                syncer.name
+            );
+        }
+        Some(instance.clone())
+    };
+
+    let cancel = CancellationToken::new();
+    let mut options = RunOptions::new(RunTrigger::Cli, mode);
+    options.allow_removals = args.allow_removals;
+    options.adopt_existing = args.adopt_existing || settings.sync.adopt_existing;
+    options.cancel = cancel.clone();
+    let bar = if std::io::stderr().is_terminal() && args.format == OutputFormat::Table {
+        let (tx, rx) = watch::channel(Progress::at(syncerd::pipeline::Phase::Starting));
+        options.progress = Some(tx);
+        Some(tokio::spawn(draw_progress(rx)))
+    } else {
+        None
+    };
+
+    let client = Client::new((&settings.dingtalk).into())?;
+    let credentials = Credentials {
+        app_key: syncer.app_key.clone(),
+        app_secret: syncer.app_secret.clone(),
+    };
+    let ctx = RunContext {
+        db: db.clone(),
+        sync: settings.sync.clone(),
+        instance: instance.clone(),
+    };
+    let run = run_once(&ctx, &syncer, client.fetch_directory(&credentials), options);
+    tokio::pin!(run);
+
+    // Ctrl-C stops the run at its next safe point; the lease is renewed while it lasts.
+    let mut renew = tokio::time::interval(LEASE_TTL / 3);
+    renew.tick().await;
+    let report = loop {
+        tokio::select! {
+            report = &mut run => break report,
+            _ = tokio::signal::ctrl_c(), if !cancel.is_cancelled() => {
+                tracing::warn!("interrupt: stopping at the next safe point (between batches)");
+                cancel.cancel();
+            }
+            _ = renew.tick(), if lease.is_some() => {
+                if !renew_lease(&db, &syncer.name, &instance, epoch_millis(), LEASE_TTL).await.unwrap_or(false) {
+                    tracing::warn!("lost the lease of syncer {}; stopping at the next safe point", syncer.name);
+                    cancel.cancel();
+                }
+            }
+        }
+    };
+    if let Some(bar) = bar {
+        let _ = bar.await;
+    }
+    if let Some(holder) = &lease {
+        release_lease(&db, &syncer.name, holder).await?;
+    }
+    db.close().await?;
+
+    match args.format {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        OutputFormat::Table => print!("{}", report.render_text()),
+    }
+    Ok(if report.exit_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,59 @@
+//! The daemon's [`RunFn`] for real syncs: the DingTalk fetch and `pipeline::run_once`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::SyncSettings;
+use crate::db::RunMode;
+use crate::dingtalk::{Client, Credentials};
+use crate::pipeline::{RunContext, RunOptions, RunReport, run_once};
+
+use super::{RunFn, RunRequest, RunSummary};
+
+/// Runs each request through the pipeline with `client`, whose token cache and rate limiters
+/// are shared by every syncer of this process.
+pub fn pipeline_run_fn(sync: SyncSettings, client: Client) -> RunFn {
+    Arc::new(move |request: RunRequest| {
+        let client = client.clone();
+        let sync = sync.clone();
+        Box::pin(async move {
+            let RunRequest {
+                syncer,
+                trigger,
+                cancel,
+                instance,
+                db,
+            } = request;
+            let ctx = RunContext {
+                db,
+                sync: sync.clone(),
+                instance,
+            };
+            let mut options = RunOptions::new(trigger, RunMode::Apply);
+            options.adopt_existing = sync.adopt_existing;
+            options.cancel = cancel;
+            let credentials = Credentials {
+                app_key: syncer.app_key.clone(),
+                app_secret: syncer.app_secret.clone(),
+            };
+            let fetch = client.fetch_directory(&credentials);
+            let report = run_once(&ctx, &syncer, fetch, options).await;
+            summary_of(&report)
+        })
+    })
+}
+
+/// What the daemon keeps of a finished run.
+pub fn summary_of(report: &RunReport) -> RunSummary {
+    RunSummary {
+        run_id: report.run_id,
+        status: report.status,
+        created: report.counts.created,
+        updated: report.counts.updated,
+        forbidden: report.counts.forbidden,
+        deleted: report.counts.deleted,
+        api_calls: report.api_calls,
+        duration: Duration::from_millis(report.duration_ms),
+        message: report.summary_line(),
+    }
+}
