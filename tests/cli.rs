@@ -48,6 +48,7 @@ fn every_command_explains_itself_in_help() {
         vec!["config", "show", "--help"],
         vec!["check", "--help"],
         vec!["sync", "--help"],
+        vec!["demo", "--help"],
         vec!["run", "--help"],
         vec!["healthcheck", "--help"],
         vec!["simulate", "--help"],
@@ -434,4 +435,79 @@ async fn sync_imports_the_simulated_directory_then_finds_nothing_to_change() {
     })
     .await;
     sim.shutdown().await.unwrap();
+}
+
+#[test]
+fn demo_exits_zero_and_its_database_holds_the_synced_organization() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_file = dir.path().join("demo.db");
+    let out = syncerd(
+        None,
+        &[
+            "demo",
+            "--users",
+            "40",
+            "--departments",
+            "4",
+            "--cycles",
+            "5",
+            "--interval",
+            "1",
+            "--database",
+            db_file.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    for line in [
+        "run 1: succeeded",
+        "run 5: succeeded",
+        "hired",
+        "left the company",
+        "new title",
+        "moved",
+    ] {
+        assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
+    }
+    assert!(!stdout.contains("sim-app-secret") && !stderr.contains("sim-app-secret"));
+
+    // The kept database: 40 generated users plus the hire, the leaver forbidden, five runs.
+    let url = format!("sqlite://{}?mode=rwc", db_file.display());
+    let json = syncerd(Some(&url), &["runs", "--format", "json"], &[]);
+    let runs: serde_json::Value = serde_json::from_str(&text(&json).0).unwrap();
+    let runs = runs.as_array().unwrap();
+    assert_eq!(runs.len(), 5, "{runs:?}");
+    assert!(runs.iter().all(|r| r["status"] == "succeeded"));
+    let total_created: u64 = runs
+        .iter()
+        .map(|r| r["counts"]["created"].as_u64().unwrap())
+        .sum();
+    let total_forbidden: u64 = runs
+        .iter()
+        .map(|r| r["counts"]["forbidden"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total_created, 41);
+    assert_eq!(total_forbidden, 1);
+    assert!(
+        runs.iter().any(|r| r["counts"]["updated"] == 1),
+        "the title change updates one user"
+    );
+    assert!(
+        runs.iter().any(|r| r["counts"]["groups_updated"] == 1),
+        "the move updates one group"
+    );
+
+    // A second demo refuses to reuse the file.
+    let again = syncerd(
+        None,
+        &["demo", "--database", db_file.to_str().unwrap()],
+        &[],
+    );
+    assert!(!again.status.success());
+    assert!(
+        text(&again).1.contains("already exists"),
+        "{}",
+        text(&again).1
+    );
 }

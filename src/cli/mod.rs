@@ -11,6 +11,7 @@ use syncerd::db::{self, Db};
 use syncerd::telemetry::LogGuard;
 
 mod daemon;
+mod demo;
 mod output;
 mod runs;
 mod sync;
@@ -83,6 +84,13 @@ pub enum Command {
     Syncer(syncer::SyncerCommand),
     /// Read the run history, newest first; `syncerd runs show ID` for one run in full.
     Runs(runs::RunsArgs),
+    /// See the whole product work, with nothing configured: a simulated DingTalk organization,
+    /// a fresh SQLite file, and the real daemon syncing it for a few cycles.
+    ///
+    /// Between runs the simulated organization changes (a hire, a leaver, a title change, a
+    /// department move); at the end the run history and a sample of the synced users and groups
+    /// are printed. Exits 0 when every run succeeded. Never touches database.url.
+    Demo(demo::DemoArgs),
     /// Run one syncer once, in the foreground, and exit 0 only if the run succeeded.
     ///
     /// Fetches the whole DingTalk directory, maps and plans it against the database, writes the
@@ -199,6 +207,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             db.close().await?;
             Ok(ExitCode::SUCCESS)
         }),
+        Command::Demo(args) => runtime()?.block_on(demo::run(settings, args)),
         Command::Sync(args) => runtime()?.block_on(sync::run(settings, args)),
         Command::Check { name } => runtime()?.block_on(async {
             let db = open_db(settings, false).await?;
