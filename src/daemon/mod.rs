@@ -17,6 +17,7 @@
 pub mod http;
 pub mod lease;
 pub mod metrics;
+pub mod notify;
 mod pipeline;
 mod placeholder;
 pub mod scheduler;
@@ -278,6 +279,7 @@ async fn shutdown_runs(
     control: &mut ControlSource,
     reconcile_stop: &CancellationToken,
 ) -> DaemonExit {
+    notify::notify("STOPPING=1");
     reconcile_stop.cancel();
     shared.stop_jobs().await;
     shared.cancel_runs();

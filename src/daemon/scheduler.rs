@@ -838,12 +838,26 @@ impl Shared {
 
 /// Reconciles every `scheduler.reload_interval` and whenever asked, until `stop`.
 pub(crate) async fn reconcile_loop(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut ready_sent = false;
+    if let Some(period) = super::notify::watchdog_period()
+        && shared.live().reload_interval * 2 > period
+    {
+        tracing::warn!(
+            "scheduler.reload_interval is more than half of systemd's WatchdogSec ({period:?}): \
+             systemd may restart a healthy daemon; lower reload_interval or raise WatchdogSec"
+        );
+    }
     loop {
         let result = tokio::select! {
             _ = stop.cancelled() => return,
             result = shared.reconcile_once() => result,
         };
         shared.record_reconcile(&result);
+        // The scheduler loop is alive; the first good pass means the daemon is ready.
+        super::notify::notify("WATCHDOG=1");
+        if !ready_sent && result.is_ok() {
+            ready_sent = super::notify::notify("READY=1\nSTATUS=following the syncer table");
+        }
         tracing::debug!(
             "reconcile pass done: {}",
             match &result {
