@@ -205,6 +205,10 @@ pub struct SchedulerSettings {
     /// `syncer.type` values this daemon runs.
     #[serde(deserialize_with = "lenient_string_list")]
     pub accepted_types: Vec<String>,
+    /// Syncers this daemon runs even while their `is_enabled` is 0. Beside a running Casdoor,
+    /// keep such rows disabled so Casdoor's own scheduler leaves them alone, and list them here.
+    #[serde(deserialize_with = "lenient_string_list")]
+    pub claimed_syncers: Vec<String>,
 }
 
 impl Default for SchedulerSettings {
@@ -215,6 +219,7 @@ impl Default for SchedulerSettings {
             min_interval: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
             accepted_types: vec!["DingTalk".to_owned()],
+            claimed_syncers: Vec::new(),
         }
     }
 }

@@ -805,3 +805,37 @@ async fn a_restart_does_not_report_the_same_invalid_row_again() {
     assert!(text.contains("organization is empty"), "{text}");
     db.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claimed_syncers_run_while_disabled_for_casdoor_and_others_stay_off() {
+    let t = TestDb::sqlite().await;
+    let db = t.migrated().await;
+    add(&db, "owned-by-syncerd", 1, false).await;
+    add(&db, "left-to-casdoor", 1, false).await;
+    let recorder = Arc::new(Recorder::default());
+    let d = TestDaemon::start(&t, recorded(&recorder, Duration::from_millis(50)), |s| {
+        s.scheduler.claimed_syncers = vec!["owned-by-syncerd".to_owned()];
+    })
+    .await;
+    d.wait_ready().await;
+    eventually(
+        Duration::from_secs(6),
+        "the claimed syncer runs",
+        || async { runs(&db, "owned-by-syncerd").await.len() >= 2 },
+    )
+    .await;
+    assert!(
+        runs(&db, "left-to-casdoor").await.is_empty(),
+        "an unclaimed disabled syncer ran"
+    );
+    // The claimed row stays disabled, so a Casdoor on this database would not run it.
+    let row = db::get_syncer(&db, "owned-by-syncerd")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!row.is_enabled);
+    let (exit, _) = d.stop().await;
+    assert_eq!(exit, DaemonExit::Graceful);
+    db.close().await.unwrap();
+    t.cleanup().await;
+}

@@ -48,6 +48,8 @@ pub(crate) struct LiveSettings {
     pub min_interval: Duration,
     pub shutdown_grace: Duration,
     pub accepted_types: Vec<String>,
+    /// Syncers run even while their `is_enabled` is 0 (`scheduler.claimed_syncers`).
+    pub claimed: Vec<String>,
     /// Bound of every database call made by the daemon (`database.connect_timeout`).
     pub db_timeout: Duration,
     pub lease: LeaseTiming,
@@ -61,10 +63,17 @@ impl LiveSettings {
             min_interval: s.scheduler.min_interval,
             shutdown_grace: s.scheduler.shutdown_grace,
             accepted_types: s.scheduler.accepted_types.clone(),
+            claimed: s.scheduler.claimed_syncers.clone(),
             db_timeout: s.database.connect_timeout.max(Duration::from_secs(1)),
             lease: LeaseTiming::for_reload_interval(s.scheduler.reload_interval),
         }
     }
+}
+
+/// Whether the daemon schedules this row: `is_enabled`, or named in `scheduler.claimed_syncers`
+/// (which lets a Casdoor on the same database, which runs only enabled rows, leave it alone).
+pub fn runs_scheduled(row: &SyncerRow, claimed: &[String]) -> bool {
+    row.is_enabled || claimed.iter().any(|name| name == &row.name)
 }
 
 /// Why a syncer row of ours cannot be scheduled, or `Ok` when it can. The reason is
@@ -155,8 +164,8 @@ pub(crate) enum Desired {
 }
 
 impl Desired {
-    pub(crate) fn of(row: &SyncerRow, min_interval: Duration) -> Self {
-        if !row.is_enabled {
+    pub(crate) fn of(row: &SyncerRow, min_interval: Duration, claimed: &[String]) -> Self {
+        if !runs_scheduled(row, claimed) {
             return Desired::Disabled;
         }
         match validate_syncer(row) {
@@ -536,7 +545,7 @@ impl Shared {
                 }
             }
             for row in ours {
-                let new = Desired::of(&row, live.min_interval);
+                let new = Desired::of(&row, live.min_interval, &live.claimed);
                 let name = row.name.clone();
                 let is_new = !syncers.contains_key(&name);
                 let entry = syncers.entry(name.clone()).or_insert_with(|| Entry {
@@ -924,7 +933,7 @@ async fn run_task(
             return;
         }
     };
-    if trigger == RunTrigger::Schedule && !row.is_enabled {
+    if trigger == RunTrigger::Schedule && !runs_scheduled(&row, &shared.live().claimed) {
         tracing::debug!("syncer {name}: disabled before its run started");
         return;
     }
@@ -1139,13 +1148,13 @@ mod tests {
     #[test]
     fn transitions_start_stop_reschedule_and_report_once() {
         let min = Duration::from_secs(1);
-        let valid = Desired::of(&row(), min);
+        let valid = Desired::of(&row(), min, &[]);
         let mut slower = row();
         slower.sync_interval = 120;
-        let slower = Desired::of(&slower, min);
+        let slower = Desired::of(&slower, min, &[]);
         let mut rekeyed = row();
         rekeyed.app_key = "newkey".into();
-        let rekeyed = Desired::of(&rekeyed, min);
+        let rekeyed = Desired::of(&rekeyed, min, &[]);
         let bad = Desired::Invalid("the App Key is empty".into());
 
         // New row, enabled and valid: start (and run soon).
