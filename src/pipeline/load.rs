@@ -6,10 +6,11 @@
 
 use std::collections::BTreeSet;
 
+use futures_util::StreamExt as _;
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, LikeExpr, Query};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, IdenStatic, Iterable, QueryFilter,
-    QueryResult, QuerySelect, Statement,
+    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, FromQueryResult, IdenStatic, Iterable,
+    QueryFilter, QueryResult, QuerySelect, QueryTrait, Statement, StatementBuilder, StreamTrait,
 };
 use tracing::{debug, warn};
 
@@ -141,6 +142,26 @@ async fn query_all<S: sea_orm::StatementBuilder>(
         .map_err(|e| query_error(context(), e))
 }
 
+/// Runs `stmt` and hands each row to `each` as it arrives, so a 100,000-row result is never held
+/// as raw rows next to what is made of them.
+async fn for_each_row<S: StatementBuilder + Sync>(
+    db: &Db,
+    stmt: &S,
+    context: impl Fn() -> String,
+    mut each: impl FnMut(&QueryResult) -> Result<(), DbErr>,
+) -> Result<(), DbError> {
+    let mut rows = db
+        .conn()
+        .stream(stmt)
+        .await
+        .map_err(|e| query_error(context(), e))?;
+    while let Some(row) = rows.next().await {
+        let row = row.map_err(|e| query_error(context(), e))?;
+        each(&row).map_err(|e| query_error(context(), e))?;
+    }
+    Ok(())
+}
+
 /// The user columns planning reads, each once, in a stable order.
 pub fn user_columns_to_read(mapping: &Mapping) -> Vec<user::Column> {
     let mut wanted: Vec<&str> = vec![
@@ -202,7 +223,6 @@ async fn load_users(
         .from(user::Entity)
         .and_where(Expr::col(user::Column::Owner).eq(organization))
         .to_owned();
-    let rows = query_all(db, &stmt, context).await?;
     let key_column = mapping.key_column();
     let targets = mapping.target_columns();
     let read = |row: &QueryResult| -> Result<ExistingUser, DbErr> {
@@ -229,10 +249,13 @@ async fn load_users(
             name,
         })
     };
-    rows.iter()
-        .map(read)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| query_error(context(), e))
+    let mut users = Vec::new();
+    for_each_row(db, &stmt, context, |row| {
+        users.push(read(row)?);
+        Ok(())
+    })
+    .await?;
+    Ok(users)
 }
 
 async fn load_links(
@@ -240,16 +263,20 @@ async fn load_links(
     organization: &str,
     syncer: &str,
 ) -> Result<(Vec<OwnershipLink>, Vec<ForeignClaim>), DbError> {
-    let rows = syncer_link::Entity::find()
+    let stmt = syncer_link::Entity::find()
         .filter(syncer_link::Column::Organization.eq(organization))
-        .all(db.conn())
-        .await
-        .map_err(|e| {
-            query_error(
-                format!("reading the links of organization {organization} (table syncer_link)"),
-                e,
-            )
-        })?;
+        .into_query();
+    let mut rows = Vec::new();
+    for_each_row(
+        db,
+        &stmt,
+        || format!("reading the links of organization {organization} (table syncer_link)"),
+        |row| {
+            rows.push(syncer_link::Model::from_query_result(row, "")?);
+            Ok(())
+        },
+    )
+    .await?;
     let mut own = Vec::new();
     let mut foreign = Vec::new();
     for row in rows {
@@ -369,26 +396,30 @@ fn starts_with_pattern(prefix: &str) -> String {
 
 async fn load_groupings(db: &Db, organization: &str) -> Result<Vec<CasbinGrouping>, DbError> {
     let prefix = format!("{organization}/");
-    let rows: Vec<(String, String)> = casbin_user_rule::Entity::find()
-        .select_only()
-        .column(casbin_user_rule::Column::V0)
-        .column(casbin_user_rule::Column::V1)
-        .filter(casbin_user_rule::Column::Ptype.eq(GROUPING_PTYPE))
-        .filter(
+    let stmt = Query::select()
+        .columns([casbin_user_rule::Column::V0, casbin_user_rule::Column::V1])
+        .from(casbin_user_rule::Entity)
+        .and_where(casbin_user_rule::Column::Ptype.eq(GROUPING_PTYPE))
+        .and_where(
             Expr::col(casbin_user_rule::Column::V0)
                 .like(LikeExpr::new(starts_with_pattern(&prefix)).escape('!')),
         )
-        .into_tuple()
-        .all(db.conn())
-        .await
-        .map_err(|e| {
-            query_error(
-                format!(
-                    "reading the casbin memberships of organization {organization} (table casbin_user_rule)"
-                ),
-                e,
+        .to_owned();
+    let mut rows: Vec<(String, String)> = Vec::new();
+    for_each_row(
+        db,
+        &stmt,
+        || {
+            format!(
+                "reading the casbin memberships of organization {organization} (table casbin_user_rule)"
             )
-        })?;
+        },
+        |row| {
+            rows.push((row.try_get("", "v0")?, row.try_get("", "v1")?));
+            Ok(())
+        },
+    )
+    .await?;
     // LIKE ignores case on MySQL: keep exact prefixes only.
     Ok(rows
         .into_iter()
