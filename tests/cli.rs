@@ -26,6 +26,25 @@ fn syncerd(db_url: Option<&str>, args: &[&str], extra: &[(&str, &str)]) -> Outpu
     cmd.output().unwrap()
 }
 
+/// [`syncerd`] from an async test, on a blocking thread, against `db_url` and, when given, a
+/// DingTalk API base URL (the in-process simulator).
+async fn syncerd_async(db_url: &str, api_base: Option<&str>, args: &[&str]) -> Output {
+    let db_url = db_url.to_owned();
+    let api_base = api_base.map(str::to_owned);
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let extra: Vec<(&str, &str)> = api_base
+            .as_deref()
+            .map(|base| ("SYNCERD_DINGTALK__API_BASE", base))
+            .into_iter()
+            .collect();
+        syncerd(Some(&db_url), &args, &extra)
+    })
+    .await
+    .unwrap()
+}
+
 fn text(out: &Output) -> (String, String) {
     (
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -125,24 +144,16 @@ fn config_show_redacts_every_secret_and_warns_about_unknown_keys() {
 async fn storage_commands_work_on_every_engine_and_never_print_the_secret() {
     on_every_engine(async |t: &TestDb| {
         let url = t.url().to_owned();
-        let run = |args: Vec<&'static str>| {
-            let url = url.clone();
-            async move {
-                tokio::task::spawn_blocking(move || syncerd(Some(&url), &args, &[]))
-                    .await
-                    .unwrap()
-            }
-        };
 
         // Before migrate, commands refuse with a hint.
-        let out = run(vec!["syncer", "list"]).await;
+        let out = syncerd_async(&url, None, &["syncer", "list"]).await;
         assert!(!out.status.success(), "{}", t.label());
         assert!(text(&out).1.contains("syncerd migrate"), "{}", text(&out).1);
 
-        let out = run(vec!["migrate"]).await;
+        let out = syncerd_async(&url, None, &["migrate"]).await;
         assert!(out.status.success(), "{}: {}", t.label(), text(&out).1);
         assert!(text(&out).0.contains("applied"), "{}", text(&out).0);
-        let out = run(vec!["migrate"]).await;
+        let out = syncerd_async(&url, None, &["migrate"]).await;
         assert!(out.status.success());
         assert!(
             text(&out).0.contains("already up to date"),
@@ -150,24 +161,28 @@ async fn storage_commands_work_on_every_engine_and_never_print_the_secret() {
             text(&out).0
         );
 
-        let out = run(vec![
-            "syncer",
-            "add",
-            "--name",
-            "acme-dt",
-            "--organization",
-            "acme",
-            "--app-key",
-            "dingkey01",
-            "--app-secret",
-            SECRET,
-            "--interval",
-            "120",
-        ])
+        let out = syncerd_async(
+            &url,
+            None,
+            &[
+                "syncer",
+                "add",
+                "--name",
+                "acme-dt",
+                "--organization",
+                "acme",
+                "--app-key",
+                "dingkey01",
+                "--app-secret",
+                SECRET,
+                "--interval",
+                "120",
+            ],
+        )
         .await;
         assert!(out.status.success(), "{}: {}", t.label(), text(&out).1);
 
-        let list = run(vec!["syncer", "list"]).await;
+        let list = syncerd_async(&url, None, &["syncer", "list"]).await;
         let (stdout, stderr) = text(&list);
         assert!(list.status.success(), "{stderr}");
         assert!(
@@ -177,12 +192,12 @@ async fn storage_commands_work_on_every_engine_and_never_print_the_secret() {
         assert!(!stdout.contains(SECRET) && !stderr.contains(SECRET));
 
         assert!(
-            run(vec!["syncer", "enable", "acme-dt"])
+            syncerd_async(&url, None, &["syncer", "enable", "acme-dt"])
                 .await
                 .status
                 .success()
         );
-        let json = run(vec!["syncer", "list", "--format", "json"]).await;
+        let json = syncerd_async(&url, None, &["syncer", "list", "--format", "json"]).await;
         let (stdout, _) = text(&json);
         assert!(!stdout.contains(SECRET), "{stdout}");
         let rows: serde_json::Value = serde_json::from_str(&stdout).unwrap();
@@ -192,16 +207,16 @@ async fn storage_commands_work_on_every_engine_and_never_print_the_secret() {
         assert_eq!(rows[0]["app_secret_set"], true);
 
         assert!(
-            run(vec!["syncer", "disable", "acme-dt"])
+            syncerd_async(&url, None, &["syncer", "disable", "acme-dt"])
                 .await
                 .status
                 .success()
         );
-        let json = run(vec!["syncer", "list", "--format", "json"]).await;
+        let json = syncerd_async(&url, None, &["syncer", "list", "--format", "json"]).await;
         let rows: serde_json::Value = serde_json::from_str(&text(&json).0).unwrap();
         assert_eq!(rows[0]["is_enabled"], false);
 
-        let missing = run(vec!["syncer", "enable", "nope"]).await;
+        let missing = syncerd_async(&url, None, &["syncer", "enable", "nope"]).await;
         assert!(!missing.status.success());
         assert!(
             text(&missing).1.contains("no syncer named `nope`"),
@@ -222,10 +237,10 @@ async fn storage_commands_work_on_every_engine_and_never_print_the_secret() {
             .await;
         assert_eq!(stored, vec![SECRET.to_owned()]);
 
-        let runs = run(vec!["runs"]).await;
+        let runs = syncerd_async(&url, None, &["runs"]).await;
         assert!(runs.status.success(), "{}", text(&runs).1);
         assert!(text(&runs).0.contains("no runs recorded yet"));
-        let config = run(vec!["config", "show"]).await;
+        let config = syncerd_async(&url, None, &["config", "show"]).await;
         assert!(!text(&config).0.contains(SECRET));
     })
     .await;
@@ -248,37 +263,33 @@ async fn check_says_ok_against_the_simulator_and_names_bad_credentials() {
     let t = TestDb::sqlite().await;
     let url = t.url().to_owned();
     let base = sim.base_url();
-    let run = move |args: Vec<String>| {
-        let url = url.clone();
-        let base = base.clone();
-        async move {
-            tokio::task::spawn_blocking(move || {
-                let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                syncerd(Some(&url), &args, &[("SYNCERD_DINGTALK__API_BASE", &base)])
-            })
+    assert!(
+        syncerd_async(&url, Some(&base), &["migrate"])
             .await
-            .unwrap()
-        }
-    };
-    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-    assert!(run(s(&["migrate"])).await.status.success());
+            .status
+            .success()
+    );
     for (name, secret) in [("good", "Sim-Check-S3cret"), ("bad", "Wrong-S3cret-42")] {
-        let out = run(s(&[
-            "syncer",
-            "add",
-            "--name",
-            name,
-            "--organization",
-            "acme",
-            "--app-key",
-            "sim-app-key",
-            "--app-secret",
-            secret,
-        ]))
+        let out = syncerd_async(
+            &url,
+            Some(&base),
+            &[
+                "syncer",
+                "add",
+                "--name",
+                name,
+                "--organization",
+                "acme",
+                "--app-key",
+                "sim-app-key",
+                "--app-secret",
+                secret,
+            ],
+        )
         .await;
         assert!(out.status.success(), "{}", text(&out).1);
     }
-    let good = run(s(&["check", "good"])).await;
+    let good = syncerd_async(&url, Some(&base), &["check", "good"]).await;
     let (stdout, stderr) = text(&good);
     assert!(good.status.success(), "{stdout}{stderr}");
     assert!(stdout.contains("can sync"), "{stdout}");
@@ -287,7 +298,7 @@ async fn check_says_ok_against_the_simulator_and_names_bad_credentials() {
         "{stdout}"
     );
 
-    let bad = run(s(&["check", "bad"])).await;
+    let bad = syncerd_async(&url, Some(&base), &["check", "bad"]).await;
     let (stdout, stderr) = text(&bad);
     assert!(!bad.status.success());
     assert!(
@@ -300,7 +311,7 @@ async fn check_says_ok_against_the_simulator_and_names_bad_credentials() {
             "{stdout}{stderr}"
         );
     }
-    let missing = run(s(&["check", "nope"])).await;
+    let missing = syncerd_async(&url, Some(&base), &["check", "nope"]).await;
     assert!(!missing.status.success());
     assert!(text(&missing).1.contains("no syncer named `nope`"));
     sim.shutdown().await.unwrap();
@@ -361,35 +372,37 @@ async fn sync_imports_the_simulated_directory_then_finds_nothing_to_change() {
     let secret = sim.credentials().app_secret.expose().to_owned();
     on_every_engine(async |t: &TestDb| {
         let url = t.url().to_owned();
-        let run = |args: Vec<String>| {
-            let (url, base) = (url.clone(), base.clone());
-            async move {
-                tokio::task::spawn_blocking(move || {
-                    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                    syncerd(Some(&url), &args, &[("SYNCERD_DINGTALK__API_BASE", &base)])
-                })
+        assert!(
+            syncerd_async(&url, Some(&base), &["migrate"])
                 .await
-                .unwrap()
-            }
-        };
-        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-        assert!(run(s(&["migrate"])).await.status.success());
-        let add = run(s(&[
-            "syncer",
-            "add",
-            "--name",
-            "sim",
-            "--organization",
-            "acme",
-            "--app-key",
-            "sim-app-key",
-            "--app-secret",
-            &secret,
-        ]))
+                .status
+                .success()
+        );
+        let add = syncerd_async(
+            &url,
+            Some(&base),
+            &[
+                "syncer",
+                "add",
+                "--name",
+                "sim",
+                "--organization",
+                "acme",
+                "--app-key",
+                "sim-app-key",
+                "--app-secret",
+                &secret,
+            ],
+        )
         .await;
         assert!(add.status.success(), "{}", text(&add).1);
 
-        let dry = run(s(&["sync", "sim", "--dry-run", "--format", "json"])).await;
+        let dry = syncerd_async(
+            &url,
+            Some(&base),
+            &["sync", "sim", "--dry-run", "--format", "json"],
+        )
+        .await;
         assert!(dry.status.success(), "{}: {}", t.label(), text(&dry).1);
         let report: serde_json::Value = serde_json::from_str(&text(&dry).0).unwrap();
         assert_eq!(report["mode"], "dry_run");
@@ -401,7 +414,7 @@ async fn sync_imports_the_simulated_directory_then_finds_nothing_to_change() {
                 .is_empty()
         );
 
-        let first = run(s(&["sync", "sim", "--format", "json"])).await;
+        let first = syncerd_async(&url, Some(&base), &["sync", "sim", "--format", "json"]).await;
         assert!(first.status.success(), "{}: {}", t.label(), text(&first).1);
         let report: serde_json::Value = serde_json::from_str(&text(&first).0).unwrap();
         assert_eq!(report["status"], "succeeded");
@@ -414,7 +427,7 @@ async fn sync_imports_the_simulated_directory_then_finds_nothing_to_change() {
             .await;
         assert_eq!(users.len(), 120);
 
-        let second = run(s(&["sync", "sim"])).await;
+        let second = syncerd_async(&url, Some(&base), &["sync", "sim"]).await;
         let (stdout, stderr) = text(&second);
         assert!(second.status.success(), "{stderr}");
         assert!(
@@ -427,7 +440,12 @@ async fn sync_imports_the_simulated_directory_then_finds_nothing_to_change() {
             "the App Secret leaked into the output"
         );
 
-        let history = run(s(&["runs", "--syncer", "sim", "--format", "json"])).await;
+        let history = syncerd_async(
+            &url,
+            Some(&base),
+            &["runs", "--syncer", "sim", "--format", "json"],
+        )
+        .await;
         let rows: serde_json::Value = serde_json::from_str(&text(&history).0).unwrap();
         assert_eq!(rows.as_array().unwrap().len(), 2);
         assert_eq!(rows[0]["counts"]["unchanged"], 120);
