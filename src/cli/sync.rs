@@ -9,8 +9,8 @@ use clap::Args;
 use syncerd::config::Settings;
 use syncerd::db::leases::{acquire_lease, epoch_millis, get_lease, release_lease, renew_lease};
 use syncerd::db::{self, RunMode, RunTrigger};
-use syncerd::dingtalk::{Client, Credentials};
-use syncerd::pipeline::{Progress, RunContext, RunOptions, process_instance, run_once};
+use syncerd::dingtalk::{Client, Credentials, FetchProgress};
+use syncerd::pipeline::{Phase, Progress, RunContext, RunOptions, process_instance, run_once};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -39,12 +39,22 @@ pub struct SyncArgs {
     pub format: OutputFormat,
 }
 
-/// Draws `phase  written/total` on one terminal line until the channel closes.
-async fn draw_progress(mut rx: watch::Receiver<Progress>) {
+/// Draws the run's progress on one terminal line until the run's channel closes: departments
+/// walked and users fetched while fetching, then rows written of the total.
+async fn draw_progress(
+    mut rx: watch::Receiver<Progress>,
+    mut fetch: watch::Receiver<FetchProgress>,
+) {
     let mut stderr = std::io::stderr();
     loop {
         let p = *rx.borrow_and_update();
-        let line = if p.rows_total > 0 {
+        let f = *fetch.borrow_and_update();
+        let line = if p.phase == Phase::Fetching || (p.phase == Phase::Starting && f.calls > 0) {
+            format!(
+                "\rfetching   {} of {} departments walked, {} users, {} DingTalk calls ",
+                f.departments_walked, f.departments_found, f.users, f.calls
+            )
+        } else if p.rows_total > 0 {
             let width = 30usize;
             let done = ((p.rows_written.min(p.rows_total) as f64 / p.rows_total as f64)
                 * width as f64) as usize;
@@ -65,8 +75,12 @@ async fn draw_progress(mut rx: watch::Receiver<Progress>) {
         };
         let _ = stderr.write_all(line.as_bytes());
         let _ = stderr.flush();
-        if rx.changed().await.is_err() {
-            break;
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { break },
+            _ = fetch.changed() => {
+                // At most ten redraws a second while the fetch reports every answer.
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
         }
     }
     let _ = stderr.write_all(b"\r\x1b[K");
@@ -111,10 +125,11 @@ pub async fn run(settings: &Settings, args: SyncArgs) -> anyhow::Result<ExitCode
     options.allow_removals = args.allow_removals;
     options.adopt_existing = args.adopt_existing || settings.sync.adopt_existing;
     options.cancel = cancel.clone();
+    let (fetch_tx, fetch_rx) = watch::channel(FetchProgress::default());
     let bar = if std::io::stderr().is_terminal() && args.format == OutputFormat::Table {
-        let (tx, rx) = watch::channel(Progress::at(syncerd::pipeline::Phase::Starting));
+        let (tx, rx) = watch::channel(Progress::at(Phase::Starting));
         options.progress = Some(tx);
-        Some(tokio::spawn(draw_progress(rx)))
+        Some(tokio::spawn(draw_progress(rx, fetch_rx)))
     } else {
         None
     };
@@ -129,7 +144,8 @@ pub async fn run(settings: &Settings, args: SyncArgs) -> anyhow::Result<ExitCode
         sync: settings.sync.clone(),
         instance: instance.clone(),
     };
-    let run = run_once(&ctx, &syncer, client.fetch_directory(&credentials), options);
+    let fetch = client.fetch_directory_with_progress(&credentials, Some(fetch_tx));
+    let run = run_once(&ctx, &syncer, fetch, options);
     tokio::pin!(run);
 
     // Ctrl-C stops the run at its next safe point; the lease is renewed while it lasts.

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
+use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -27,6 +28,15 @@ use super::types::{
 
 /// The root department of every DingTalk organization.
 pub const ROOT_DEPT_ID: i64 = 1;
+/// How far a fetch got, for a live progress display.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FetchProgress {
+    pub departments_walked: u64,
+    pub departments_found: usize,
+    pub users: usize,
+    pub calls: u64,
+}
+
 /// Progress goes to the info log at most this often.
 const PROGRESS_EVERY: Duration = Duration::from_secs(3);
 
@@ -208,11 +218,25 @@ impl Client {
     /// on; the result is then marked incomplete with one reason per failure. Any other failure
     /// aborts the fetch with an error: a failed fetch never looks like an empty directory.
     pub async fn fetch_directory(&self, creds: &Credentials) -> Result<Directory, DingTalkError> {
-        let span = info_span!("dingtalk_fetch", app_key = %creds.app_key);
-        self.fetch(creds).instrument(span).await
+        self.fetch_directory_with_progress(creds, None).await
     }
 
-    async fn fetch(&self, creds: &Credentials) -> Result<Directory, DingTalkError> {
+    /// [`Client::fetch_directory`], publishing how far the walk got after every answer (for a
+    /// live progress bar).
+    pub async fn fetch_directory_with_progress(
+        &self,
+        creds: &Credentials,
+        progress: Option<watch::Sender<FetchProgress>>,
+    ) -> Result<Directory, DingTalkError> {
+        let span = info_span!("dingtalk_fetch", app_key = %creds.app_key);
+        self.fetch(creds, progress).instrument(span).await
+    }
+
+    async fn fetch(
+        &self,
+        creds: &Credentials,
+        progress: Option<watch::Sender<FetchProgress>>,
+    ) -> Result<Directory, DingTalkError> {
         let started = Instant::now();
         let stats = StatsRecorder::default();
         let ctx = self.ctx(creds, &stats);
@@ -233,6 +257,14 @@ impl Client {
         ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
 
         loop {
+            if let Some(tx) = &progress {
+                tx.send_replace(FetchProgress {
+                    departments_walked: walk.departments_walked,
+                    departments_found: walk.visited.len(),
+                    users: walk.users.len(),
+                    calls: stats.total_calls(),
+                });
+            }
             while in_flight.len() < max {
                 let paging_active = paging > 0 || !walk.page_queue.is_empty();
                 let walking_active = walking > 0 || !walk.walk_queue.is_empty();
