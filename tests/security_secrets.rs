@@ -1,7 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! No secret ever leaves its place: the App Secret (right or wrong), DingTalk access tokens and
 //! the database password are absent from every output, log file, run-history column,
-//! `error_text` and `/metrics`, across successful and failed syncs, a daemon run at debug level
+//! `error_text` and `/metrics`, across successful and failed syncs, a daemon run at trace level
 //! and every read-only command, on every engine.
 
 mod common;
@@ -190,7 +190,7 @@ async fn scenario(t: &TestDb) -> Option<(String, String)> {
             ("SYNCERD_DINGTALK__IP_BAN_PAUSE", "300ms"),
             ("SYNCERD_DINGTALK__REQUEST_TIMEOUT", "5s"),
             ("SYNCERD_DATABASE__CONNECT_TIMEOUT", "3s"),
-            ("SYNCERD_LOG__LEVEL", "debug"),
+            ("SYNCERD_LOG__LEVEL", "trace"),
         ]
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -305,7 +305,7 @@ async fn scenario(t: &TestDb) -> Option<(String, String)> {
         }
     }
 
-    // The daemon, logging JSON to files at debug level, until it recorded scheduled runs.
+    // The daemon, logging JSON to files at trace level, until it recorded scheduled runs.
     let logs = dir.join("logs");
     let port = free_port();
     let mut daemon_env = sim_env.clone();
@@ -377,7 +377,7 @@ async fn scenario(t: &TestDb) -> Option<(String, String)> {
         log_lines += content.lines().count();
         ev.text(&path.display().to_string(), content);
     }
-    assert!(log_lines > 10, "{label}: the daemon logged at debug level");
+    assert!(log_lines > 10, "{label}: the daemon logged at trace level");
 
     // The database: every table but `syncer` whole, and `syncer.error_text`.
     let db = t.connect().await;
