@@ -169,3 +169,56 @@ async fn connections_killed_mid_apply_leave_whole_batches_only_and_the_next_run_
     })
     .await;
 }
+
+/// Known product gap, kept as a reproducer: `Runner::finish` (src/pipeline/run.rs) calls
+/// `db::finish_run` once. When the database is still unreachable for that one write (a blip
+/// of a second is enough), the run's row stays `running`; in a daemon that
+/// keeps living, nothing recovers it (recovery only takes rows of gone processes), and the
+/// failure line never reaches `error_text`. A short retry of the final writes would fix it.
+/// Timing-dependent: the sweeps leave gaps a fresh connection can slip through, so this fails
+/// in about one run of three here (MariaDB more often than PostgreSQL) until the fix lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "product gap: the outcome of a run is written once, a database blip at the end leaves the row `running`"]
+async fn a_database_blip_at_the_end_of_a_run_still_records_its_outcome() {
+    on_every_engine(async |t: &TestDb| {
+        if t.engine() == Engine::Sqlite {
+            return;
+        }
+        let db = t.migrated().await;
+        let syncer = add_syncer(&db).await;
+        let ctx = context(&db, sync_settings(BATCH as usize));
+        let dir = directory::directory(USERS, 20);
+        let (tx, mut rx) = watch::channel(Progress::at(Phase::Starting));
+        let mut opts = apply();
+        opts.progress = Some(tx);
+        let killer_admin = admin(t).await;
+        let cut = async {
+            while rx.changed().await.is_ok() {
+                let p = *rx.borrow();
+                if p.phase == Phase::Applying && p.rows_written >= 3 * BATCH {
+                    break;
+                }
+            }
+            // Every session is cut, again and again, for about a second.
+            for _ in 0..50 {
+                kill_sessions(t, &killer_admin).await;
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        };
+        let (report, ()) = tokio::join!(run(&ctx, &syncer, &dir, opts), cut);
+        killer_admin.close().await.unwrap();
+        let row = db::get_run(&db, report.run_id.unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            row.status,
+            report.status,
+            "{}: the history row was left behind: {}",
+            t.label(),
+            report.render_text()
+        );
+        db.close().await.unwrap();
+    })
+    .await;
+}
