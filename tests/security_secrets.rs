@@ -1,8 +1,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-//! No secret ever leaves its place: the App Secret (right or wrong), DingTalk access tokens and
-//! the database password are absent from every output, log file, run-history column,
-//! `error_text` and `/metrics`, across successful and failed syncs, a daemon run at trace level
-//! and every read-only command, on every engine.
+//! No secret ever leaves its place: the App Secret (right or wrong), DingTalk access tokens,
+//! the database password and the admin token are absent from every output, log file,
+//! run-history column, `error_text`, `/metrics` and admin API answer, across successful and
+//! failed syncs, a daemon run at trace level and every read-only command, on every engine.
 
 mod common;
 
@@ -24,6 +24,8 @@ const APP_SECRET: &str = "Canary-AppSecret-Qx7-密钥-41d0";
 const WRONG_SECRET: &str = "Canary-WrongSecret-Vb3-e9a2";
 /// The password of the database user the commands connect as (server engines).
 const DB_PASSWORD: &str = "Canary-DbPw-5e1b";
+/// The bearer token of the daemon's admin API.
+const ADMIN_TOKEN: &str = "Canary-AdminTok-77aa";
 /// Every access token the simulator issues starts with this.
 const TOKEN_PREFIX: &str = "simtok";
 
@@ -316,6 +318,7 @@ async fn scenario(t: &TestDb) -> Option<(String, String)> {
         ("SYNCERD_SCHEDULER__RELOAD_INTERVAL", "200ms"),
         ("SYNCERD_SCHEDULER__MIN_INTERVAL", "1"),
         ("SYNCERD_SCHEDULER__CLAIMED_SYNCERS", "good,bad"),
+        ("SYNCERD_HTTP__ADMIN_TOKEN", ADMIN_TOKEN),
     ] {
         daemon_env.push((k.to_owned(), v.to_owned()));
     }
@@ -357,6 +360,29 @@ async fn scenario(t: &TestDb) -> Option<(String, String)> {
         .unwrap();
     assert!(metrics.contains("syncerd_runs_total"), "{metrics}");
     ev.text("/metrics", metrics);
+    let http = reqwest::Client::new();
+    for path in ["/readyz", "/healthz", "/api/v1/syncers"] {
+        let response = http
+            .get(format!("http://127.0.0.1:{port}{path}"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        ev.text(path, response.text().await.unwrap());
+    }
+    // A manual run through the admin API, and one refused for a wrong token.
+    for token in [ADMIN_TOKEN, "wrong-token"] {
+        let response = http
+            .post(format!("http://127.0.0.1:{port}/api/v1/syncers/good/run"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        ev.text(
+            "POST /api/v1/syncers/good/run",
+            response.text().await.unwrap(),
+        );
+    }
     let status = std::process::Command::new("kill")
         .args(["-TERM", &child.id().unwrap().to_string()])
         .status()
