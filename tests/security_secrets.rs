@@ -24,6 +24,9 @@ const APP_SECRET: &str = "Canary-AppSecret-Qx7-密钥-41d0";
 const WRONG_SECRET: &str = "Canary-WrongSecret-Vb3-e9a2";
 /// The password of the database user the commands connect as (server engines).
 const DB_PASSWORD: &str = "Canary-DbPw-5e1b";
+/// A wrong password for the same database user (refused by MariaDB; PostgreSQL here trusts
+/// loopback, so there it only has to stay out of the output).
+const WRONG_DB_PASSWORD: &str = "Canary-WrongDbPw-0c7d";
 /// The bearer token of the daemon's admin API.
 const ADMIN_TOKEN: &str = "Canary-AdminTok-77aa";
 /// Every access token the simulator issues starts with this.
@@ -173,8 +176,9 @@ async fn scenario(t: &TestDb) -> Option<(String, String)> {
             departments: 4,
             app_key: "canary-app-key".to_owned(),
             app_secret: Secret::new(APP_SECRET),
-            // A revoked token every 5 calls: many tokens issued.
-            invalidate_token_every: Some(5),
+            // A revoked token every 20 calls: several tokens issued. (Much more often, a fresh
+            // token can be revoked before its first use, and the client gives up by design.)
+            invalidate_token_every: Some(20),
             ..Default::default()
         },
         "127.0.0.1:0".parse().unwrap(),
@@ -278,6 +282,21 @@ async fn scenario(t: &TestDb) -> Option<(String, String)> {
     )
     .await;
     ev.output("config show closed db", &out);
+    if user.drop_sql.is_some() {
+        let wrong = user.url.replace(DB_PASSWORD, WRONG_DB_PASSWORD);
+        let mut wrong_env = sim_env.clone();
+        wrong_env.push(("SYNCERD_DATABASE__URL".into(), wrong));
+        for args in [vec!["sync", "good"], vec!["syncer", "list"], vec!["runs"]] {
+            let out = syncerd(dir, &args, &wrong_env).await;
+            if t.engine() == Engine::MySql {
+                assert!(
+                    !out.status.success(),
+                    "{label}: a wrong password is refused"
+                );
+            }
+            ev.output(&format!("{} with a wrong password", args.join(" ")), &out);
+        }
+    }
 
     // Read-only commands.
     for args in [
@@ -439,7 +458,14 @@ async fn scenario(t: &TestDb) -> Option<(String, String)> {
     );
     ev.assert_free_of(
         &label,
-        &[APP_SECRET, WRONG_SECRET, DB_PASSWORD, TOKEN_PREFIX],
+        &[
+            APP_SECRET,
+            WRONG_SECRET,
+            DB_PASSWORD,
+            WRONG_DB_PASSWORD,
+            TOKEN_PREFIX,
+            ADMIN_TOKEN,
+        ],
     );
 
     sim.shutdown().await.unwrap();
