@@ -170,15 +170,11 @@ async fn connections_killed_mid_apply_leave_whole_batches_only_and_the_next_run_
     .await;
 }
 
-/// Known product gap, kept as a reproducer: `Runner::finish` (src/pipeline/run.rs) calls
-/// `db::finish_run` once. When the database is still unreachable for that one write (a blip
-/// of a second is enough), the run's row stays `running`; in a daemon that
-/// keeps living, nothing recovers it (recovery only takes rows of gone processes), and the
-/// failure line never reaches `error_text`. A short retry of the final writes would fix it.
-/// Timing-dependent: the sweeps leave gaps a fresh connection can slip through, so this fails
-/// in about one run of three here (MariaDB more often than PostgreSQL) until the fix lands.
+/// A database blip right when a run ends (every session killed, fresh connections refused for
+/// a moment) must not leave the run's history row `running`: `Runner::finish` retries its
+/// final writes briefly. Timing-dependent by nature: before that retry this failed about one
+/// run in three here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "product gap: the outcome of a run is written once, a database blip at the end leaves the row `running`"]
 async fn a_database_blip_at_the_end_of_a_run_still_records_its_outcome() {
     on_every_engine(async |t: &TestDb| {
         if t.engine() == Engine::Sqlite {

@@ -489,7 +489,8 @@ impl Runner<'_> {
         self.finish(RunStatus::Interrupted).await
     }
 
-    /// Sets the status, scrubs the secret, records history and `error_text`, logs the end.
+    /// Sets the status, scrubs the secret, records history and `error_text` (retrying briefly,
+    /// so a database blip at the end of a run does not leave its row `running`), logs the end.
     async fn finish(mut self, status: RunStatus) -> RunReport {
         let report = &mut self.report;
         report.status = status;
@@ -508,7 +509,8 @@ impl Runner<'_> {
                     finished_at: Utc::now(),
                     duration: self.started.elapsed(),
                 };
-                if let Err(e) = db::finish_run(db, id, outcome).await {
+                let recorded = retry_briefly(|| db::finish_run(db, id, outcome.clone())).await;
+                if let Err(e) = recorded {
                     warn!(error = %e, "could not record the outcome of the run in syncer_run");
                     report.notices.push(format!(
                         "the outcome could not be recorded in syncer_run: {e}"
@@ -519,7 +521,8 @@ impl Runner<'_> {
                 status,
                 RunStatus::Failed | RunStatus::Partial | RunStatus::Held
             ) && let Some(line) = report.summary_line()
-                && let Err(e) = db::append_syncer_error(db, &self.syncer.name, &line).await
+                && let Err(e) =
+                    retry_briefly(|| db::append_syncer_error(db, &self.syncer.name, &line)).await
             {
                 warn!(error = %e, "could not append to the syncer's error_text");
             }
@@ -559,6 +562,32 @@ impl Runner<'_> {
                 phase: Phase::Done,
                 ..current
             });
+        }
+    }
+}
+
+/// Attempts of the final history writes of a run.
+const FINAL_WRITE_ATTEMPTS: u32 = 5;
+
+/// Runs `write` until it succeeds, at most [`FINAL_WRITE_ATTEMPTS`] times, waiting 250 ms, then
+/// twice as long after each failure (under 8 s in all); returns the last error.
+async fn retry_briefly<F, Fut, T>(mut write: F) -> Result<T, DbError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, DbError>>,
+{
+    let mut wait = std::time::Duration::from_millis(250);
+    let mut attempt = 1;
+    loop {
+        match write().await {
+            Ok(value) => return Ok(value),
+            Err(e) if attempt >= FINAL_WRITE_ATTEMPTS => return Err(e),
+            Err(e) => {
+                debug!(error = %e, attempt, "recording the run failed; retrying");
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+                attempt += 1;
+            }
         }
     }
 }
