@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 use chrono::DateTime;
 use common::directory::{self, unionid, user_mut, userid, without};
 use common::pipeline::{
-    ORG, SYNCER, add_syncer, apply, context, count, rows, run, sync_settings, user_row, users,
+    ORG, SYNCER, add_syncer, apply, context, count, rows, run, sync_settings,
+    unique_email_taken_by_outsider, user_row, users,
 };
 use common::{TestDb, on_every_engine};
 use md5::{Digest, Md5};
@@ -698,20 +699,7 @@ async fn a_600_character_title_or_a_nul_byte_userid_is_a_record_error_not_a_fail
 async fn a_row_the_database_rejects_is_isolated_and_the_rest_commits() {
     on_every_engine(async |t| {
         let (db, syncer) = setup(t).await;
-        // A constraint the plan cannot know about: e-mail addresses must be unique.
-        t.execute(
-            &db,
-            &format!("CREATE UNIQUE INDEX ux_user_email ON {} (email)", t.quote("user")),
-        )
-        .await;
-        t.execute(
-            &db,
-            &format!(
-                "INSERT INTO {} (owner, name, id, email) VALUES ('{ORG}', 'outsider', 'x1', 'user50@example.com')",
-                t.quote("user")
-            ),
-        )
-        .await;
+        unique_email_taken_by_outsider(t, &db, "user50@example.com").await;
         let ctx = context(&db, sync_settings(25));
         let dir = directory::directory(120, 4);
 
@@ -729,14 +717,21 @@ async fn a_row_the_database_rejects_is_isolated_and_the_rest_commits() {
             .find(|e| e.kind == ErrorKind::Row)
             .expect("a row error");
         assert_eq!(rejected.userid.as_deref(), Some(userid(50).as_str()));
-        assert!(rejected.message.contains(&userid(50)), "{}", rejected.message);
+        assert!(
+            rejected.message.contains(&userid(50)),
+            "{}",
+            rejected.message
+        );
         assert!(user_row(&db, &unionid(50)).await.is_none());
         // Nothing of the rejected user: no link, no casbin rows.
         assert_eq!(
             count(
                 t,
                 &db,
-                &format!("SELECT COUNT(*) FROM syncer_link WHERE external_id = '{}'", userid(50))
+                &format!(
+                    "SELECT COUNT(*) FROM syncer_link WHERE external_id = '{}'",
+                    userid(50)
+                )
             )
             .await,
             0

@@ -8,7 +8,7 @@ use chrono::DateTime;
 use common::directory::{self, unionid, user_mut, userid, without};
 use common::pipeline::{
     ALL_TABLES, ORG, SECRET, SYNCER, add_syncer, apply, context, count, dry_run, rows, run,
-    sync_settings, user_row,
+    sync_settings, unique_email_taken_by_outsider, user_row,
 };
 use common::{TestDb, on_every_engine};
 use sea_orm::sea_query::Expr;
@@ -188,19 +188,7 @@ async fn a_dry_run_leaves_every_table_byte_for_byte_unchanged_and_writes_no_hist
 async fn a_dry_run_checks_database_constraints_exactly_like_a_real_run() {
     on_every_engine(async |t| {
         let (db, syncer) = setup(t).await;
-        t.execute(
-            &db,
-            &format!("CREATE UNIQUE INDEX ux_user_email ON {} (email)", t.quote("user")),
-        )
-        .await;
-        t.execute(
-            &db,
-            &format!(
-                "INSERT INTO {} (owner, name, id, email) VALUES ('{ORG}', 'outsider', 'x1', 'user7@example.com')",
-                t.quote("user")
-            ),
-        )
-        .await;
+        unique_email_taken_by_outsider(t, &db, "user7@example.com").await;
         let ctx = context(&db, sync_settings(8));
         let dir = directory::directory(40, 2);
         let before = t.dump_tables(&db, &ALL_TABLES).await;
@@ -212,8 +200,11 @@ async fn a_dry_run_checks_database_constraints_exactly_like_a_real_run() {
             "{}",
             t.label()
         );
-        assert!(dry.errors.iter().any(|e| e.kind == ErrorKind::Row
-            && e.userid.as_deref() == Some(userid(7).as_str())));
+        assert!(
+            dry.errors.iter().any(
+                |e| e.kind == ErrorKind::Row && e.userid.as_deref() == Some(userid(7).as_str())
+            )
+        );
         assert_same_dump(t, &before, &t.dump_tables(&db, &ALL_TABLES).await);
 
         let real = run(&ctx, &syncer, &dir, apply()).await;

@@ -140,3 +140,20 @@ pub async fn users(db: &Db) -> Vec<user::Model> {
     all.sort_by(|a, b| a.name.cmp(&b.name));
     all
 }
+
+/// A constraint the plan cannot know about: unique e-mail addresses, with an unowned user
+/// (`outsider`, id `x1`) already holding `email`, so the DingTalk user with that address is
+/// rejected by the database.
+pub async fn unique_email_taken_by_outsider(t: &TestDb, db: &Db, email: &str) {
+    let table = t.quote("user");
+    t.execute(
+        db,
+        &format!("CREATE UNIQUE INDEX ux_user_email ON {table} (email)"),
+    )
+    .await;
+    t.execute(
+        db,
+        &format!("INSERT INTO {table} (owner, name, id, email) VALUES ('{ORG}', 'outsider', 'x1', '{email}')"),
+    )
+    .await;
+}
