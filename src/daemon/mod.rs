@@ -144,15 +144,9 @@ pub enum DaemonError {
 /// The random part tells a restarted process (same host, maybe same pid in a container) from
 /// its previous life.
 pub fn instance_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "unknown-host".to_owned());
     format!(
-        "{host}:{}:{:06x}",
-        std::process::id(),
+        "{}:{:06x}",
+        crate::pipeline::process_instance(),
         scheduler::random_u64() & 0xff_ffff
     )
 }
