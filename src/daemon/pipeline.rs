@@ -24,14 +24,10 @@ pub fn pipeline_run_fn(sync: SyncSettings, client: Client) -> RunFn {
                 instance,
                 db,
             } = request;
-            let ctx = RunContext {
-                db,
-                sync: sync.clone(),
-                instance,
-            };
             let mut options = RunOptions::new(trigger, RunMode::Apply);
             options.adopt_existing = sync.adopt_existing;
             options.cancel = cancel;
+            let ctx = RunContext { db, sync, instance };
             let credentials = Credentials {
                 app_key: syncer.app_key.clone(),
                 app_secret: syncer.app_secret.clone(),
