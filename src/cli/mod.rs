@@ -181,6 +181,14 @@ async fn open_db(settings: &Settings, migrating: bool) -> anyhow::Result<Db> {
     Ok(db)
 }
 
+/// The syncer row named `name`, or the storage layer's "no syncer named" error.
+async fn find_syncer(db: &Db, name: &str) -> anyhow::Result<db::SyncerRow> {
+    let row = db::get_syncer(db, name).await?;
+    Ok(row.ok_or_else(|| db::DbError::SyncerNotFound {
+        name: name.to_owned(),
+    })?)
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -211,9 +219,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sync(args) => runtime()?.block_on(sync::run(settings, args)),
         Command::Check { name } => runtime()?.block_on(async {
             let db = open_db(settings, false).await?;
-            let syncer = db::get_syncer(&db, &name).await?.with_context(|| {
-                format!("no syncer named `{name}`; `syncerd syncer list` shows the existing ones")
-            })?;
+            let syncer = find_syncer(&db, &name).await?;
             db.close().await?;
             let client = syncerd::dingtalk::Client::new((&settings.dingtalk).into())?;
             let credentials = syncerd::dingtalk::Credentials {

@@ -4,11 +4,11 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Args;
 use syncerd::config::Settings;
 use syncerd::db::leases::{acquire_lease, epoch_millis, get_lease, release_lease, renew_lease};
-use syncerd::db::{self, RunMode, RunTrigger};
+use syncerd::db::{RunMode, RunTrigger};
 use syncerd::dingtalk::{Client, Credentials, FetchProgress};
 use syncerd::pipeline::{Phase, Progress, RunContext, RunOptions, process_instance, run_once};
 use tokio::sync::watch;
@@ -88,12 +88,7 @@ async fn draw_progress(
 
 pub async fn run(settings: &Settings, args: SyncArgs) -> anyhow::Result<ExitCode> {
     let db = super::open_db(settings, false).await?;
-    let syncer = db::get_syncer(&db, &args.name).await?.with_context(|| {
-        format!(
-            "no syncer named `{}`; `syncerd syncer list` shows the existing ones",
-            args.name
-        )
-    })?;
+    let syncer = super::find_syncer(&db, &args.name).await?;
     let mode = if args.dry_run {
         RunMode::DryRun
     } else {
