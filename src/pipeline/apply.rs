@@ -495,6 +495,8 @@ struct Writer<'a> {
     now: &'a str,
     now_utc: String,
     token_table: bool,
+    /// `<org>/<syncer>`, the `register_source` of every new user.
+    register_source: String,
     user_columns: Vec<user::Column>,
     user_index: HashMap<&'static str, usize>,
     user_template: Vec<Value>,
@@ -560,6 +562,7 @@ impl<'a> Writer<'a> {
             now: settings.now,
             now_utc: utc_millis(Utc::now()),
             token_table: settings.facts.token_table,
+            register_source: format!("{}/{}", settings.organization, settings.syncer),
             user_columns,
             user_index,
             user_template,
@@ -590,11 +593,11 @@ impl<'a> Writer<'a> {
         }
         set("owner", text(self.organization))?;
         set("name", text(&new.name))?;
-        set("created_time", text(&new.created_time))?;
-        set("updated_time", text(&new.created_time))?;
+        set("created_time", text(self.now))?;
+        set("updated_time", text(self.now))?;
         set("hash", text(&new.hash))?;
         set("pre_hash", text(&new.hash))?;
-        set("register_source", text(&new.register_source))?;
+        set("register_source", text(&self.register_source))?;
         set("dingtalk", text(&new.dingtalk))?;
         set("groups", text(&new.groups))?;
         Ok(row.into_iter().map(SimpleExpr::from).collect())
@@ -1169,8 +1172,6 @@ mod tests {
             hash: "h".into(),
             dingtalk: userid.into(),
             groups: "[\"acme/1\"]".into(),
-            register_source: "acme/dt".into(),
-            created_time: "2026-01-01T00:00:00Z".into(),
         }
     }
 

@@ -229,7 +229,7 @@ async fn load_users(
         let name = text(row, "name")?;
         let mut values = std::collections::BTreeMap::new();
         for column in &targets {
-            values.insert((*column).to_owned(), field(row, column)?);
+            values.insert(*column, field(row, column)?);
         }
         let key_value = match field(row, key_column)? {
             FieldValue::Text(t) => t,

@@ -4,9 +4,9 @@
 //! `None`, which never clears a stored value; only a present value — even an empty one — is
 //! written. Per-record problems are [`RecordError`]s and never stop the other records.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
-use crate::dingtalk::types::{Directory, DirectoryUser, User};
+use crate::dingtalk::types::{DirectoryUser, User};
 
 use super::hash::content_hash;
 use super::table_columns::{
@@ -173,7 +173,7 @@ pub struct MappedUser {
     pub name: String,
     pub name_source: NameSource,
     /// Every mapped column except `name`; `None` = absent in DingTalk (never clears a value).
-    pub fields: BTreeMap<String, Option<FieldValue>>,
+    pub fields: BTreeMap<&'static str, Option<FieldValue>>,
     /// Casdoor's syncer hash of the hashed columns (absent values hash as `''`).
     pub hash: String,
     /// Value of `user.dingtalk` (the userid).
@@ -451,29 +451,32 @@ pub fn map_user(user: &DirectoryUser, mapping: &Mapping) -> Result<MappedUser, R
         key,
         name,
         name_source,
-        fields: values.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+        fields: values,
         hash,
         dingtalk: userid.to_owned(),
         departments: departments.into_iter().collect(),
     })
 }
 
-/// Maps a whole directory: mapped users sorted by userid, and the records that failed.
+/// Maps a whole directory's users: mapped users sorted by userid, and the records that failed.
+/// Takes the users by value and drops each DingTalk record once it is mapped, so the fetched
+/// directory and its mapped form are never both whole in memory.
 pub fn map_directory(
-    directory: &Directory,
+    directory_users: Vec<DirectoryUser>,
     mapping: &Mapping,
 ) -> (Vec<MappedUser>, Vec<RecordError>) {
-    let mut users = Vec::with_capacity(directory.users.len());
+    let mut users = Vec::with_capacity(directory_users.len());
     let mut errors = Vec::new();
-    let mut seen = BTreeSet::new();
-    for user in &directory.users {
-        if !user.profile.userid.trim().is_empty() && !seen.insert(user.profile.userid.as_str()) {
+    let mut seen: HashSet<String> = HashSet::with_capacity(directory_users.len());
+    for user in directory_users {
+        let userid = &user.profile.userid;
+        if !userid.trim().is_empty() && !seen.insert(userid.clone()) {
             errors.push(RecordError::DuplicateUserid {
-                userid: user.profile.userid.clone(),
+                userid: userid.clone(),
             });
             continue;
         }
-        match map_user(user, mapping) {
+        match map_user(&user, mapping) {
             Ok(mapped) => users.push(mapped),
             Err(e) => errors.push(e),
         }
@@ -486,6 +489,7 @@ pub fn map_directory(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dingtalk::types::Directory;
 
     const STOCK_UI: &str = r#"[
       {"name":"userid","type":"string","casdoorName":"Id","isKey":false,"isHashed":true,"values":[]},
@@ -971,7 +975,7 @@ mod tests {
             complete: true,
             ..Directory::default()
         };
-        let (users, errors) = map_directory(&directory, &mapping);
+        let (users, errors) = map_directory(directory.users, &mapping);
         let ids: Vec<_> = users.iter().map(|u| u.userid.as_str()).collect();
         assert_eq!(ids, ["a", "b"]);
         assert_eq!(errors.len(), 2);

@@ -98,7 +98,7 @@ pub struct ExistingUser {
     pub key_value: String,
     /// Current values of the mapped columns (`Mapping::target_columns`). A missing entry reads as
     /// the column's zero value. `is_forbidden` is read from the field below.
-    pub values: BTreeMap<String, FieldValue>,
+    pub values: BTreeMap<&'static str, FieldValue>,
     pub hash: String,
     pub pre_hash: String,
     pub is_forbidden: bool,
@@ -192,20 +192,19 @@ pub struct FieldChange {
 /// A user to insert. Apply writes these columns plus Casdoor's insert defaults (spec §2.3:
 /// `owner` = organization, `type = 'normal-user'`, `register_type = 'Add Users'`,
 /// `updated_time = created_time`, `properties = '{}'`, `address = '[]'`, every other column at
-/// its zero value) and `hash = pre_hash = hash`.
+/// its zero value), `hash = pre_hash = hash`, and what is the same for every user of the run
+/// (`register_source = <org>/<syncer>`, `created_time` = the run's time), so 100,000 new users
+/// do not carry 100,000 copies of it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct NewUser {
     pub name: String,
     pub userid: String,
     /// Every mapped column except `name`; absent DingTalk values as the column's zero value.
-    pub values: BTreeMap<String, FieldValue>,
+    pub values: BTreeMap<&'static str, FieldValue>,
     pub hash: String,
     pub dingtalk: String,
     /// `user.groups` JSON.
     pub groups: String,
-    /// `<org>/<syncer>`.
-    pub register_source: String,
-    pub created_time: String,
 }
 
 /// Writes to one existing user row. Only what is `Some`/listed is written.
@@ -649,7 +648,8 @@ impl Plan {
 
 /// How a DingTalk user resolved against the existing rows.
 enum Target<'a> {
-    New,
+    /// A user to create; `index` is its position in [`PlanInput::users`].
+    New { index: usize },
     Existing {
         row: &'a ExistingUser,
         adopt: bool,
@@ -658,8 +658,9 @@ enum Target<'a> {
     },
 }
 
-/// Computes the plan of one run.
-pub fn plan(input: &PlanInput) -> Plan {
+/// Computes the plan of one run. Takes the input by value: the mapped columns of new users move
+/// into the plan instead of being copied, so a first import holds them once.
+pub fn plan(input: PlanInput) -> Plan {
     let org = input.organization.as_str();
     let opts = &input.options;
     let mut out = Plan {
@@ -712,11 +713,11 @@ pub fn plan(input: &PlanInput) -> Plan {
     }
 
     // Directory users, once per userid.
-    let mut users: Vec<&MappedUser> = Vec::with_capacity(input.users.len());
+    let mut users: Vec<(usize, &MappedUser)> = Vec::with_capacity(input.users.len());
     let mut seen_userids = BTreeSet::new();
-    for u in &input.users {
+    for (index, u) in input.users.iter().enumerate() {
         if seen_userids.insert(u.userid.as_str()) {
-            users.push(u);
+            users.push((index, u));
         } else {
             out.record_errors.push(RecordError::DuplicateUserid {
                 userid: u.userid.clone(),
@@ -725,18 +726,18 @@ pub fn plan(input: &PlanInput) -> Plan {
     }
     let present: BTreeSet<&str> = users
         .iter()
-        .map(|u| u.userid.as_str())
+        .map(|(_, u)| u.userid.as_str())
         .chain(input.record_errors.iter().filter_map(RecordError::userid))
         .collect();
     let mut key_count: BTreeMap<&str, usize> = BTreeMap::new();
-    for u in &users {
+    for (_, u) in &users {
         *key_count.entry(u.key.as_str()).or_default() += 1;
     }
     let key_column = input.key_column.as_str();
 
     // Resolve every DingTalk user to a row, a creation, or a conflict.
     let mut resolved: Vec<(&MappedUser, Target<'_>)> = Vec::with_capacity(users.len());
-    for u in &users {
+    for &(index, u) in &users {
         if key_count.get(u.key.as_str()).copied().unwrap_or(0) > 1 {
             out.conflicts.push(Conflict::DuplicateKeyInDirectory {
                 userid: u.userid.clone(),
@@ -764,7 +765,7 @@ pub fn plan(input: &PlanInput) -> Plan {
         }
         let candidates = by_key.get(u.key.as_str()).map_or(&[][..], Vec::as_slice);
         match candidates {
-            [] => resolved.push((u, Target::New)),
+            [] => resolved.push((u, Target::New { index })),
             [row] => {
                 if let Some(own) = owner_of_row.get(row.name.as_str()) {
                     if own.external_id == u.userid {
@@ -824,7 +825,7 @@ pub fn plan(input: &PlanInput) -> Plan {
     for (u, target) in &resolved {
         match target {
             Target::Existing { row, .. } => *row_claims.entry(row.name.as_str()).or_default() += 1,
-            Target::New => *new_names.entry(fold(&u.name)).or_default() += 1,
+            Target::New { .. } => *new_names.entry(fold(&u.name)).or_default() += 1,
         }
     }
     resolved.retain(|(u, target)| match target {
@@ -838,7 +839,7 @@ pub fn plan(input: &PlanInput) -> Plan {
             }
             ok
         }
-        Target::New => {
+        Target::New { .. } => {
             let folded = fold(&u.name);
             if taken_names.contains(&folded) {
                 out.conflicts.push(Conflict::NameTaken {
@@ -914,6 +915,8 @@ pub fn plan(input: &PlanInput) -> Plan {
     };
 
     let mut claimed_rows: BTreeSet<&str> = BTreeSet::new();
+    // (position in `out.creates`, position in `input.users`): filled in at the end.
+    let mut new_user_columns: Vec<(usize, usize)> = Vec::new();
     for (u, target) in &resolved {
         let desired_link = OwnershipLink {
             kind: LinkKind::User,
@@ -925,30 +928,17 @@ pub fn plan(input: &PlanInput) -> Plan {
         };
         let current_link = link_by_userid.get(u.userid.as_str()).copied();
         match target {
-            Target::New => {
-                let values = u
-                    .fields
-                    .iter()
-                    .map(|(column, value)| {
-                        let value = value.clone().unwrap_or_else(|| {
-                            column_spec(column).map_or(FieldValue::Text(String::new()), |s| {
-                                FieldValue::zero(s.kind)
-                            })
-                        });
-                        (column.clone(), value)
-                    })
-                    .collect();
+            Target::New { index } => {
                 let groups_json =
                     membership(&u.name, None, u, &mut out).unwrap_or_else(|| encode_groups(&[]));
+                new_user_columns.push((out.creates.len(), *index));
                 out.creates.push(NewUser {
                     name: u.name.clone(),
                     userid: u.userid.clone(),
-                    values,
+                    values: BTreeMap::new(),
                     hash: u.hash.clone(),
                     dingtalk: u.dingtalk.clone(),
                     groups: groups_json,
-                    register_source: format!("{org}/{}", input.syncer),
-                    created_time: input.now.clone(),
                 });
                 let link = OwnershipLink {
                     casdoor_name: u.name.clone(),
@@ -963,12 +953,12 @@ pub fn plan(input: &PlanInput) -> Plan {
                 let mut changes: Vec<FieldChange> = u
                     .fields
                     .iter()
-                    .filter(|(column, _)| column.as_str() != "id")
+                    .filter(|(column, _)| **column != "id")
                     .filter_map(|(column, value)| {
                         let new = value.as_ref()?;
                         let old = row.current(column);
                         (old != *new).then(|| FieldChange {
-                            column: column.clone(),
+                            column: (*column).to_owned(),
                             old,
                             new: new.clone(),
                         })
@@ -1059,7 +1049,7 @@ pub fn plan(input: &PlanInput) -> Plan {
         .chain(resolved.iter().map(|(u, _)| u.userid.as_str()))
         .collect();
     plan_leavers(
-        input,
+        &input,
         &user_links,
         &present,
         &by_name,
@@ -1080,6 +1070,25 @@ pub fn plan(input: &PlanInput) -> Plan {
         })
         .map(|l| (*l).clone())
         .collect();
+
+    // Every borrow of the mapped users has ended: move their columns into the new users.
+    let mut mapped = input.users;
+    for (create, index) in new_user_columns {
+        if let (Some(new), Some(u)) = (out.creates.get_mut(create), mapped.get_mut(index)) {
+            new.values = std::mem::take(&mut u.fields)
+                .into_iter()
+                .map(|(column, value)| {
+                    let value = value.unwrap_or_else(|| {
+                        column_spec(column).map_or(FieldValue::Text(String::new()), |s| {
+                            FieldValue::zero(s.kind)
+                        })
+                    });
+                    (column, value)
+                })
+                .collect();
+        }
+    }
+    drop(mapped);
 
     out.group_creates = groups.creates;
     out.group_updates = groups.updates;

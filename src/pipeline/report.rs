@@ -262,7 +262,7 @@ pub fn planned_changes(plan: &Plan) -> Vec<PlannedChange> {
             .values
             .iter()
             .map(|(column, value)| ColumnChange {
-                column: column.clone(),
+                column: (*column).to_owned(),
                 old: None,
                 new: json_value(value),
             })

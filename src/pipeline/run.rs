@@ -300,7 +300,14 @@ impl Runner<'_> {
         };
         self.report.counts.fetched = directory.users.len() as u64;
         self.report.api_calls = directory.total_calls();
-        for reason in &directory.incomplete_reasons {
+        let Directory {
+            departments,
+            users: directory_users,
+            complete,
+            incomplete_reasons,
+            stats: _,
+        } = directory;
+        for reason in &incomplete_reasons {
             self.report.push_error(ReportError {
                 kind: ErrorKind::Department,
                 userid: None,
@@ -308,14 +315,12 @@ impl Runner<'_> {
                 message: reason.clone(),
             });
         }
-        let complete = directory.complete;
-        let departments = directory.departments.clone();
 
         self.phase(Phase::Loading);
         let phase_started = Instant::now();
         let mapped = {
             let mapping = mapping.clone();
-            tokio::task::spawn_blocking(move || map_directory(&directory, &mapping)).await
+            tokio::task::spawn_blocking(move || map_directory(directory_users, &mapping)).await
         };
         let (users, record_errors) = match mapped {
             Ok(m) => m,
@@ -371,7 +376,7 @@ impl Runner<'_> {
             ),
             now: now.clone(),
         };
-        let planned = tokio::task::spawn_blocking(move || plan(&input)).await;
+        let planned = tokio::task::spawn_blocking(move || plan(input)).await;
         let plan = match planned {
             Ok(p) => p,
             Err(e) => {

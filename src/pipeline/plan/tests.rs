@@ -1,5 +1,5 @@
 use super::*;
-use crate::dingtalk::types::{Directory, DirectoryUser, User};
+use crate::dingtalk::types::{DirectoryUser, User};
 use crate::pipeline::groups::DEPARTMENT_GROUP_TYPE;
 use crate::pipeline::map::{Mapping, map_directory, map_user};
 use crate::pipeline::table_columns::ColumnKind;
@@ -102,7 +102,8 @@ fn apply_change(row: &mut ExistingUser, key_column: &str, change: &FieldChange) 
             if column == key_column {
                 row.key_value = value.canonical();
             }
-            row.values.insert(column.to_owned(), value.clone());
+            let column = column_spec(column).map_or("unknown", |s| s.column);
+            row.values.insert(column, value.clone());
         }
     }
 }
@@ -116,7 +117,7 @@ fn apply_to_state(state: &PlanInput, plan: &Plan) -> PlanInput {
             c.name.clone()
         } else {
             c.values
-                .get(&key_column)
+                .get(key_column.as_str())
                 .map(FieldValue::canonical)
                 .unwrap_or_default()
         };
@@ -207,7 +208,7 @@ fn apply_to_state(state: &PlanInput, plan: &Plan) -> PlanInput {
 
 /// The state after one run applied.
 fn settle(state: &PlanInput) -> PlanInput {
-    apply_to_state(state, &plan(state))
+    apply_to_state(state, &plan(state.clone()))
 }
 
 fn link_of<'a>(state: &'a PlanInput, userid: &str) -> &'a OwnershipLink {
@@ -238,7 +239,7 @@ fn new_users_get_every_mapped_column_the_hash_and_their_memberships() {
         ..profile("u1")
     };
     let user = mapped(p);
-    let plan = plan(&input(vec![user.clone()]));
+    let plan = plan(input(vec![user.clone()]));
     assert_eq!(plan.creates.len(), 1);
     let c = &plan.creates[0];
     assert_eq!(c.name, "Ju1");
@@ -250,8 +251,6 @@ fn new_users_get_every_mapped_column_the_hash_and_their_memberships() {
     assert!(!c.values.contains_key("name"));
     assert_eq!(c.hash, user.hash);
     assert_eq!(c.dingtalk, "u1");
-    assert_eq!(c.register_source, "acme/syncer_dt");
-    assert_eq!(c.created_time, NOW);
     assert_eq!(c.groups, r#"["acme/7"]"#);
     assert_eq!(
         plan.casbin_add,
@@ -279,7 +278,7 @@ fn new_users_get_every_mapped_column_the_hash_and_their_memberships() {
 #[test]
 fn unchanged_users_produce_no_write() {
     let state = settle(&input(vec![mapped(profile("u1")), mapped(profile("u2"))]));
-    let again = plan(&state);
+    let again = plan(state.clone());
     assert!(!again.has_writes(), "{again:#?}");
     assert_eq!(again.unchanged, ["Ju1", "Ju2"]);
     assert_eq!(again.summary().unchanged, 2);
@@ -294,7 +293,7 @@ fn only_differing_mapped_columns_are_written_with_the_new_hash() {
     });
     let mut next = state.clone();
     next.users = vec![moved.clone()];
-    let plan = plan(&next);
+    let plan = plan(next.clone());
     assert_eq!(plan.updates.len(), 1);
     let u = &plan.updates[0];
     assert_eq!(
@@ -320,7 +319,7 @@ fn absent_fields_never_clear_existing_values() {
         active: None,
         ..profile("u1")
     })];
-    let plan = plan(&next);
+    let plan = plan(next.clone());
     let u = &plan.updates[0];
     assert!(u.changes.is_empty(), "{:?}", u.changes);
     // Only the hash moves (absent fields hash as '').
@@ -336,7 +335,7 @@ fn an_empty_value_is_written_because_it_is_present() {
         email: Some(String::new()),
         ..profile("u1")
     })];
-    let plan = plan(&next);
+    let plan = plan(next.clone());
     assert_eq!(
         plan.updates[0].changes,
         [change("email", text("u1@example.com"), text(""))]
@@ -348,7 +347,7 @@ fn only_the_hashes_are_written_when_no_column_differs() {
     let mut state = settle(&input(vec![mapped(profile("u1"))]));
     // A local edit elsewhere reset Casdoor's hash, as Casdoor does.
     row_mut(&mut state, "Ju1").hash = String::new();
-    let plan = plan(&state);
+    let plan = plan(state.clone());
     assert_eq!(plan.updates.len(), 1);
     assert!(plan.updates[0].changes.is_empty());
     assert_eq!(
@@ -361,7 +360,7 @@ fn only_the_hashes_are_written_when_no_column_differs() {
 }
 
 fn plan_has_only_hash_update(state: &PlanInput) -> bool {
-    let p = plan(state);
+    let p = plan(state.clone());
     p.updates.len() == 1 && p.updates[0].changes.is_empty() && p.updates[0].hash.is_some()
 }
 
@@ -370,8 +369,8 @@ fn locally_edited_mapped_columns_are_put_back_even_with_equal_hashes() {
     let mut state = settle(&input(vec![mapped(profile("u1"))]));
     row_mut(&mut state, "Ju1")
         .values
-        .insert("title".into(), text("Hacker"));
-    let plan = plan(&state);
+        .insert("title", text("Hacker"));
+    let plan = plan(state.clone());
     assert_eq!(
         plan.updates[0].changes,
         [change("title", text("Hacker"), text("Engineer"))]
@@ -387,7 +386,7 @@ fn an_existing_users_name_is_never_rewritten() {
         job_number: Some("NEW-7".into()),
         ..profile("u1")
     })];
-    let plan = plan(&next);
+    let plan = plan(next.clone());
     assert!(plan.creates.is_empty());
     assert!(
         plan.updates
@@ -413,7 +412,7 @@ fn a_name_collision_with_another_id_is_a_conflict_never_an_overwrite() {
         key_value: "some-oauth-uuid".into(),
         ..ExistingUser::default()
     });
-    let plan = plan(&state);
+    let plan = plan(state.clone());
     assert!(plan.creates.is_empty() && plan.updates.is_empty());
     assert_eq!(
         plan.conflicts,
@@ -435,7 +434,7 @@ fn name_collisions_ignore_case_as_mysql_does() {
         ..ExistingUser::default()
     });
     assert!(matches!(
-        plan(&state).conflicts[..],
+        plan(state.clone()).conflicts[..],
         [Conflict::NameTaken { .. }]
     ));
 }
@@ -450,7 +449,7 @@ fn two_new_users_wanting_the_same_name_are_both_conflicts() {
         job_number: Some("j1".into()),
         ..profile("u2")
     });
-    let plan = plan(&input(vec![a, b]));
+    let plan = plan(input(vec![a, b]));
     assert!(plan.creates.is_empty());
     assert_eq!(plan.conflicts.len(), 2);
     assert!(
@@ -465,7 +464,7 @@ fn unowned_row(name: &str, key: &str) -> ExistingUser {
         owner: ORG.into(),
         name: name.into(),
         key_value: key.into(),
-        values: [("title".to_owned(), text("Old"))].into(),
+        values: [("title", text("Old"))].into(),
         ..ExistingUser::default()
     }
 }
@@ -474,7 +473,7 @@ fn unowned_row(name: &str, key: &str) -> ExistingUser {
 fn unowned_matching_users_are_adopted_only_when_allowed() {
     let mut state = input(vec![mapped(profile("u1"))]);
     state.existing_users.push(unowned_row("legacy-u1", "u1"));
-    let refused = plan(&state);
+    let refused = plan(state.clone());
     assert_eq!(
         refused.conflicts,
         [Conflict::NotOwned {
@@ -485,7 +484,7 @@ fn unowned_matching_users_are_adopted_only_when_allowed() {
     assert!(refused.updates.is_empty() && refused.creates.is_empty());
 
     state.options.adopt_existing = true;
-    let adopted = plan(&state);
+    let adopted = plan(state.clone());
     assert_eq!(
         adopted.adopted,
         [Adoption {
@@ -504,7 +503,7 @@ fn unowned_matching_users_are_adopted_only_when_allowed() {
         && l.casdoor_name == "legacy-u1"
         && l.state == LinkState::Present));
     let next = apply_to_state(&state, &adopted);
-    assert!(!plan(&next).has_writes());
+    assert!(!plan(next.clone()).has_writes());
 }
 
 #[test]
@@ -517,7 +516,7 @@ fn users_owned_by_another_syncer_are_never_touched() {
         casdoor_name: "legacy-u1".into(),
         syncer: "syncer_other".into(),
     });
-    let plan = plan(&state);
+    let plan = plan(state.clone());
     assert!(plan.updates.is_empty() && plan.creates.is_empty());
     assert!(matches!(
         &plan.conflicts[..],
@@ -534,7 +533,7 @@ fn unmatched_unowned_users_are_never_touched() {
         v0: "acme/admin".into(),
         v1: "group:acme/7".into(),
     });
-    let plan = plan(&state);
+    let plan = plan(state.clone());
     assert!(plan.updates.iter().all(|u| u.name != "admin"));
     assert!(plan.leavers.is_empty());
     assert!(plan.casbin_remove.is_empty());
@@ -547,7 +546,7 @@ fn several_rows_sharing_the_key_are_a_conflict() {
     state.existing_users.push(unowned_row("b", "u1"));
     state.existing_users.push(unowned_row("a", "u1"));
     assert_eq!(
-        plan(&state).conflicts,
+        plan(state.clone()).conflicts,
         [Conflict::AmbiguousKey {
             userid: "u1".into(),
             column: "id".into(),
@@ -560,9 +559,9 @@ fn several_rows_sharing_the_key_are_a_conflict() {
 fn dingtalk_column_is_filled_only_when_empty() {
     let mut state = settle(&input(vec![mapped(profile("u1"))]));
     row_mut(&mut state, "Ju1").dingtalk = "oauth-open-id".into();
-    assert!(!plan(&state).has_writes());
+    assert!(!plan(state.clone()).has_writes());
     row_mut(&mut state, "Ju1").dingtalk = String::new();
-    let plan = plan(&state);
+    let plan = plan(state.clone());
     assert_eq!(plan.updates[0].dingtalk.as_deref(), Some("u1"));
 }
 
@@ -582,7 +581,7 @@ fn leavers_are_forbidden_only_after_a_complete_fetch() {
     let state = owned_population(4);
     let mut incomplete = without(&state, &["u2"]);
     incomplete.directory_complete = false;
-    let plan_incomplete = plan(&incomplete);
+    let plan_incomplete = plan(incomplete.clone());
     assert!(plan_incomplete.leavers.is_empty() && plan_incomplete.held.is_none());
     assert!(
         plan_incomplete
@@ -592,7 +591,7 @@ fn leavers_are_forbidden_only_after_a_complete_fetch() {
     assert!(!plan_incomplete.has_writes());
 
     let complete = without(&state, &["u2"]);
-    let p = plan(&complete);
+    let p = plan(complete.clone());
     assert_eq!(
         p.leavers,
         [LeaverAction {
@@ -610,14 +609,14 @@ fn leavers_are_forbidden_only_after_a_complete_fetch() {
     assert_eq!(link_of(&after, "u2").state, LinkState::Left);
     assert_eq!(link_of(&after, "u2").left_action, Some(LeftAction::Forbid));
     assert!(row(&after, "Ju2").is_forbidden);
-    assert!(!plan(&after).has_writes());
+    assert!(!plan(after.clone()).has_writes());
 }
 
 #[test]
 fn an_empty_directory_acts_on_no_leaver() {
     let state = owned_population(3);
     let empty = without(&state, &["u1", "u2", "u3"]);
-    let p = plan(&empty);
+    let p = plan(empty.clone());
     assert!(p.leavers.is_empty() && p.held.is_none());
     assert!(p.notices.contains(&Notice::DirectoryEmpty));
 }
@@ -630,7 +629,7 @@ fn users_whose_record_failed_are_not_leavers() {
         userid: "u2".into(),
         column: "title".into(),
     });
-    let p = plan(&next);
+    let p = plan(next.clone());
     assert!(p.leavers.is_empty());
     assert_eq!(p.record_errors.len(), 1);
 }
@@ -640,7 +639,7 @@ fn leaver_policy_delete_soft_deletes_and_keep_only_marks_the_link() {
     let state = owned_population(3);
     let mut next = without(&state, &["u3"]);
     next.options.leaver_policy = LeaverPolicy::Delete;
-    let p = plan(&next);
+    let p = plan(next.clone());
     assert_eq!(p.leavers[0].action, LeftAction::Delete);
     assert_eq!(
         p.leavers[0].changes,
@@ -655,7 +654,7 @@ fn leaver_policy_delete_soft_deletes_and_keep_only_marks_the_link() {
     );
 
     next.options.leaver_policy = LeaverPolicy::Keep;
-    let p = plan(&next);
+    let p = plan(next.clone());
     assert_eq!(p.leavers[0].action, LeftAction::Keep);
     assert!(p.leavers[0].changes.is_empty());
     let after = apply_to_state(&next, &p);
@@ -667,7 +666,7 @@ fn leaver_policy_delete_soft_deletes_and_keep_only_marks_the_link() {
 fn a_leaver_already_forbidden_is_recorded_as_kept() {
     let mut state = owned_population(3);
     row_mut(&mut state, "Ju3").is_forbidden = true;
-    let p = plan(&without(&state, &["u3"]));
+    let p = plan(without(&state, &["u3"]));
     assert_eq!(p.leavers[0].action, LeftAction::Keep);
     assert!(p.leavers[0].changes.is_empty());
 }
@@ -678,7 +677,7 @@ fn removal_limit_holds_leavers_but_applies_the_rest() {
     state.options.max_removals = 2;
     let mut next = without(&state, &["u1", "u2", "u3"]);
     next.users.push(mapped(profile("u99")));
-    let p = plan(&next);
+    let p = plan(next.clone());
     assert!(p.leavers.is_empty());
     let held = p.held.as_ref().unwrap();
     assert_eq!(held.leavers.len(), 3);
@@ -695,7 +694,7 @@ fn removal_limit_holds_leavers_but_applies_the_rest() {
     assert!(p.link_writes.iter().all(|l| l.state == LinkState::Present));
     // And the same run again holds again without writing.
     let after = apply_to_state(&next, &p);
-    let again = plan(&after);
+    let again = plan(after.clone());
     assert!(again.held.is_some());
     assert!(!again.has_writes(), "{again:#?}");
 }
@@ -704,9 +703,9 @@ fn removal_limit_holds_leavers_but_applies_the_rest() {
 fn removal_percent_limit_holds_leavers() {
     let mut state = owned_population(10);
     state.options.max_removal_percent = 10.0;
-    let one = plan(&without(&state, &["u1"]));
+    let one = plan(without(&state, &["u1"]));
     assert!(one.held.is_none() && one.leavers.len() == 1);
-    let two = plan(&without(&state, &["u1", "u2"]));
+    let two = plan(without(&state, &["u1", "u2"]));
     assert!(two.held.is_some() && two.leavers.is_empty());
     assert_eq!(two.held.as_ref().map(|h| h.owned), Some(10));
 }
@@ -716,9 +715,9 @@ fn allow_removals_lifts_the_hold() {
     let mut state = owned_population(4);
     state.options.max_removals = 0;
     let mut next = without(&state, &["u1", "u2"]);
-    assert!(plan(&next).held.is_some());
+    assert!(plan(next.clone()).held.is_some());
     next.options.allow_removals = true;
-    let p = plan(&next);
+    let p = plan(next.clone());
     assert!(p.held.is_none());
     assert_eq!(p.leavers.len(), 2);
 }
@@ -731,7 +730,7 @@ fn reappeared_users_are_unforbidden_and_undeleted() {
     assert!(row(&forbidden, "Ju3").is_forbidden);
     let mut back = forbidden.clone();
     back.users = state.users.clone();
-    let p = plan(&back);
+    let p = plan(back.clone());
     assert_eq!(
         p.reappeared,
         [Reappearance {
@@ -751,14 +750,14 @@ fn reappeared_users_are_unforbidden_and_undeleted() {
     let after = apply_to_state(&back, &p);
     assert_eq!(link_of(&after, "u3").state, LinkState::Present);
     assert_eq!(link_of(&after, "u3").left_action, None);
-    assert!(!plan(&after).has_writes());
+    assert!(!plan(after.clone()).has_writes());
 
     let mut deleting = gone.clone();
     deleting.options.leaver_policy = LeaverPolicy::Delete;
     let deleted = settle(&deleting);
     let mut back = deleted.clone();
     back.users = state.users.clone();
-    let p = plan(&back);
+    let p = plan(back.clone());
     assert_eq!(
         p.updates[0].changes,
         [
@@ -782,7 +781,7 @@ fn a_reappeared_inactive_user_stays_forbidden_by_the_mapping() {
         active: Some(false),
         ..profile("u3")
     });
-    let p = plan(&back);
+    let p = plan(back.clone());
     assert!(
         p.updates[0]
             .changes
@@ -796,7 +795,7 @@ fn a_reappeared_inactive_user_stays_forbidden_by_the_mapping() {
 fn groups_are_created_as_the_department_tree() {
     let mut state = input(vec![]);
     state.departments.push(dept(9, Some("Backend"), Some(7)));
-    let p = plan(&state);
+    let p = plan(state.clone());
     let view: Vec<_> = p
         .group_creates
         .iter()
@@ -833,7 +832,7 @@ fn renamed_and_moved_departments_update_their_groups() {
         dept(3, Some("Ops"), Some(1)),
         dept(7, Some("Research"), Some(3)),
     ];
-    let p = plan(&state);
+    let p = plan(state.clone());
     let update = p.group_updates.iter().find(|g| g.name == "7").unwrap();
     assert_eq!(
         update.changes,
@@ -862,14 +861,14 @@ fn existing_department_groups_are_adopted_only_when_allowed() {
     state
         .existing_groups
         .push(group("7", DEPARTMENT_GROUP_TYPE));
-    let p = plan(&state);
+    let p = plan(state.clone());
     assert!(p.conflicts.contains(&Conflict::GroupNotOwned {
         dept_id: 7,
         group: "7".into()
     }));
     assert!(p.group_updates.is_empty());
     state.options.adopt_existing = true;
-    let p = plan(&state);
+    let p = plan(state.clone());
     let update = &p.group_updates[0];
     assert!(update.adopted);
     assert_eq!(
@@ -899,7 +898,7 @@ fn a_same_named_group_of_another_type_or_owner_is_a_conflict() {
         casdoor_name: "1".into(),
         syncer: "syncer_b".into(),
     });
-    let p = plan(&state);
+    let p = plan(state.clone());
     assert!(p.group_creates.is_empty() && p.group_updates.is_empty());
     assert_eq!(
         p.conflicts,
@@ -918,7 +917,7 @@ fn a_same_named_group_of_another_type_or_owner_is_a_conflict() {
     );
     let mut other_org = input(vec![]);
     other_org.group_names_in_other_orgs.insert("7".into());
-    let p = plan(&other_org);
+    let p = plan(other_org.clone());
     assert_eq!(p.group_creates.len(), 1);
     assert!(matches!(
         p.conflicts[..],
@@ -930,7 +929,7 @@ fn a_same_named_group_of_another_type_or_owner_is_a_conflict() {
 fn departments_gone_from_a_complete_directory_are_reported_not_deleted() {
     let mut state = settle(&input(vec![]));
     state.departments = vec![dept(1, None, None)];
-    let p = plan(&state);
+    let p = plan(state.clone());
     assert!(!p.has_writes());
     assert!(p.notices.contains(&Notice::DepartmentGone {
         dept_id: "7".into(),
@@ -947,7 +946,7 @@ fn memberships_follow_department_moves_in_groups_and_casbin() {
         dept_id_list: Some(vec![9]),
         ..profile("u1")
     })];
-    let p = plan(&state);
+    let p = plan(state.clone());
     assert_eq!(p.updates[0].groups.as_deref(), Some(r#"["acme/9"]"#));
     // Departments are not in the hash: a move alone changes no column.
     assert!(p.updates[0].changes.is_empty() && p.updates[0].hash.is_none());
@@ -976,12 +975,12 @@ fn manual_group_memberships_are_kept() {
         v0: "acme/Ju1".into(),
         v1: "group:acme/admins".into(),
     });
-    assert!(!plan(&state).has_writes());
+    assert!(!plan(state.clone()).has_writes());
     state.users = vec![mapped(User {
         dept_id_list: Some(vec![1]),
         ..profile("u1")
     })];
-    let p = plan(&state);
+    let p = plan(state.clone());
     assert_eq!(
         p.updates[0].groups.as_deref(),
         Some(r#"["acme/admins","acme/1"]"#)
@@ -997,7 +996,7 @@ fn an_incomplete_directory_never_removes_memberships() {
         dept_id_list: Some(vec![1]),
         ..profile("u1")
     })];
-    let p = plan(&state);
+    let p = plan(state.clone());
     assert_eq!(
         p.updates[0].groups.as_deref(),
         Some(r#"["acme/7","acme/1"]"#)
@@ -1009,7 +1008,7 @@ fn an_incomplete_directory_never_removes_memberships() {
 fn a_groups_column_that_is_not_a_list_leaves_memberships_alone() {
     let mut state = settle(&input(vec![mapped(profile("u1"))]));
     row_mut(&mut state, "Ju1").groups = Some("{broken".into());
-    let p = plan(&state);
+    let p = plan(state.clone());
     assert!(p.updates.is_empty() && p.casbin_add.is_empty());
     assert_eq!(
         p.conflicts,
@@ -1035,15 +1034,15 @@ fn a_custom_key_matches_on_its_column() {
         owner: ORG.into(),
         name: "union-u1".into(),
         key_value: "union-u1".into(),
-        values: [("id".to_owned(), text("7f9c-uuid"))].into(),
+        values: [("id", text("7f9c-uuid"))].into(),
         ..ExistingUser::default()
     });
-    let p = plan(&state);
+    let p = plan(state.clone());
     assert!(p.creates.is_empty());
     assert_eq!(p.adopted.len(), 1);
     // `id` is never rewritten on update, as in Casdoor.
     assert!(p.updates[0].changes.iter().all(|c| c.column != "id"));
-    assert!(!plan(&apply_to_state(&state, &p)).has_writes());
+    assert!(!plan(apply_to_state(&state, &p)).has_writes());
 }
 
 #[test]
@@ -1052,7 +1051,7 @@ fn a_link_to_a_deleted_user_is_dropped_or_pointed_at_the_recreated_user() {
     // An admin deleted both users in Casdoor; u1 is still in DingTalk, u2 is not.
     let mut next = without(&state, &["u2"]);
     next.existing_users.clear();
-    let p = plan(&next);
+    let p = plan(next.clone());
     assert_eq!(
         p.creates
             .iter()
@@ -1074,7 +1073,7 @@ fn a_link_to_a_deleted_user_is_dropped_or_pointed_at_the_recreated_user() {
     }));
     let after = apply_to_state(&next, &p);
     assert!(after.links.iter().all(|l| l.external_id != "u2"));
-    assert!(!plan(&after).has_writes());
+    assert!(!plan(after.clone()).has_writes());
 }
 
 #[test]
@@ -1104,7 +1103,7 @@ fn plans_do_not_depend_on_input_order() {
     reversed.existing_groups.reverse();
     reversed.casbin_groupings.reverse();
     reversed.departments.reverse();
-    assert_eq!(plan(&state), plan(&reversed));
+    assert_eq!(plan(state.clone()), plan(reversed.clone()));
 }
 
 #[test]
@@ -1116,7 +1115,7 @@ fn summary_counts_every_part() {
         title: Some("Boss".into()),
         ..profile("u1")
     });
-    let s = plan(&next).summary();
+    let s = plan(next.clone()).summary();
     assert_eq!(
         (s.created, s.updated, s.unchanged, s.leavers, s.held_leavers),
         (1, 1, 1, 1, 0)
@@ -1258,14 +1257,7 @@ fn gen_input(rng: &mut Rng, garbage: bool) -> PlanInput {
         dir_users.push(DirectoryUser { profile, seen_in });
     }
     let complete = rng.chance(75);
-    let (users, record_errors) = map_directory(
-        &Directory {
-            users: dir_users,
-            complete,
-            ..Directory::default()
-        },
-        &mapping,
-    );
+    let (users, record_errors) = map_directory(dir_users, &mapping);
 
     let key_column = mapping.key_column();
     let mut names: Vec<String> = texts.iter().map(|t| (*t).to_owned()).collect();
@@ -1289,7 +1281,7 @@ fn gen_input(rng: &mut Rng, garbage: bool) -> PlanInput {
                 (ColumnKind::Bool, _) => FieldValue::Bool(rng.chance(50)),
                 (ColumnKind::Int, _) => FieldValue::Int(rng.below(3) as i64),
             };
-            values.insert(column.to_owned(), value);
+            values.insert(column, value);
         }
         let key_value = if key_column == "name" {
             name.clone()
@@ -1299,7 +1291,7 @@ fn gen_input(rng: &mut Rng, garbage: bool) -> PlanInput {
             } else {
                 rng.pick(&texts).to_owned()
             };
-            values.insert(key_column.to_owned(), text(&k));
+            values.insert(key_column, text(&k));
             k
         };
         let hashes: Vec<String> = users
@@ -1472,9 +1464,9 @@ fn applying_a_plan_then_planning_again_writes_nothing() {
     for seed in 0..1500_u64 {
         let mut rng = Rng(seed);
         let state = gen_input(&mut rng, seed % 3 == 0);
-        let first = plan(&state);
+        let first = plan(state.clone());
         let after = apply_to_state(&state, &first);
-        let second = plan(&after);
+        let second = plan(after.clone());
         assert!(
             !second.has_writes(),
             "seed {seed}: second plan writes\ninput: {state:#?}\nfirst: {first:#?}\nsecond: {second:#?}"
@@ -1500,7 +1492,7 @@ fn planning_is_deterministic_and_order_independent_on_generated_inputs() {
         reversed.existing_groups.reverse();
         reversed.casbin_groupings.reverse();
         reversed.departments.reverse();
-        assert_eq!(plan(&state), plan(&reversed), "seed {seed}");
+        assert_eq!(plan(state.clone()), plan(reversed.clone()), "seed {seed}");
     }
 }
 
@@ -1523,6 +1515,6 @@ fn planning_never_panics_on_arbitrary_input() {
         if rng.chance(30) {
             state.options.max_removal_percent = rng.pick(&[f64::NAN, -1.0, f64::INFINITY]);
         }
-        let _ = plan(&state).summary();
+        let _ = plan(state.clone()).summary();
     }
 }
