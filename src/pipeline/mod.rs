@@ -31,7 +31,7 @@ pub use report::{
     ReportCounts, ReportError, RunReport,
 };
 pub use run::{
-    RunContext, RunError, RunOptions, SyncerProblem, process_instance, run_once,
+    FetchFailure, RunContext, RunError, RunOptions, SyncerProblem, process_instance, run_once,
     run_with_directory, validate_syncer,
 };
 pub use table_columns::MappingError;
