@@ -19,7 +19,7 @@ pub mod table_columns;
 
 pub use apply::{Applied, ApplyError, ApplyOutcome, ApplySettings, RowError, Subject, apply_plan};
 pub use groups::{CasbinGrouping, ExistingGroup, GroupCreate, GroupUpdate};
-pub use load::{DbState, SchemaFacts, load_state};
+pub use load::{DbState, OrganizationRow, SchemaFacts, find_organization, load_state};
 pub use map::{FieldValue, MappedUser, Mapping, NameSource, RecordError, map_directory, map_user};
 pub use plan::{
     Conflict, ExistingUser, FieldChange, ForeignClaim, Hold, LeaverAction, LeftAction, LinkKind,

@@ -27,7 +27,7 @@ use crate::dingtalk::types::Directory;
 use crate::secret::redact_text;
 
 use super::apply::{ApplyError, ApplySettings, apply_plan};
-use super::load::load_state;
+use super::load::{OrganizationRow, find_organization, load_state};
 use super::map::{Mapping, map_directory};
 use super::plan::{PlanInput, PlanOptions, plan};
 use super::report::{ErrorKind, Phase, Progress, ReportError, RunReport, planned_changes};
@@ -108,6 +108,12 @@ pub enum SyncerProblem {
     NoAppSecret,
     #[error(transparent)]
     Mapping(#[from] MappingError),
+    #[error(
+        "organization `{organization}` does not exist in Casdoor (its table `organization` has no row \
+         with owner `admin` and name `{organization}`); create the organization in Casdoor, or choose \
+         an existing one on the syncer's page"
+    )]
+    UnknownOrganization { organization: String },
 }
 
 /// Checks a syncer row and returns its field mapping.
@@ -295,6 +301,27 @@ impl Runner<'_> {
                 return self.fail(error).await;
             }
         };
+        // Beside Casdoor, users of an organization it does not know would be unreachable: stop
+        // before spending API calls. syncerd's embedded database has no organization table.
+        let organization = self.syncer.organization.clone();
+        match find_organization(db, &organization).await {
+            Ok(OrganizationRow::Missing) => {
+                let error = RunError::InvalidSyncer {
+                    syncer: self.name(),
+                    problem: SyncerProblem::UnknownOrganization { organization },
+                };
+                return self.fail(error).await;
+            }
+            Ok(OrganizationRow::NoTable | OrganizationRow::Found { .. }) => {}
+            Err(source) => {
+                let error = RunError::Load {
+                    syncer: self.name(),
+                    organization,
+                    source,
+                };
+                return self.fail(error).await;
+            }
+        }
         if !self.syncer.is_read_only {
             debug!(
                 "is_read_only is off on this syncer; it changes nothing: syncerd never writes back to DingTalk"
