@@ -98,8 +98,9 @@ pub enum Command {
     /// Fetches the whole DingTalk directory, maps and plans it against the database, writes the
     /// changes in batches, records the run in the history (and failures in the syncer's
     /// error_text), and prints a report. Takes the syncer's lease, so it never overlaps a running
-    /// daemon's run. Ctrl-C stops at the next safe point. Reads database.url, dingtalk.* and
-    /// sync.*.
+    /// daemon's run, and records earlier runs of it left `running` by a process that died as
+    /// interrupted. Ctrl-C or SIGTERM stops at the next safe point (the run is `interrupted`).
+    /// Reads database.url, dingtalk.* and sync.*.
     Sync(sync::SyncArgs),
     /// Test a syncer's DingTalk connection, as Casdoor's "Test Connection" should.
     ///
