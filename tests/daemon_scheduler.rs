@@ -384,6 +384,108 @@ async fn an_invalid_row_is_reported_once_while_a_valid_one_keeps_syncing() {
     .await;
 }
 
+/// The syncer named `name` in the admin API's list.
+async fn api_syncer(d: &TestDaemon, name: &str) -> serde_json::Value {
+    let (status, body) = d.get("/api/v1/syncers", Some(TOKEN)).await;
+    assert_eq!(status, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    json["syncers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("{name} not in {body}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_and_negative_intervals_are_reported_never_run_and_picked_up_once_fixed() {
+    on_every_engine(async |t: &TestDb| {
+        let db = t.migrated().await;
+        add(&db, "steady", 1, true).await;
+        // syncerd's own `syncer add` refuses such intervals; Casdoor's UI and plain SQL do not.
+        for (name, interval) in [("zero", 0), ("negative", -5)] {
+            add(&db, name, 60, true).await;
+            set(t, &db, name, &format!("sync_interval = {interval}")).await;
+        }
+        let recorder = Arc::new(Recorder::default());
+        let d = TestDaemon::start(t, recorded(&recorder, Duration::from_millis(50)), |_| {}).await;
+        eventually(
+            Duration::from_secs(6),
+            "the valid syncer to run",
+            || async { runs_of(&db, "steady").await.len() >= 2 },
+        )
+        .await;
+
+        // ≥ 5 reconcile passes have seen the bad rows by now: each reported once, where Casdoor's
+        // syncer page shows it, and never run.
+        let error_text = |name: &'static str| {
+            let db = db.clone();
+            async move { db::get_syncer(&db, name).await.unwrap().unwrap().error_text }
+        };
+        for (name, interval) in [("zero", 0), ("negative", -5)] {
+            let text = error_text(name).await;
+            assert_eq!(text.lines().count(), 1, "{}: {name}: {text}", t.label());
+            // Casdoor's line format: `[<RFC 3339 time>] <message>`.
+            assert!(
+                text.starts_with('[')
+                    && text.trim_end().ends_with(&format!(
+                        "] syncerd skips this syncer: sync_interval is {interval}; set a positive \
+                         number of seconds"
+                    )),
+                "{}: {text}",
+                t.label()
+            );
+            assert!(!text.contains(APP_SECRET));
+            assert!(
+                runs_of(&db, name).await.is_empty(),
+                "{}: {name} ran",
+                t.label()
+            );
+            assert_eq!(recorder.of(name), (0, 0), "{}: {name}", t.label());
+            let api = api_syncer(&d, name).await;
+            assert_eq!(api["valid"], false, "{api}");
+            assert!(
+                api["invalid_reason"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains(&format!("sync_interval is {interval}")),
+                "{api}"
+            );
+            assert_eq!(api["next_run"], serde_json::Value::Null, "{api}");
+            let (status, body) = d
+                .post(&format!("/api/v1/syncers/{name}/run"), Some(TOKEN))
+                .await;
+            assert_eq!(status, 422, "{body}");
+        }
+        assert_eq!(d.metric("syncerd_syncers_invalid ").await, 2.0);
+        assert_eq!(d.metric("syncerd_syncers_scheduled ").await, 1.0);
+
+        // Fixed in the table, as a Save in Casdoor's UI writes it: picked up without a restart.
+        set(t, &db, "zero", "sync_interval = 60").await;
+        eventually(
+            Duration::from_secs(6),
+            "the fixed syncer to run",
+            || async { !runs_of(&db, "zero").await.is_empty() },
+        )
+        .await;
+        let api = api_syncer(&d, "zero").await;
+        assert_eq!(api["valid"], true, "{api}");
+        assert_eq!(api["interval_seconds"], 60, "{api}");
+        assert_eq!(d.metric("syncerd_syncers_invalid ").await, 1.0);
+        assert!(runs_of(&db, "negative").await.is_empty(), "{}", t.label());
+        for name in ["zero", "negative"] {
+            assert_eq!(error_text(name).await.lines().count(), 1, "{}", t.label());
+        }
+        assert!(runs_of(&db, "steady").await.len() >= 3, "{}", t.label());
+
+        let (exit, _) = d.stop().await;
+        assert_eq!(exit, DaemonExit::Graceful);
+        db.close().await.unwrap();
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_run_is_never_overlapped_and_the_process_limit_holds() {
     on_every_engine(async |t: &TestDb| {
