@@ -4,141 +4,17 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{TestDb, on_every_engine};
+use common::process::{Syncerd, free_port, syncerd_command, wait_for_running};
+use common::{TestDb, eventually, on_every_engine, runs_of};
 use sea_orm::{ConnectionTrait, Database};
 use syncerd::config::Engine;
-use syncerd::db::{self, Db, NewSyncer, RunFilter, RunStatus};
+use syncerd::db::{self, Db, NewSyncer, RunStatus};
 use syncerd::secret::Secret;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 const APP_SECRET: &str = "Proc-S3cret-42";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A `syncerd` process with a clean environment; its stderr goes to a file.
-struct Daemon {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-fn syncerd_command(dir: &Path, db_url: &str, port: u16, env: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_syncerd"));
-    cmd.current_dir(dir)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("SYNCERD_DATABASE__URL", db_url)
-        .env("SYNCERD_HTTP__LISTEN", format!("127.0.0.1:{port}"))
-        .env("SYNCERD_DATABASE__CONNECT_TIMEOUT", "3s")
-        // Tests never reach the real DingTalk: a closed loopback port unless a test sets one.
-        .env("SYNCERD_DINGTALK__API_BASE", "http://127.0.0.1:9")
-        .env("SYNCERD_DINGTALK__MAX_ATTEMPTS", "1");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd
-}
-
-impl Daemon {
-    fn spawn(db_url: &str, args: &[&str], env: &[(&str, &str)]) -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let log = dir.path().join("stderr.log");
-        let mut cmd = syncerd_command(dir.path(), db_url, port, env);
-        cmd.arg("run")
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .kill_on_drop(true);
-        Daemon {
-            child: cmd.spawn().unwrap(),
-            port,
-            log,
-            _dir: dir,
-        }
-    }
-
-    /// The usual test settings: 200 ms reload, 1 s minimum interval.
-    fn fast(db_url: &str, args: &[&str], env: &[(&str, &str)]) -> Daemon {
-        let mut all = vec![
-            ("SYNCERD_SCHEDULER__RELOAD_INTERVAL", "200ms"),
-            ("SYNCERD_SCHEDULER__MIN_INTERVAL", "1"),
-        ];
-        all.extend_from_slice(env);
-        Daemon::spawn(db_url, args, &all)
-    }
-
-    fn pid(&self) -> String {
-        self.child.id().unwrap().to_string()
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = std::process::Command::new("kill")
-            .args([&format!("-{signal}"), &self.pid()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -{signal} failed");
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    async fn exit_within(&mut self, limit: Duration) -> ExitStatus {
-        match tokio::time::timeout(limit, self.child.wait()).await {
-            Ok(status) => status.unwrap(),
-            Err(_) => panic!("syncerd did not exit within {limit:?}:\n{}", self.stderr()),
-        }
-    }
-
-    async fn readyz(&self) -> Option<(u16, String)> {
-        let response = reqwest::Client::new()
-            .get(format!("http://127.0.0.1:{}/readyz", self.port))
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await
-            .ok()?;
-        Some((response.status().as_u16(), response.text().await.unwrap()))
-    }
-
-    async fn wait_for_log(&self, needle: &str, within: Duration) {
-        let deadline = Instant::now() + within;
-        while !self.stderr().contains(needle) {
-            assert!(
-                Instant::now() < deadline,
-                "no `{needle}` in the log within {within:?}:\n{}",
-                self.stderr()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 async fn add(db: &Db, name: &str, interval: i32) {
     db::add_syncer(
@@ -156,40 +32,12 @@ async fn add(db: &Db, name: &str, interval: i32) {
     .unwrap();
 }
 
-async fn runs(db: &Db, name: &str) -> Vec<db::RunRow> {
-    db::list_runs(
-        db,
-        &RunFilter {
-            syncer: Some(name.into()),
-            limit: 1000,
-            ..RunFilter::default()
-        },
-    )
-    .await
-    .unwrap()
-}
-
-async fn wait_for_running(db: &Db, name: &str) -> i64 {
-    let deadline = Instant::now() + Duration::from_secs(8);
-    loop {
-        if let Some(r) = runs(db, name)
-            .await
-            .into_iter()
-            .find(|r| r.status == RunStatus::Running)
-        {
-            return r.id;
-        }
-        assert!(Instant::now() < deadline, "no running run of {name}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_a_run_exits_zero_within_the_grace_and_records_the_run_interrupted() {
     let t = TestDb::sqlite().await;
     let db = t.migrated().await;
     add(&db, "long", 1).await;
-    let mut d = Daemon::fast(
+    let mut d = Syncerd::fast_daemon(
         t.url(),
         &["--placeholder-run-delay", "60s"],
         &[("SYNCERD_SCHEDULER__SHUTDOWN_GRACE", "5s")],
@@ -224,7 +72,7 @@ async fn a_second_sigterm_exits_at_once_and_the_next_start_recovers_the_run() {
         "--placeholder-ignores-cancel",
     ];
     let grace = [("SYNCERD_SCHEDULER__SHUTDOWN_GRACE", "30s")];
-    let mut d = Daemon::fast(t.url(), &args, &grace);
+    let mut d = Syncerd::fast_daemon(t.url(), &args, &grace);
     let id = wait_for_running(&db, "stuck").await;
     d.signal("TERM");
     d.wait_for_log("waiting up to 30s", Duration::from_secs(3))
@@ -238,7 +86,7 @@ async fn a_second_sigterm_exits_at_once_and_the_next_start_recovers_the_run() {
     );
     // The lease it left expires (2.4 s at a 200 ms reload interval), then a new daemon
     // records the run as interrupted.
-    let mut again = Daemon::fast(t.url(), &[], &[]);
+    let mut again = Syncerd::fast_daemon(t.url(), &[], &[]);
     eventually(Duration::from_secs(6), "recovery", || async {
         db::get_run(&db, id).await.unwrap().unwrap().status == RunStatus::Interrupted
     })
@@ -253,14 +101,14 @@ async fn kill_9_mid_run_is_recovered_on_restart() {
     on_every_engine(async |t: &TestDb| {
         let db = t.migrated().await;
         add(&db, "victim", 3600).await;
-        let mut d = Daemon::fast(t.url(), &["--placeholder-run-delay", "60s"], &[]);
+        let mut d = Syncerd::fast_daemon(t.url(), &["--placeholder-run-delay", "60s"], &[]);
         let id = wait_for_running(&db, "victim").await;
         d.signal("KILL");
         let status = d.exit_within(Duration::from_secs(2)).await;
         assert!(!status.success());
         let killed_at = Instant::now();
 
-        let mut again = Daemon::fast(t.url(), &[], &[]);
+        let mut again = Syncerd::fast_daemon(t.url(), &[], &[]);
         eventually(Duration::from_secs(8), "recovery", || async {
             db::get_run(&db, id).await.unwrap().unwrap().status == RunStatus::Interrupted
         })
@@ -305,7 +153,7 @@ async fn sighup_rereads_the_config_file() {
     };
     write("info", "200ms", 500);
     let config_arg = config.to_string_lossy().into_owned();
-    let mut d = Daemon::spawn(t.url(), &["--config", &config_arg], &[]);
+    let mut d = Syncerd::daemon(t.url(), &["--config", &config_arg], &[]);
     eventually(Duration::from_secs(5), "ready", || async {
         d.readyz().await.is_some_and(|(s, _)| s == 200)
     })
@@ -377,7 +225,7 @@ async fn the_daemon_waits_for_a_database_that_appears_later_and_healthcheck_tell
                 (t.url().to_owned(), None)
             }
         };
-        let mut d = Daemon::fast(&url, &[], &[]);
+        let mut d = Syncerd::fast_daemon(&url, &[], &[]);
         eventually(Duration::from_secs(5), "a 503 from /readyz", || async {
             d.readyz().await.is_some_and(|(s, _)| s == 503)
         })
@@ -424,7 +272,7 @@ async fn the_daemon_waits_for_a_database_that_appears_later_and_healthcheck_tell
         eventually(
             Duration::from_secs(10),
             "a run once the database is there",
-            || async { !runs(&db, "late").await.is_empty() },
+            || async { !runs_of(&db, "late").await.is_empty() },
         )
         .await;
         assert_eq!(d.readyz().await.map(|(s, _)| s), Some(200), "{}", t.label());

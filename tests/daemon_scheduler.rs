@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use common::{TestDb, on_every_engine};
+use common::{TestDb, eventually, on_every_engine, runs_of};
 use futures_util::FutureExt as _;
 use syncerd::config::Settings;
 use syncerd::daemon::{
@@ -21,7 +21,7 @@ use syncerd::daemon::{
 use syncerd::db::leases::{
     acquire_lease, epoch_millis, get_lease, lease_expiry, release_lease, renew_lease,
 };
-use syncerd::db::{self, Db, NewRun, NewSyncer, RunFilter, RunMode, RunStatus, RunTrigger};
+use syncerd::db::{self, Db, NewRun, NewSyncer, RunMode, RunStatus, RunTrigger};
 use syncerd::secret::Secret;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -211,21 +211,6 @@ impl TestDaemon {
     }
 }
 
-async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn add(db: &Db, name: &str, interval: i32, enabled: bool) {
     db::add_syncer(
         db,
@@ -240,19 +225,6 @@ async fn add(db: &Db, name: &str, interval: i32, enabled: bool) {
     )
     .await
     .unwrap();
-}
-
-async fn runs(db: &Db, name: &str) -> Vec<db::RunRow> {
-    db::list_runs(
-        db,
-        &RunFilter {
-            syncer: Some(name.into()),
-            limit: 10_000,
-            ..RunFilter::default()
-        },
-    )
-    .await
-    .unwrap()
 }
 
 async fn set(t: &TestDb, db: &Db, name: &str, assignment: &str) {
@@ -273,7 +245,7 @@ async fn enabling_and_disabling_by_sql_starts_and_stops_runs_without_restart() {
         d.wait_ready().await;
         tokio::time::sleep(Duration::from_millis(600)).await;
         assert!(
-            runs(&db, "flip").await.is_empty(),
+            runs_of(&db, "flip").await.is_empty(),
             "{}: disabled ran",
             t.label()
         );
@@ -281,7 +253,7 @@ async fn enabling_and_disabling_by_sql_starts_and_stops_runs_without_restart() {
         set(t, &db, "flip", "is_enabled = TRUE").await;
         let enabled_at = Instant::now();
         eventually(Duration::from_secs(6), "a run after enabling", || async {
-            !runs(&db, "flip").await.is_empty()
+            !runs_of(&db, "flip").await.is_empty()
         })
         .await;
         let first_after = enabled_at.elapsed();
@@ -293,9 +265,9 @@ async fn enabling_and_disabling_by_sql_starts_and_stops_runs_without_restart() {
 
         set(t, &db, "flip", "is_enabled = FALSE").await;
         tokio::time::sleep(Duration::from_millis(700)).await;
-        let settled = runs(&db, "flip").await.len();
+        let settled = runs_of(&db, "flip").await.len();
         tokio::time::sleep(Duration::from_millis(2200)).await;
-        let later = runs(&db, "flip").await;
+        let later = runs_of(&db, "flip").await;
         assert_eq!(later.len(), settled, "{}: ran while disabled", t.label());
         assert!(later.iter().all(|r| r.status == RunStatus::Succeeded));
         assert!(later.iter().all(|r| r.instance == d.instance));
@@ -315,7 +287,7 @@ async fn an_interval_change_reschedules_the_job() {
         let recorder = Arc::new(Recorder::default());
         let d = TestDaemon::start(t, recorded(&recorder, Duration::from_millis(50)), |_| {}).await;
         eventually(Duration::from_secs(6), "runs every second", || async {
-            runs(&db, "tempo").await.len() >= 2
+            runs_of(&db, "tempo").await.len() >= 2
         })
         .await;
 
@@ -333,9 +305,9 @@ async fn an_interval_change_reschedules_the_job() {
         .await;
         // An in-flight run may still finish; after that, nothing for a while.
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let settled = runs(&db, "tempo").await.len();
+        let settled = runs_of(&db, "tempo").await.len();
         tokio::time::sleep(Duration::from_millis(2200)).await;
-        assert_eq!(runs(&db, "tempo").await.len(), settled, "{}", t.label());
+        assert_eq!(runs_of(&db, "tempo").await.len(), settled, "{}", t.label());
 
         d.stop().await;
         db.close().await.unwrap();
@@ -354,7 +326,7 @@ async fn an_invalid_row_is_reported_once_while_a_valid_one_keeps_syncing() {
         let d = TestDaemon::start(t, recorded(&recorder, Duration::from_millis(50)), |_| {}).await;
 
         eventually(Duration::from_secs(6), "the good syncer to run", || async {
-            runs(&db, "good").await.len() >= 2
+            runs_of(&db, "good").await.len() >= 2
         })
         .await;
         // ≥ 10 reconcile passes have seen the bad row by now.
@@ -372,7 +344,7 @@ async fn an_invalid_row_is_reported_once_while_a_valid_one_keeps_syncing() {
             "{text}"
         );
         assert!(!text.contains(APP_SECRET));
-        assert!(runs(&db, "bad").await.is_empty());
+        assert!(runs_of(&db, "bad").await.is_empty());
         assert_eq!(d.metric("syncerd_syncers_invalid ").await, 1.0);
         let (_, body) = d.get("/api/v1/syncers", Some(TOKEN)).await;
         let json: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -401,12 +373,120 @@ async fn an_invalid_row_is_reported_once_while_a_valid_one_keeps_syncing() {
         eventually(
             Duration::from_secs(6),
             "the fixed syncer to run",
-            || async { !runs(&db, "bad").await.is_empty() },
+            || async { !runs_of(&db, "bad").await.is_empty() },
         )
         .await;
         assert_eq!(error_text().await.lines().count(), 2);
 
         d.stop().await;
+        db.close().await.unwrap();
+    })
+    .await;
+}
+
+/// The syncer named `name` in the admin API's list.
+async fn api_syncer(d: &TestDaemon, name: &str) -> serde_json::Value {
+    let (status, body) = d.get("/api/v1/syncers", Some(TOKEN)).await;
+    assert_eq!(status, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    json["syncers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("{name} not in {body}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_and_negative_intervals_are_reported_never_run_and_picked_up_once_fixed() {
+    on_every_engine(async |t: &TestDb| {
+        let db = t.migrated().await;
+        add(&db, "steady", 1, true).await;
+        // syncerd's own `syncer add` refuses such intervals; Casdoor's UI and plain SQL do not.
+        for (name, interval) in [("zero", 0), ("negative", -5)] {
+            add(&db, name, 60, true).await;
+            set(t, &db, name, &format!("sync_interval = {interval}")).await;
+        }
+        let recorder = Arc::new(Recorder::default());
+        let d = TestDaemon::start(t, recorded(&recorder, Duration::from_millis(50)), |_| {}).await;
+        eventually(
+            Duration::from_secs(6),
+            "the valid syncer to run",
+            || async { runs_of(&db, "steady").await.len() >= 2 },
+        )
+        .await;
+
+        // ≥ 5 reconcile passes have seen the bad rows by now: each reported once, where Casdoor's
+        // syncer page shows it, and never run.
+        let error_text = |name: &'static str| {
+            let db = db.clone();
+            async move { db::get_syncer(&db, name).await.unwrap().unwrap().error_text }
+        };
+        for (name, interval) in [("zero", 0), ("negative", -5)] {
+            let text = error_text(name).await;
+            assert_eq!(text.lines().count(), 1, "{}: {name}: {text}", t.label());
+            // Casdoor's line format: `[<RFC 3339 time>] <message>`.
+            assert!(
+                text.starts_with('[')
+                    && text.trim_end().ends_with(&format!(
+                        "] syncerd skips this syncer: sync_interval is {interval}; set a positive \
+                         number of seconds"
+                    )),
+                "{}: {text}",
+                t.label()
+            );
+            assert!(!text.contains(APP_SECRET));
+            assert!(
+                runs_of(&db, name).await.is_empty(),
+                "{}: {name} ran",
+                t.label()
+            );
+            assert_eq!(recorder.of(name), (0, 0), "{}: {name}", t.label());
+            let api = api_syncer(&d, name).await;
+            assert_eq!(api["valid"], false, "{api}");
+            assert!(
+                api["invalid_reason"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains(&format!("sync_interval is {interval}")),
+                "{api}"
+            );
+            assert_eq!(api["next_run"], serde_json::Value::Null, "{api}");
+            let (status, body) = d
+                .post(&format!("/api/v1/syncers/{name}/run"), Some(TOKEN))
+                .await;
+            assert_eq!(status, 422, "{body}");
+        }
+        assert_eq!(d.metric("syncerd_syncers_invalid ").await, 2.0);
+        assert_eq!(d.metric("syncerd_syncers_scheduled ").await, 1.0);
+
+        let steady_before = runs_of(&db, "steady").await.len();
+        // Fixed in the table, as a Save in Casdoor's UI writes it: picked up without a restart.
+        set(t, &db, "zero", "sync_interval = 60").await;
+        eventually(
+            Duration::from_secs(6),
+            "the fixed syncer to run",
+            || async { !runs_of(&db, "zero").await.is_empty() },
+        )
+        .await;
+        let api = api_syncer(&d, "zero").await;
+        assert_eq!(api["valid"], true, "{api}");
+        assert_eq!(api["interval_seconds"], 60, "{api}");
+        assert_eq!(d.metric("syncerd_syncers_invalid ").await, 1.0);
+        assert!(runs_of(&db, "negative").await.is_empty(), "{}", t.label());
+        for name in ["zero", "negative"] {
+            assert_eq!(error_text(name).await.lines().count(), 1, "{}", t.label());
+        }
+        eventually(
+            Duration::from_secs(6),
+            "the valid syncer to keep running",
+            || async { runs_of(&db, "steady").await.len() > steady_before },
+        )
+        .await;
+
+        let (exit, _) = d.stop().await;
+        assert_eq!(exit, DaemonExit::Graceful);
         db.close().await.unwrap();
     })
     .await;
@@ -465,14 +545,14 @@ async fn runs_that_ignore_shutdown_are_recorded_as_interrupted_after_the_grace()
         })
         .await;
         eventually(Duration::from_secs(6), "the run to start", || async {
-            !runs(&db, "stubborn").await.is_empty()
+            !runs_of(&db, "stubborn").await.is_empty()
         })
         .await;
         assert!(get_lease(&db, "stubborn").await.unwrap().is_some());
         let (exit, took) = d.stop().await;
         assert_eq!(exit, DaemonExit::Graceful);
         assert!(took < Duration::from_secs(3), "{took:?}");
-        let rows = runs(&db, "stubborn").await;
+        let rows = runs_of(&db, "stubborn").await;
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].status, RunStatus::Interrupted, "{}", t.label());
         assert!(
@@ -648,7 +728,7 @@ async fn two_daemons_on_one_database_run_each_syncer_once_per_tick() {
         for name in names {
             let (most, started_runs) = recorder.of(name);
             assert_eq!(most, 1, "{}: {name} ran twice at once", t.label());
-            let rows = runs(&db, name).await;
+            let rows = runs_of(&db, name).await;
             assert_eq!(rows.len(), started_runs);
             // One run per tick between both daemons, never one each.
             assert!(
@@ -724,7 +804,7 @@ async fn http_endpoints_answer_and_the_admin_api_wants_the_token() {
     let (status, _) = d.post("/api/v1/syncers/nope/run", Some(TOKEN)).await;
     assert_eq!(status, 404);
     eventually(Duration::from_secs(5), "the manual run", || async {
-        runs(&db, "manual")
+        runs_of(&db, "manual")
             .await
             .iter()
             .any(|r| r.trigger == RunTrigger::Manual && r.status == RunStatus::Succeeded)
@@ -774,7 +854,7 @@ async fn a_panicking_run_is_counted_as_failed_and_the_daemon_goes_on() {
             d.metric("syncerd_runs_total{syncer=\"boom\",status=\"failed\"} ")
                 .await
                 >= 2.0
-                && runs(&db, "calm").await.len() >= 2
+                && runs_of(&db, "calm").await.len() >= 2
         },
     )
     .await;
@@ -821,11 +901,11 @@ async fn claimed_syncers_run_while_disabled_for_casdoor_and_others_stay_off() {
     eventually(
         Duration::from_secs(6),
         "the claimed syncer runs",
-        || async { runs(&db, "owned-by-syncerd").await.len() >= 2 },
+        || async { runs_of(&db, "owned-by-syncerd").await.len() >= 2 },
     )
     .await;
     assert!(
-        runs(&db, "left-to-casdoor").await.is_empty(),
+        runs_of(&db, "left-to-casdoor").await.is_empty(),
         "an unclaimed disabled syncer ran"
     );
     // The claimed row stays disabled, so a Casdoor on this database would not run it.

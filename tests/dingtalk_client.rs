@@ -319,7 +319,8 @@ async fn a_token_rejected_again_after_the_refresh_fails_the_fetch() {
     let err = client(&server)
         .fetch_directory(&test_creds())
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .error;
     assert!(
         matches!(err, DingTalkError::TokenRejected { .. }),
         "{err:?}"
@@ -403,7 +404,8 @@ async fn busy_answers_that_outlast_the_retry_budget_fail_with_a_retryable_error(
     let err = client(&server)
         .fetch_directory(&test_creds())
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .error;
 
     busy.assert_calls_async(4).await;
     assert!(
@@ -431,7 +433,8 @@ async fn fetch_failing_with(endpoint: &str, answer: Value) -> (DingTalkError, Mo
     let err = client(&server)
         .fetch_directory(&test_creds())
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .error;
     (err, server)
 }
 
@@ -454,7 +457,8 @@ async fn a_wrong_app_secret_fails_with_40089_naming_the_app_key_and_what_to_chec
     let err = client(&server)
         .fetch_directory(&test_creds())
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .error;
     assert!(
         matches!(err, DingTalkError::BadCredentials { code: 40089, .. }),
         "{err:?}"
@@ -481,7 +485,8 @@ async fn errcode_40001_on_gettoken_is_a_bad_secret_not_a_token_problem() {
     let err = client(&server)
         .fetch_directory(&test_creds())
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .error;
     assert!(
         matches!(err, DingTalkError::BadCredentials { code: 40001, .. }),
         "{err:?}"
@@ -690,7 +695,11 @@ async fn an_ip_ban_that_outlasts_the_retry_budget_fails_cleanly() {
     })
     .unwrap();
     let started = Instant::now();
-    let err = client.fetch_directory(&test_creds()).await.unwrap_err();
+    let err = client
+        .fetch_directory(&test_creds())
+        .await
+        .unwrap_err()
+        .error;
     assert!(started.elapsed() >= Duration::from_millis(300));
     banned.assert_calls_async(3).await;
     assert!(
@@ -874,7 +883,7 @@ async fn secrets_never_appear_in_logs_or_error_messages() {
     let wrong = creds(sim.app_key(), WRONG_SECRET);
     record(
         &mut texts,
-        &sim_client.fetch_directory(&wrong).await.unwrap_err(),
+        &sim_client.fetch_directory(&wrong).await.unwrap_err().error,
     );
     texts.push(sim_client.check(&wrong).await.render());
 
@@ -888,7 +897,11 @@ async fn secrets_never_appear_in_logs_or_error_messages() {
     .unwrap();
     record(
         &mut texts,
-        &banned_client.fetch_directory(&good).await.unwrap_err(),
+        &banned_client
+            .fetch_directory(&good)
+            .await
+            .unwrap_err()
+            .error,
     );
 
     // 4. A server that echoes the token and the secret in its error messages.
@@ -916,7 +929,8 @@ async fn secrets_never_appear_in_logs_or_error_messages() {
         &echo
             .fetch_directory(&creds("echo-key", APP_SECRET))
             .await
-            .unwrap_err(),
+            .unwrap_err()
+            .error,
     );
     texts.push(echo.check(&creds("echo-key", APP_SECRET)).await.render());
 
@@ -932,7 +946,8 @@ async fn secrets_never_appear_in_logs_or_error_messages() {
     let err = unreachable
         .fetch_directory(&creds("k", APP_SECRET))
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .error;
     assert!(matches!(err, DingTalkError::Transport { .. }), "{err:?}");
     record(&mut texts, &err);
 
@@ -954,7 +969,8 @@ async fn secrets_never_appear_in_logs_or_error_messages() {
     let err = impatient
         .fetch_directory(&creds("k", APP_SECRET))
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .error;
     assert!(matches!(err, DingTalkError::Timeout { .. }), "{err:?}");
     record(&mut texts, &err);
 

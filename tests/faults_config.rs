@@ -8,8 +8,10 @@ mod common;
 use std::path::Path;
 use std::process::Output;
 
+use common::process::{free_port, syncerd_command};
 use common::{TestDb, on_every_engine};
-use syncerd::dingtalk::simulator::{Simulator, SimulatorConfig};
+use syncerd::db::{self, NewSyncer, RunStatus};
+use syncerd::dingtalk::simulator::{DEFAULT_APP_KEY, Simulator, SimulatorConfig};
 use syncerd::secret::Secret;
 
 const SECRET: &str = "Cfg-Canary-S3cret-c41";
@@ -212,6 +214,149 @@ async fn each_invalid_syncer_row_fails_sync_with_one_clear_line_and_the_valid_on
             assert_eq!(users.len(), 25, "{}: {org}", t.label());
         }
         drop(db);
+    })
+    .await;
+    sim.shutdown().await.unwrap();
+}
+
+/// `syncerd ARGS` from an async test, against `db_url` and DingTalk at `api_base`.
+async fn syncerd_at(dir: &Path, db_url: &str, api_base: &str, args: &[&str]) -> Output {
+    syncerd_command(
+        dir,
+        db_url,
+        free_port(),
+        &[("SYNCERD_DINGTALK__API_BASE", api_base)],
+    )
+    .args(args)
+    .output()
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_organization_casdoor_does_not_know_fails_the_run_before_any_call_or_write() {
+    let sim = Simulator::start(
+        SimulatorConfig {
+            users: 25,
+            departments: 3,
+            app_secret: Secret::new(SECRET),
+            ..Default::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let base = sim.base_url();
+    on_every_engine(async |t: &TestDb| {
+        let work = tempfile::tempdir().unwrap();
+        let run = |args: &'static [&'static str]| syncerd_at(work.path(), t.url(), &base, args);
+        let db = t.migrated().await;
+        for (name, organization) in [("good", "acme"), ("ghost", "ghost-org")] {
+            db::add_syncer(
+                &db,
+                NewSyncer {
+                    name: name.into(),
+                    organization: organization.into(),
+                    app_key: DEFAULT_APP_KEY.into(),
+                    app_secret: Secret::new(SECRET),
+                    sync_interval: 3600,
+                    enabled: true,
+                },
+            )
+            .await
+            .unwrap();
+        }
+        // Beside Casdoor: its organization table knows acme, not ghost-org.
+        t.create_organization_table(&db, &[("acme", "Acme")]).await;
+        let user = t.quote("user");
+        let users_of = |org: &'static str| {
+            let sql = format!("SELECT name FROM {user} WHERE owner = '{org}'");
+            let db = db.clone();
+            async move { t.query_texts(&db, &sql).await.len() }
+        };
+
+        sim.reset_stats();
+        let out = run(&["sync", "ghost"]).await;
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{}: {all}", t.label());
+        let line = all
+            .lines()
+            .find(|l| l.contains("cannot run:"))
+            .unwrap_or_else(|| panic!("{}: no reason line: {all}", t.label()));
+        for words in [
+            "ghost",
+            "`ghost-org` does not exist",
+            "create the organization in Casdoor",
+        ] {
+            assert!(line.contains(words), "{}: `{words}` in {line}", t.label());
+        }
+        assert!(!all.contains(SECRET), "{all}");
+        // Stopped before the fetch and before any write.
+        assert_eq!(
+            sim.stats().total_calls(),
+            0,
+            "{}: DingTalk was called",
+            t.label()
+        );
+        assert_eq!(
+            t.query_texts(&db, &format!("SELECT name FROM {user}"))
+                .await
+                .len(),
+            0
+        );
+        let history = common::runs_of(&db, "ghost").await;
+        assert_eq!(history.len(), 1, "{}", t.label());
+        assert_eq!(history[0].status, RunStatus::Failed);
+        assert_eq!(history[0].api_calls, 0);
+        let summary = history[0].error_summary.clone().unwrap_or_default();
+        assert!(summary.contains("`ghost-org` does not exist"), "{summary}");
+        let error_text = db::get_syncer(&db, "ghost")
+            .await
+            .unwrap()
+            .unwrap()
+            .error_text;
+        assert_eq!(error_text.trim_end().lines().count(), 1, "{error_text:?}");
+        assert!(
+            error_text.contains("`ghost-org` does not exist"),
+            "{error_text}"
+        );
+
+        // `check` says so too, and vouches for the organization that exists.
+        let out = run(&["check", "ghost"]).await;
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{}: {all}", t.label());
+        assert!(
+            all.contains("[FAILED]  Casdoor organization `ghost-org` (table organization)")
+                && all.contains("create the organization in Casdoor"),
+            "{}: {all}",
+            t.label()
+        );
+        let out = run(&["check", "good"]).await;
+        let all = text(&out);
+        assert!(out.status.success(), "{}: {all}", t.label());
+        assert!(
+            all.contains("[ok]      Casdoor organization `acme` (table organization): exists"),
+            "{all}"
+        );
+
+        // The other syncer is unaffected.
+        let out = run(&["sync", "good"]).await;
+        assert!(out.status.success(), "{}: {}", t.label(), text(&out));
+        assert_eq!(users_of("acme").await, 25, "{}", t.label());
+
+        // Without Casdoor's organization table (syncerd's embedded database) organizations need
+        // no row, as before. (Group names are global in Casdoor, so ghost's clash with good's:
+        // the run may end partial, but it runs.)
+        t.execute(&db, "DROP TABLE organization").await;
+        let out = run(&["sync", "ghost"]).await;
+        let all = text(&out);
+        assert!(!all.contains("cannot run"), "{}: {all}", t.label());
+        assert_eq!(users_of("ghost-org").await, 25, "{}: {all}", t.label());
+        let out = run(&["check", "ghost"]).await;
+        let all = text(&out);
+        assert!(out.status.success(), "{}: {all}", t.label());
+        assert!(!all.contains("Casdoor organization"), "{all}");
+        db.close().await.unwrap();
     })
     .await;
     sim.shutdown().await.unwrap();

@@ -39,8 +39,8 @@ async fn start(users: usize, departments: usize) -> SimulatorHandle {
 
 /// The client as the daemon would configure it (15 calls per second per API, under the
 /// simulator's 20), with short delays and enough attempts to ride out heavy fault rates.
-fn client(sim: &SimulatorHandle) -> Client {
-    Client::new(ClientConfig {
+fn client_config(sim: &SimulatorHandle) -> ClientConfig {
+    ClientConfig {
         api_base: sim.base_url(),
         qps_per_api: 15,
         max_concurrency: 8,
@@ -49,8 +49,11 @@ fn client(sim: &SimulatorHandle) -> Client {
         ip_ban_pause: Duration::from_millis(300),
         backoff_base: Duration::from_millis(10),
         backoff_max: Duration::from_millis(100),
-    })
-    .unwrap()
+    }
+}
+
+fn client(sim: &SimulatorHandle) -> Client {
+    Client::new(client_config(sim)).unwrap()
 }
 
 /// One whole run of `syncer` against the simulator.
@@ -287,6 +290,55 @@ async fn a_department_gone_mid_walk_makes_the_run_partial_and_forbids_none_of_it
         assert_status(t, &next, RunStatus::Succeeded);
         assert_eq!(next.counts.unchanged, 120, "{}", t.label());
         assert_eq!(fingerprints(&db).await, before, "{}", t.label());
+        db.close().await.unwrap();
+    })
+    .await;
+    sim.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_that_fails_part_way_records_the_calls_it_made() {
+    let sim = start(120, 6).await;
+    let (leaf, _) = leaf_with_members(&sim);
+    on_every_engine(async |t: &TestDb| {
+        let (db, syncer) = setup(t).await;
+        // The app may not list the leaf (60011, a missing permission): the walk stops there,
+        // after the calls before it.
+        sim.set_department_error(leaf, Some(60011));
+        sim.reset_stats();
+        // One call at a time, so that every call the simulator answered has been counted when
+        // the fetch stops.
+        let client = Client::new(ClientConfig {
+            max_concurrency: 1,
+            ..client_config(&sim)
+        })
+        .unwrap();
+        let ctx = context(&db, sync_settings(50));
+        let credentials = sim.credentials();
+        let fetch = client.fetch_directory(&credentials);
+        let report = run_once(&ctx, &syncer, fetch, apply()).await;
+        let served = sim.stats().total_calls();
+        sim.set_department_error(leaf, None);
+
+        assert_status(t, &report, RunStatus::Failed);
+        let message = report.message.clone().unwrap_or_default();
+        assert!(message.contains("60011"), "{}: {message}", t.label());
+        assert!(served > 2, "{}: {served} calls", t.label());
+        assert_eq!(report.api_calls, served, "{}", t.label());
+        let row = db::get_run(&db, report.run_id.unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(row.status, RunStatus::Failed, "{}", t.label());
+        assert_eq!(row.api_calls, served, "{}: the history's count", t.label());
+        assert!(
+            report
+                .render_text()
+                .contains(&format!("{served} DingTalk API calls")),
+            "{}",
+            report.render_text()
+        );
+        assert_eq!(rows(t, &db, "user").await, 0, "{}", t.label());
         db.close().await.unwrap();
     })
     .await;

@@ -801,17 +801,8 @@ async fn group_names_of_other_organizations_are_avoided_only_while_casdoors_uniq
 async fn the_root_group_is_named_after_the_organizations_display_name() {
     on_every_engine(async |t| {
         let (db, syncer) = setup(t).await;
-        t.execute(
-            &db,
-            "CREATE TABLE organization (owner VARCHAR(100) NOT NULL, name VARCHAR(100) NOT NULL, \
-             display_name VARCHAR(100), PRIMARY KEY (owner, name))",
-        )
-        .await;
-        t.execute(
-            &db,
-            "INSERT INTO organization (owner, name, display_name) VALUES ('admin', 'acme', 'Acme 公司 🏢')",
-        )
-        .await;
+        t.create_organization_table(&db, &[("acme", "Acme 公司 🏢")])
+            .await;
         let ctx: RunContext = context(&db, sync_settings(100));
         let dir: Directory = directory::directory(3, 1);
         let report = run(&ctx, &syncer, &dir, apply()).await;
@@ -822,7 +813,12 @@ async fn the_root_group_is_named_after_the_organizations_display_name() {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(root.display_name.as_deref(), Some("Acme 公司 🏢"), "{}", t.label());
+        assert_eq!(
+            root.display_name.as_deref(),
+            Some("Acme 公司 🏢"),
+            "{}",
+            t.label()
+        );
         db.close().await.unwrap();
     })
     .await;

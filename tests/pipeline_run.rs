@@ -350,7 +350,7 @@ async fn a_failed_fetch_writes_no_user_and_acts_on_no_leaver() {
             &ctx,
             &syncer,
             Err::<syncerd::dingtalk::types::Directory, _>(
-                "DingTalk answered errcode 88 (sub_code 40014: invalid access token)",
+                "DingTalk answered errcode 88 (sub_code 40014: invalid access token)".to_owned(),
             ),
             apply(),
         )

@@ -8,6 +8,8 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use syncerd::config::{ConfigSources, LoadedConfig, Settings};
 use syncerd::db::{self, Db};
+use syncerd::dingtalk::{CheckStep, StepOutcome};
+use syncerd::pipeline::{OrganizationRow, SyncerProblem, find_organization};
 use syncerd::telemetry::LogGuard;
 
 mod daemon;
@@ -96,15 +98,17 @@ pub enum Command {
     /// Fetches the whole DingTalk directory, maps and plans it against the database, writes the
     /// changes in batches, records the run in the history (and failures in the syncer's
     /// error_text), and prints a report. Takes the syncer's lease, so it never overlaps a running
-    /// daemon's run. Ctrl-C stops at the next safe point. Reads database.url, dingtalk.* and
-    /// sync.*.
+    /// daemon's run, and records earlier runs of it left `running` by a process that died as
+    /// interrupted. Ctrl-C or SIGTERM stops at the next safe point (the run is `interrupted`).
+    /// Reads database.url, dingtalk.* and sync.*.
     Sync(sync::SyncArgs),
     /// Test a syncer's DingTalk connection, as Casdoor's "Test Connection" should.
     ///
     /// Fetches a token, lists the root department's children and reads one page of users, then
     /// says what works, which DingTalk permission each failure means, and whether mobile numbers
-    /// and e-mail addresses come back (two separate field permissions). Exits 0 only when a sync
-    /// can run. Reads database.url and the dingtalk.* keys.
+    /// and e-mail addresses come back (two separate field permissions). On a Casdoor database it
+    /// also checks that the syncer's organization exists. Exits 0 only when a sync can run.
+    /// Reads database.url and the dingtalk.* keys.
     Check {
         /// The syncer's name.
         name: String,
@@ -189,6 +193,29 @@ async fn find_syncer(db: &Db, name: &str) -> anyhow::Result<db::SyncerRow> {
     })?)
 }
 
+/// The `check` line about the syncer's Casdoor organization; none in syncerd's embedded
+/// database, which has no organization table.
+fn organization_step(name: &str, row: OrganizationRow) -> Option<CheckStep> {
+    let outcome = match row {
+        OrganizationRow::NoTable => return None,
+        OrganizationRow::Found { .. } => StepOutcome::Ok {
+            detail: "exists".to_owned(),
+        },
+        OrganizationRow::Missing => StepOutcome::Failed {
+            message: SyncerProblem::UnknownOrganization {
+                organization: name.to_owned(),
+            }
+            .to_string(),
+            code: None,
+            permission: None,
+        },
+    };
+    Some(CheckStep {
+        name: format!("Casdoor organization `{name}` (table organization)"),
+        outcome,
+    })
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -220,13 +247,17 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check { name } => runtime()?.block_on(async {
             let db = open_db(settings, false).await?;
             let syncer = find_syncer(&db, &name).await?;
+            let organization = find_organization(&db, &syncer.organization).await?;
             db.close().await?;
             let client = syncerd::dingtalk::Client::new((&settings.dingtalk).into())?;
             let credentials = syncerd::dingtalk::Credentials {
                 app_key: syncer.app_key.clone(),
                 app_secret: syncer.app_secret.clone(),
             };
-            let report = client.check(&credentials).await;
+            let mut report = client.check(&credentials).await;
+            report
+                .steps
+                .extend(organization_step(&syncer.organization, organization));
             print!("{}", report.render());
             Ok(if report.can_sync() {
                 ExitCode::SUCCESS

@@ -5,12 +5,16 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::bail;
+use chrono::Utc;
 use clap::Args;
 use syncerd::config::Settings;
-use syncerd::db::leases::{acquire_lease, epoch_millis, get_lease, release_lease, renew_lease};
-use syncerd::db::{RunMode, RunTrigger};
+use syncerd::db::leases::{
+    ORPHANED_RUN_REASON, acquire_lease, epoch_millis, get_lease, release_lease, renew_lease,
+};
+use syncerd::db::{RunMode, RunTrigger, StaleRunFilter, mark_interrupted};
 use syncerd::dingtalk::{Client, Credentials, FetchProgress};
 use syncerd::pipeline::{Phase, Progress, RunContext, RunOptions, process_instance, run_once};
+use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -112,6 +116,20 @@ pub async fn run(settings: &Settings, args: SyncArgs) -> anyhow::Result<ExitCode
                 syncer.name
             );
         }
+        // Holding the lease, any `running` row of this syncer belongs to a process that died
+        // (`kill -9`, a crash): close it, as a daemon's reconcile pass would.
+        let filter = StaleRunFilter {
+            syncer: Some(syncer.name.clone()),
+            ..StaleRunFilter::default()
+        };
+        let closed = mark_interrupted(&db, &filter, Utc::now(), ORPHANED_RUN_REASON).await?;
+        if closed > 0 {
+            tracing::warn!(
+                "{closed} earlier run(s) of syncer {} were left running by a process that is gone: \
+                 recorded as interrupted",
+                syncer.name
+            );
+        }
         Some(instance.clone())
     };
 
@@ -143,7 +161,9 @@ pub async fn run(settings: &Settings, args: SyncArgs) -> anyhow::Result<ExitCode
     let run = run_once(&ctx, &syncer, fetch, options);
     tokio::pin!(run);
 
-    // Ctrl-C stops the run at its next safe point; the lease is renewed while it lasts.
+    // Ctrl-C or SIGTERM (systemd, Docker, a CronJob) stops the run at its next safe point; the
+    // lease is renewed while it lasts.
+    let mut terminate = signal(SignalKind::terminate())?;
     let mut renew = tokio::time::interval(LEASE_TTL / 3);
     renew.tick().await;
     let report = loop {
@@ -151,6 +171,10 @@ pub async fn run(settings: &Settings, args: SyncArgs) -> anyhow::Result<ExitCode
             report = &mut run => break report,
             _ = tokio::signal::ctrl_c(), if !cancel.is_cancelled() => {
                 tracing::warn!("interrupt: stopping at the next safe point (between batches)");
+                cancel.cancel();
+            }
+            _ = terminate.recv(), if !cancel.is_cancelled() => {
+                tracing::warn!("SIGTERM: stopping at the next safe point (between batches)");
                 cancel.cancel();
             }
             _ = renew.tick(), if lease.is_some() => {

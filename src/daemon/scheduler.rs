@@ -26,7 +26,8 @@ use uuid::Uuid;
 
 use crate::config::Settings;
 use crate::db::leases::{
-    acquire_lease, epoch_millis, interrupt_orphaned_runs, lease_expiry, release_lease, renew_lease,
+    ORPHANED_RUN_REASON, acquire_lease, epoch_millis, interrupt_orphaned_runs, lease_expiry,
+    release_lease, renew_lease,
 };
 use crate::db::{self, Db, RunStatus, RunTrigger, SYNCER_OWNER, SyncerRow};
 use crate::pipeline::Mapping;
@@ -499,13 +500,7 @@ impl Shared {
         let orphaned = self
             .timed(
                 "recovering interrupted runs",
-                interrupt_orphaned_runs(
-                    db,
-                    now_ms,
-                    started_before,
-                    "the syncerd process running it stopped (crash, kill or lost lease) \
-                     before the run finished",
-                ),
+                interrupt_orphaned_runs(db, now_ms, started_before, ORPHANED_RUN_REASON),
             )
             .await?;
         for o in orphaned {

@@ -169,6 +169,10 @@ pub async fn get_lease(db: &Db, syncer: &str) -> Result<Option<Lease>, DbError> 
     Ok(row.map(Lease::from))
 }
 
+/// The history's `error_summary` of a run closed because its process is gone.
+pub const ORPHANED_RUN_REASON: &str =
+    "the syncerd process running it stopped (crash, kill or lost lease) before the run finished";
+
 /// A `running` history row whose process is gone, as closed by [`interrupt_orphaned_runs`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrphanedRun {

@@ -23,7 +23,8 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::client::{Client, StatsRecorder};
 use super::error::DingTalkError;
 use super::types::{
-    Credentials, Department, DepartmentPayload, Directory, DirectoryUser, User, UserPage,
+    Credentials, Department, DepartmentPayload, Directory, DirectoryUser, FetchStats, User,
+    UserPage,
 };
 
 /// The root department of every DingTalk organization.
@@ -35,6 +36,24 @@ pub struct FetchProgress {
     pub departments_found: usize,
     pub users: usize,
     pub calls: u64,
+}
+
+/// A fetch that stopped on an error, with the calls it had made by then: they count against the
+/// app's API budget, so the run history records them like a finished fetch's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{error}")]
+pub struct FetchError {
+    /// The call that stopped the fetch, and why.
+    pub error: DingTalkError,
+    /// Every call made, the failed one included, by endpoint.
+    pub stats: FetchStats,
+}
+
+impl FetchError {
+    /// Total API calls made before the fetch stopped.
+    pub fn total_calls(&self) -> u64 {
+        self.stats.values().map(|s| s.calls).sum()
+    }
 }
 
 /// Progress goes to the info log at most this often.
@@ -217,7 +236,7 @@ impl Client {
     /// A department-level failure (60003 gone, 50004 out of scope) is recorded and the walk goes
     /// on; the result is then marked incomplete with one reason per failure. Any other failure
     /// aborts the fetch with an error: a failed fetch never looks like an empty directory.
-    pub async fn fetch_directory(&self, creds: &Credentials) -> Result<Directory, DingTalkError> {
+    pub async fn fetch_directory(&self, creds: &Credentials) -> Result<Directory, FetchError> {
         self.fetch_directory_with_progress(creds, None).await
     }
 
@@ -227,19 +246,24 @@ impl Client {
         &self,
         creds: &Credentials,
         progress: Option<watch::Sender<FetchProgress>>,
-    ) -> Result<Directory, DingTalkError> {
+    ) -> Result<Directory, FetchError> {
         let span = info_span!("dingtalk_fetch", app_key = %creds.app_key);
-        self.fetch(creds, progress).instrument(span).await
+        let stats = StatsRecorder::default();
+        let fetched = self.fetch(creds, progress, &stats).instrument(span).await;
+        fetched.map_err(|error| FetchError {
+            error,
+            stats: stats.snapshot(),
+        })
     }
 
     async fn fetch(
         &self,
         creds: &Credentials,
         progress: Option<watch::Sender<FetchProgress>>,
+        stats: &StatsRecorder,
     ) -> Result<Directory, DingTalkError> {
         let started = Instant::now();
-        let stats = StatsRecorder::default();
-        let ctx = self.ctx(creds, &stats);
+        let ctx = self.ctx(creds, stats);
         info!(
             max_concurrency = self.config().max_concurrency,
             qps_per_api = self.config().qps_per_api,

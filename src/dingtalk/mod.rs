@@ -15,7 +15,7 @@ pub use check::{CheckReport, CheckStep, FieldSample, StepOutcome};
 pub use client::{Client, ClientConfig};
 pub use endpoint::{Call, Endpoint, Permission};
 pub use error::DingTalkError;
-pub use fetch::FetchProgress;
+pub use fetch::{FetchError, FetchProgress};
 pub use simulator::{
     SimulateArgs, Simulator, SimulatorConfig, SimulatorError, SimulatorHandle, run_simulate,
 };

@@ -429,28 +429,57 @@ async fn load_groupings(db: &Db, organization: &str) -> Result<Vec<CasbinGroupin
 }
 
 async fn load_org_display_name(db: &Db, organization: &str) -> Result<String, DbError> {
+    Ok(match find_organization(db, organization).await? {
+        OrganizationRow::Found {
+            display_name: Some(display_name),
+        } => display_name,
+        _ => organization.to_owned(),
+    })
+}
+
+/// What Casdoor's `organization` table says about one organization.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrganizationRow {
+    /// No `organization` table with `owner` and `name` columns: syncerd's embedded database,
+    /// where an organization is just the `owner` of its users.
+    NoTable,
+    /// Casdoor's table exists, but has no row with owner `admin` and this name.
+    Missing,
+    /// The organization exists; its display name when it has a non-blank one.
+    Found { display_name: Option<String> },
+}
+
+/// Looks `organization` up in Casdoor's `organization` table (owner `admin`), if there is one.
+pub async fn find_organization(db: &Db, organization: &str) -> Result<OrganizationRow, DbError> {
     let columns = table_columns(db, "organization").await?;
     let has = |c: &str| columns.iter().any(|x| x.eq_ignore_ascii_case(c));
-    if !(has("owner") && has("name") && has("display_name")) {
-        return Ok(organization.to_owned());
+    if !(has("owner") && has("name")) {
+        return Ok(OrganizationRow::NoTable);
     }
-    let stmt = Query::select()
-        .column(Alias::new("display_name"))
-        .from(Alias::new("organization"))
+    let with_display_name = has("display_name");
+    let mut stmt = Query::select();
+    stmt.from(Alias::new("organization"))
         .and_where(Expr::col(Alias::new("owner")).eq(SYNCER_OWNER))
-        .and_where(Expr::col(Alias::new("name")).eq(organization))
-        .to_owned();
+        .and_where(Expr::col(Alias::new("name")).eq(organization));
+    if with_display_name {
+        stmt.column(Alias::new("display_name"));
+    } else {
+        stmt.column(Alias::new("name"));
+    }
     let rows = query_all(db, &stmt, || {
-        format!("reading the display name of organization {organization} (table organization)")
+        format!("reading organization {organization} from Casdoor's table organization")
     })
     .await?;
-    let display = rows
-        .first()
-        .and_then(|r| r.try_get::<Option<String>>("", "display_name").ok())
+    let Some(row) = rows.first() else {
+        return Ok(OrganizationRow::Missing);
+    };
+    let display_name = with_display_name
+        .then(|| row.try_get::<Option<String>>("", "display_name").ok())
+        .flatten()
         .flatten()
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty());
-    Ok(display.unwrap_or_else(|| organization.to_owned()))
+    Ok(OrganizationRow::Found { display_name })
 }
 
 /// Whether the token table can be revoked from, and whether group names are globally unique.

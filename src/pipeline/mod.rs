@@ -19,7 +19,7 @@ pub mod table_columns;
 
 pub use apply::{Applied, ApplyError, ApplyOutcome, ApplySettings, RowError, Subject, apply_plan};
 pub use groups::{CasbinGrouping, ExistingGroup, GroupCreate, GroupUpdate};
-pub use load::{DbState, SchemaFacts, load_state};
+pub use load::{DbState, OrganizationRow, SchemaFacts, find_organization, load_state};
 pub use map::{FieldValue, MappedUser, Mapping, NameSource, RecordError, map_directory, map_user};
 pub use plan::{
     Conflict, ExistingUser, FieldChange, ForeignClaim, Hold, LeaverAction, LeftAction, LinkKind,
@@ -31,7 +31,7 @@ pub use report::{
     ReportCounts, ReportError, RunReport,
 };
 pub use run::{
-    RunContext, RunError, RunOptions, SyncerProblem, process_instance, run_once,
+    FetchFailure, RunContext, RunError, RunOptions, SyncerProblem, process_instance, run_once,
     run_with_directory, validate_syncer,
 };
 pub use table_columns::MappingError;

@@ -22,11 +22,12 @@ use crate::db::{
     self, DINGTALK_TYPE, Db, DbError, NewRun, RunMode, RunOutcome, RunStatus, RunTrigger,
     SyncerRow, casdoor_timestamp, utc_millis,
 };
+use crate::dingtalk::FetchError;
 use crate::dingtalk::types::Directory;
 use crate::secret::redact_text;
 
 use super::apply::{ApplyError, ApplySettings, apply_plan};
-use super::load::load_state;
+use super::load::{OrganizationRow, find_organization, load_state};
 use super::map::{Mapping, map_directory};
 use super::plan::{PlanInput, PlanOptions, plan};
 use super::report::{ErrorKind, Phase, Progress, ReportError, RunReport, planned_changes};
@@ -107,6 +108,12 @@ pub enum SyncerProblem {
     NoAppSecret,
     #[error(transparent)]
     Mapping(#[from] MappingError),
+    #[error(
+        "organization `{organization}` does not exist in Casdoor (its table `organization` has no row \
+         with owner `admin` and name `{organization}`); create the organization in Casdoor, or choose \
+         an existing one on the syncer's page"
+    )]
+    UnknownOrganization { organization: String },
 }
 
 /// Checks a syncer row and returns its field mapping.
@@ -165,8 +172,28 @@ pub enum RunError {
     Apply { syncer: String, source: ApplyError },
 }
 
+/// A failed fetch as a run sees it: `Display` is the operator-facing, secret-free message, and
+/// the calls made before the failure still go into the run history (they used API budget).
+pub trait FetchFailure: Display {
+    /// DingTalk API calls made before the fetch failed.
+    fn api_calls(&self) -> u64;
+}
+
+impl FetchFailure for FetchError {
+    fn api_calls(&self) -> u64 {
+        self.total_calls()
+    }
+}
+
+/// A bare message, from a fetch that made no calls of its own (hand-built directories).
+impl FetchFailure for String {
+    fn api_calls(&self) -> u64 {
+        0
+    }
+}
+
 /// [`run_once`] with a directory that is already fetched (or a fetch that already failed).
-pub async fn run_with_directory<E: Display>(
+pub async fn run_with_directory<E: FetchFailure>(
     ctx: &RunContext,
     syncer: &SyncerRow,
     fetched: Result<Directory, E>,
@@ -177,8 +204,8 @@ pub async fn run_with_directory<E: Display>(
 
 /// Runs `syncer` once. `fetch` is polled only after the syncer is validated and (outside dry
 /// run) the run is recorded as `running`; its error's `Display` must be operator-facing and
-/// secret-free. A dry run plans and applies inside a rolled-back transaction and records no
-/// history and no `error_text`.
+/// secret-free, and the calls it made are recorded. A dry run plans and applies inside a
+/// rolled-back transaction and records no history and no `error_text`.
 pub async fn run_once<F, E>(
     ctx: &RunContext,
     syncer: &SyncerRow,
@@ -187,7 +214,7 @@ pub async fn run_once<F, E>(
 ) -> RunReport
 where
     F: Future<Output = Result<Directory, E>>,
-    E: Display,
+    E: FetchFailure,
 {
     let span = info_span!("sync_run", syncer = %syncer.name, run_id = tracing::field::Empty);
     Runner {
@@ -230,7 +257,7 @@ impl Runner<'_> {
     async fn run<F, E>(mut self, fetch: F) -> RunReport
     where
         F: Future<Output = Result<Directory, E>>,
-        E: Display,
+        E: FetchFailure,
     {
         self.phase(Phase::Starting);
         let db = &self.ctx.db;
@@ -274,6 +301,27 @@ impl Runner<'_> {
                 return self.fail(error).await;
             }
         };
+        // Beside Casdoor, users of an organization it does not know would be unreachable: stop
+        // before spending API calls. syncerd's embedded database has no organization table.
+        let organization = self.syncer.organization.clone();
+        match find_organization(db, &organization).await {
+            Ok(OrganizationRow::Missing) => {
+                let error = RunError::InvalidSyncer {
+                    syncer: self.name(),
+                    problem: SyncerProblem::UnknownOrganization { organization },
+                };
+                return self.fail(error).await;
+            }
+            Ok(OrganizationRow::NoTable | OrganizationRow::Found { .. }) => {}
+            Err(source) => {
+                let error = RunError::Load {
+                    syncer: self.name(),
+                    organization,
+                    source,
+                };
+                return self.fail(error).await;
+            }
+        }
         if !self.syncer.is_read_only {
             debug!(
                 "is_read_only is off on this syncer; it changes nothing: syncerd never writes back to DingTalk"
@@ -291,6 +339,7 @@ impl Runner<'_> {
         let directory = match fetched {
             Ok(d) => d,
             Err(e) => {
+                self.report.api_calls = e.api_calls();
                 let error = RunError::Fetch {
                     syncer: self.name(),
                     message: redact_text(&e.to_string()),

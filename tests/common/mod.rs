@@ -13,6 +13,7 @@
 
 pub mod directory;
 pub mod pipeline;
+pub mod process;
 
 use std::io::Write as _;
 use std::sync::Once;
@@ -24,7 +25,7 @@ use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement,
 };
 use syncerd::config::{DatabaseSettings, DatabaseUrl, Engine};
-use syncerd::db::{self, Db};
+use syncerd::db::{self, Db, RunFilter};
 
 pub const MYSQL_ENV: &str = "SYNCERD_TEST_MYSQL_URL";
 pub const POSTGRES_ENV: &str = "SYNCERD_TEST_POSTGRES_URL";
@@ -187,6 +188,27 @@ impl TestDb {
             for statement in table.statements(self.backend()) {
                 self.execute(db, &statement).await;
             }
+        }
+    }
+
+    /// Casdoor's `organization` table, cut to the columns syncerd reads (Casdoor's own has many
+    /// more), with a row (owner `admin`) for each of `organizations`: syncerd beside Casdoor.
+    pub async fn create_organization_table(&self, db: &Db, organizations: &[(&str, &str)]) {
+        self.execute(
+            db,
+            "CREATE TABLE organization (owner VARCHAR(100) NOT NULL, name VARCHAR(100) NOT NULL, \
+             display_name VARCHAR(100), PRIMARY KEY (owner, name))",
+        )
+        .await;
+        for (name, display_name) in organizations {
+            self.execute(
+                db,
+                &format!(
+                    "INSERT INTO organization (owner, name, display_name) \
+                     VALUES ('admin', '{name}', '{display_name}')"
+                ),
+            )
+            .await;
         }
     }
 
@@ -461,6 +483,39 @@ fn with_database(server_url: &str, database: &str) -> String {
         Some(query) => format!("{base}/{database}?{query}"),
         None => format!("{base}/{database}"),
     }
+}
+
+/// Polls `check` every 50 ms until it holds; fails the test after `within`.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every run of syncer `name` in the history, newest first.
+pub async fn runs_of(db: &Db, name: &str) -> Vec<db::RunRow> {
+    db::list_runs(
+        db,
+        &RunFilter {
+            syncer: Some(name.into()),
+            limit: 10_000,
+            ..RunFilter::default()
+        },
+    )
+    .await
+    .unwrap()
 }
 
 /// Runs `test` once on every available engine, each with a fresh database that is dropped

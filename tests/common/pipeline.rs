@@ -1,9 +1,11 @@
 //! Helpers for the pipeline suites: a syncer row with a distinctive App Secret, run contexts
 //! and options, and small queries.
 
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Statement};
+use std::collections::{BTreeMap, BTreeSet};
+
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect, Statement};
 use syncerd::config::{LeaverPolicy, SyncSettings};
-use syncerd::db::entities::user;
+use syncerd::db::entities::{casbin_user_rule, group, syncer_link, user};
 use syncerd::db::{self, Db, NewSyncer, RunMode, RunTrigger, SyncerRow};
 use syncerd::dingtalk::types::Directory;
 use syncerd::pipeline::{RunContext, RunOptions, RunReport, run_with_directory};
@@ -156,4 +158,100 @@ pub async fn unique_email_taken_by_outsider(t: &TestDb, db: &Db, email: &str) {
         &format!("INSERT INTO {table} (owner, name, id, email) VALUES ('{ORG}', 'outsider', 'x1', '{email}')"),
     )
     .await;
+}
+
+/// What a first import into `ORG` left behind, checked unit by unit as apply writes them: every
+/// user row came with its ownership link and exactly the casbin `g` rows its `groups` JSON
+/// names, every group named exists with its link, and nothing else is there. With `batch`, the
+/// units written (groups, then users) also fill whole batches. Returns (users, groups).
+pub async fn assert_whole(t: &TestDb, db: &Db, batch: Option<u64>) -> (u64, u64) {
+    let label = t.label();
+    let users = users(db).await;
+    let groups: BTreeSet<String> = group::Entity::find()
+        .select_only()
+        .column(group::Column::Name)
+        .filter(group::Column::Owner.eq(ORG))
+        .into_tuple()
+        .all(db.conn())
+        .await
+        .expect("read groups")
+        .into_iter()
+        .collect();
+    let links: Vec<(String, String)> = syncer_link::Entity::find()
+        .select_only()
+        .column(syncer_link::Column::Kind)
+        .column(syncer_link::Column::CasdoorName)
+        .filter(syncer_link::Column::Organization.eq(ORG))
+        .into_tuple()
+        .all(db.conn())
+        .await
+        .expect("read links");
+    let linked = |kind: &str| -> BTreeSet<String> {
+        links
+            .iter()
+            .filter(|(k, _)| k == kind)
+            .map(|(_, name)| name.clone())
+            .collect()
+    };
+    let rules: Vec<(String, String)> = casbin_user_rule::Entity::find()
+        .select_only()
+        .column(casbin_user_rule::Column::V0)
+        .column(casbin_user_rule::Column::V1)
+        .filter(casbin_user_rule::Column::Ptype.eq("g"))
+        .into_tuple()
+        .all(db.conn())
+        .await
+        .expect("read casbin rules");
+    let mut rules_of: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (v0, v1) in rules {
+        rules_of.entry(v0).or_default().insert(v1);
+    }
+
+    let names: BTreeSet<String> = users.iter().map(|u| u.name.clone()).collect();
+    assert_eq!(names.len(), users.len(), "{label}: user names repeat");
+    assert_eq!(
+        linked("user"),
+        names,
+        "{label}: users without a link or links without a user"
+    );
+    assert_eq!(
+        linked("group"),
+        groups,
+        "{label}: groups and their links differ"
+    );
+    assert_eq!(
+        links.len(),
+        users.len() + groups.len(),
+        "{label}: links repeat"
+    );
+    for u in &users {
+        let member_of: Vec<String> = serde_json::from_str(u.groups.as_deref().unwrap_or("[]"))
+            .unwrap_or_else(|e| panic!("{label}: groups of {}: {e}", u.name));
+        let expected: BTreeSet<String> = member_of.iter().map(|g| format!("group:{g}")).collect();
+        let found = rules_of
+            .remove(&format!("{ORG}/{}", u.name))
+            .unwrap_or_default();
+        assert_eq!(found, expected, "{label}: casbin rows of {}", u.name);
+        for g in &member_of {
+            let name = g.strip_prefix(&format!("{ORG}/")).unwrap_or(g);
+            assert!(
+                groups.contains(name),
+                "{label}: {} is in a missing group {g}",
+                u.name
+            );
+        }
+    }
+    assert!(
+        rules_of.is_empty(),
+        "{label}: casbin rows of no user: {rules_of:?}"
+    );
+    let (users, groups) = (users.len() as u64, groups.len() as u64);
+    if let Some(batch) = batch {
+        assert_eq!(
+            (users + groups) % batch,
+            0,
+            "{label}: {groups} groups and {users} users are not whole batches of {batch}"
+        );
+    }
+    (users, groups)
 }
