@@ -1046,6 +1046,51 @@ fn a_custom_key_matches_on_its_column() {
     assert!(!plan(&apply_to_state(&state, &p)).has_writes());
 }
 
+/// Found by `applying_a_plan_then_planning_again_writes_nothing`: the key value a linked user's
+/// row gives up in this run is free for another DingTalk user in the same run, not a conflict
+/// now and a creation in the next run.
+#[test]
+fn a_key_value_handed_on_to_another_user_resolves_in_one_run() {
+    let tc = r#"[{"name":"userid","casdoorName":"Id","isHashed":true},
+                 {"name":"email","casdoorName":"Email","isKey":true,"isHashed":true},
+                 {"name":"job_number","casdoorName":"Name"}]"#;
+    let mapping = Mapping::from_syncer(Some(tc), "").unwrap();
+    let mut first_run = input(vec![mapped_with(profile("u1"), &mapping)]);
+    first_run.key_column = mapping.key_column().into();
+    let mut state = settle(&first_run);
+    // u1 changes address, and a new hire is given u1's old one.
+    state.users = vec![
+        mapped_with(
+            User {
+                email: Some("u1-new@example.com".into()),
+                ..profile("u1")
+            },
+            &mapping,
+        ),
+        mapped_with(
+            User {
+                email: Some("u1@example.com".into()),
+                ..profile("u9")
+            },
+            &mapping,
+        ),
+    ];
+    let p = plan(&state);
+    assert!(p.conflicts.is_empty(), "{:#?}", p.conflicts);
+    assert_eq!(
+        p.creates
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>(),
+        ["Ju9"]
+    );
+    assert_eq!(
+        p.updates[0].changes,
+        [change("email", text("u1@example.com"), text("u1-new@example.com"))]
+    );
+    assert!(!plan(&apply_to_state(&state, &p)).has_writes());
+}
+
 #[test]
 fn a_link_to_a_deleted_user_is_dropped_or_pointed_at_the_recreated_user() {
     let state = owned_population(2);
