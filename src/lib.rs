@@ -9,5 +9,7 @@ pub mod daemon;
 pub mod db;
 pub mod dingtalk;
 pub mod pipeline;
+#[cfg(test)]
+mod proptest_support;
 pub mod secret;
 pub mod telemetry;

@@ -994,3 +994,35 @@ async fn secrets_never_appear_in_logs_or_error_messages() {
         "{texts:#?}"
     );
 }
+
+/// serde quotes a mistyped value in its message, so a `result` that echoes the access token in a
+/// field of the wrong type must not carry the token into the malformed-answer error.
+#[tokio::test]
+async fn a_mistyped_result_echoing_the_access_token_is_reported_without_it() {
+    const TOKEN: &str = "AccessTok-Rw83nVd1";
+    let server = MockServer::start_async().await;
+    token_mock(&server, TOKEN).await;
+    let echoed = ok_body(json!({
+        "has_more": false,
+        "list": [{"userid": "u1", "dept_order": TOKEN}],
+    }));
+    users_mock(&server, TOKEN, 10, 0, echoed, None).await;
+    listsub_mock(&server, TOKEN, 10, ok_body(json!(TOKEN)), None).await;
+    let client = client(&server);
+
+    let users = client
+        .list_users_page(&test_creds(), 10, 0)
+        .await
+        .unwrap_err();
+    let departments = client
+        .list_sub_departments(&test_creds(), 10)
+        .await
+        .unwrap_err();
+
+    for err in [users, departments] {
+        assert!(matches!(err, DingTalkError::Malformed { .. }), "{err:?}");
+        let text = format!("{err} {err:?}");
+        assert!(text.contains("unexpected `result`"), "{text}");
+        assert!(!text.contains(TOKEN), "the access token leaks: {text}");
+    }
+}

@@ -675,12 +675,6 @@ pub fn plan(input: PlanInput) -> Plan {
         .collect();
     let by_name: BTreeMap<&str, &ExistingUser> =
         rows.iter().map(|u| (u.name.as_str(), *u)).collect();
-    let mut by_key: BTreeMap<&str, Vec<&ExistingUser>> = BTreeMap::new();
-    for row in &rows {
-        if !row.key_value.is_empty() {
-            by_key.entry(row.key_value.as_str()).or_default().push(row);
-        }
-    }
     // MySQL's default collation compares names without case: fold to find collisions.
     let taken_names: BTreeSet<String> = rows.iter().map(|u| fold(&u.name)).collect();
 
@@ -734,6 +728,35 @@ pub fn plan(input: PlanInput) -> Plan {
         *key_count.entry(u.key.as_str()).or_default() += 1;
     }
     let key_column = input.key_column.as_str();
+
+    // Rows are matched on the key they hold after this run: a row reached through a link whose
+    // key column this run rewrites gives up its old key value (an e-mail address handed on to
+    // another person), which is then free for another DingTalk user now, as in the next run.
+    let mut link_claims: BTreeMap<&str, Vec<&MappedUser>> = BTreeMap::new();
+    for &(_, u) in &users {
+        if key_count.get(u.key.as_str()).copied().unwrap_or(0) > 1 {
+            continue;
+        }
+        if let Some(link) = link_by_userid.get(u.userid.as_str())
+            && by_name.contains_key(link.casdoor_name.as_str())
+        {
+            link_claims
+                .entry(link.casdoor_name.as_str())
+                .or_default()
+                .push(u);
+        }
+    }
+    let mut by_key: BTreeMap<String, Vec<&ExistingUser>> = BTreeMap::new();
+    for row in &rows {
+        let rewritten = match link_claims.get(row.name.as_str()).map(Vec::as_slice) {
+            Some([u]) => rewritten_key(row, u, key_column),
+            _ => None,
+        };
+        let key = rewritten.unwrap_or_else(|| row.key_value.clone());
+        if !key.is_empty() {
+            by_key.entry(key).or_default().push(row);
+        }
+    }
 
     // Resolve every DingTalk user to a row, a creation, or a conflict.
     let mut resolved: Vec<(&MappedUser, Target<'_>)> = Vec::with_capacity(users.len());
@@ -1212,6 +1235,16 @@ fn plan_leavers(
     }
     out.leavers.extend(actions);
     out.link_writes.extend(links);
+}
+
+/// The key value `row` holds after `user`'s update, when that update rewrites the key column
+/// (`id` and `name` are never rewritten).
+fn rewritten_key(row: &ExistingUser, user: &MappedUser, key_column: &str) -> Option<String> {
+    if key_column == "id" {
+        return None;
+    }
+    let new = user.fields.get(key_column)?.as_ref()?;
+    (row.current(key_column) != *new).then(|| new.canonical())
 }
 
 fn fold(name: &str) -> String {

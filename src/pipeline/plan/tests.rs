@@ -2,7 +2,10 @@ use super::*;
 use crate::dingtalk::types::{DirectoryUser, User};
 use crate::pipeline::groups::DEPARTMENT_GROUP_TYPE;
 use crate::pipeline::map::{Mapping, map_directory, map_user};
-use crate::pipeline::table_columns::ColumnKind;
+use crate::pipeline::table_columns::{ColumnKind, WRITABLE_USER_COLUMNS};
+use crate::proptest_support::config;
+use proptest::prelude::*;
+use proptest::sample::Index;
 
 const ORG: &str = "acme";
 const NOW: &str = "2026-11-25T10:00:00+08:00";
@@ -1045,6 +1048,55 @@ fn a_custom_key_matches_on_its_column() {
     assert!(!plan(apply_to_state(&state, &p)).has_writes());
 }
 
+/// Found by `applying_a_plan_then_planning_again_writes_nothing`: the key value a linked user's
+/// row gives up in this run is free for another DingTalk user in the same run, not a conflict
+/// now and a creation in the next run.
+#[test]
+fn a_key_value_handed_on_to_another_user_resolves_in_one_run() {
+    let tc = r#"[{"name":"userid","casdoorName":"Id","isHashed":true},
+                 {"name":"email","casdoorName":"Email","isKey":true,"isHashed":true},
+                 {"name":"job_number","casdoorName":"Name"}]"#;
+    let mapping = Mapping::from_syncer(Some(tc), "").unwrap();
+    let mut first_run = input(vec![mapped_with(profile("u1"), &mapping)]);
+    first_run.key_column = mapping.key_column().into();
+    let mut state = settle(&first_run);
+    // u1 changes address, and a new hire is given u1's old one.
+    state.users = vec![
+        mapped_with(
+            User {
+                email: Some("u1-new@example.com".into()),
+                ..profile("u1")
+            },
+            &mapping,
+        ),
+        mapped_with(
+            User {
+                email: Some("u1@example.com".into()),
+                ..profile("u9")
+            },
+            &mapping,
+        ),
+    ];
+    let p = plan(state.clone());
+    assert!(p.conflicts.is_empty(), "{:#?}", p.conflicts);
+    assert_eq!(
+        p.creates
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>(),
+        ["Ju9"]
+    );
+    assert_eq!(
+        p.updates[0].changes,
+        [change(
+            "email",
+            text("u1@example.com"),
+            text("u1-new@example.com")
+        )]
+    );
+    assert!(!plan(apply_to_state(&state, &p)).has_writes());
+}
+
 #[test]
 fn a_link_to_a_deleted_user_is_dropped_or_pointed_at_the_recreated_user() {
     let state = owned_population(2);
@@ -1149,33 +1201,57 @@ fn conflict_and_notice_messages_say_what_to_do() {
 
 // ---- generated inputs -------------------------------------------------------------------------
 
-/// SplitMix64: a tiny deterministic generator, so failures reproduce from the seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-    fn pick<T: Clone>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len())].clone()
-    }
-    fn maybe(&mut self, pool: &[&str]) -> Option<String> {
-        if self.chance(25) {
-            None
-        } else {
-            Some(self.pick(pool).to_owned())
-        }
-    }
+/// Field values drawn from this pool collide on purpose: names that differ only in case or
+/// spaces, a job number equal to another user's userid, names Casdoor refuses.
+const POOL: &[&str] = &[
+    "",
+    "A1",
+    "a1",
+    "A2",
+    " A1 ",
+    "u1",
+    "u2",
+    "bob",
+    "Bob",
+    "张三",
+    "1",
+    "0",
+    "true",
+    "-7",
+    "Ju1",
+    "ghost",
+    "a/b",
+    "x\0y",
+    "x\ty",
+    "<&>",
+    "\u{85}",
+    "👩‍💻",
+    "مرحبا",
+    "١٢٣",
+];
+const USERIDS: &[&str] = &[
+    "u1", "u2", "u3", "u4", "u5", "u6", "0123", "", " ", "u/7", "Ju1",
+];
+const DEPT_IDS: &[i64] = &[1, 2, 3, 4, 5, 7, 9, 10, 11, 12, 512_340_001, i64::MAX];
+/// The DingTalk fields a mapping may read.
+const SOURCE_FIELDS: &[&str] = &[
+    "userid",
+    "unionid",
+    "name",
+    "email",
+    "mobile",
+    "avatar",
+    "title",
+    "job_number",
+    "active",
+];
+/// Group names: the departments' plus one that is no department.
+fn group_names() -> Vec<String> {
+    DEPT_IDS
+        .iter()
+        .map(i64::to_string)
+        .chain(["manual".to_owned()])
+        .collect()
 }
 
 const MAPPINGS: &[Option<&str>] = &[
@@ -1194,138 +1270,445 @@ const MAPPINGS: &[Option<&str>] = &[
     ),
 ];
 
-fn gen_input(rng: &mut Rng, garbage: bool) -> PlanInput {
-    let mut texts = vec![
-        "", "A1", "a1", "A2", " A1 ", "u1", "u2", "bob", "张三", "1", "0",
-    ];
-    if garbage {
-        texts.extend(["a/b", "x\0y", "x\ty", "<&>", "true", "-7", "\u{85}"]);
-    }
-    let long = "n".repeat(120);
-    if garbage {
-        texts.push(long.as_str());
-    }
-    let mut userids = vec!["u1", "u2", "u3", "u4", "u5", "u6"];
-    if garbage {
-        userids.extend(["", " ", "u/7"]);
-    }
-    let mapping = Mapping::from_syncer(rng.pick(MAPPINGS), "https://cdn/").unwrap();
-    let dept_ids = [1_i64, 2, 3, 4, 5, 7];
+/// A DingTalk text: mostly from the pool, else any Unicode, or longer than the columns hold.
+fn dingtalk_text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        6 => prop::sample::select(POOL).prop_map(str::to_owned),
+        2 => ".{0,6}",
+        1 => prop::sample::select(vec![
+            "n".repeat(101),
+            "张".repeat(100),
+            "张".repeat(101),
+            "a".repeat(256),
+            format!("{}\0", "x".repeat(99)),
+        ]),
+    ]
+}
 
-    let mut departments: Vec<Department> = Vec::new();
-    for &id in &dept_ids {
-        if rng.chance(70) {
-            departments.push(Department {
-                dept_id: id,
-                name: rng.maybe(&texts),
-                parent_id: if id == 1 {
-                    None
-                } else {
-                    rng.pick(&[Some(1), Some(2), Some(3), Some(404), None])
+/// The departments a user is listed in or names: any of them, and one that does not exist.
+fn dept_ids() -> impl Strategy<Value = Vec<i64>> {
+    let mut ids = DEPT_IDS.to_vec();
+    ids.push(404);
+    prop::sample::subsequence(ids.clone(), 0..=ids.len())
+}
+
+/// One DingTalk record as the fetch delivers it: any optional field may be missing.
+fn dingtalk_user() -> impl Strategy<Value = DirectoryUser> {
+    let text = || prop::option::weighted(0.75, dingtalk_text());
+    (
+        (
+            prop::sample::select(USERIDS),
+            text(),
+            text(),
+            text(),
+            text(),
+            prop::option::weighted(
+                0.75,
+                prop::sample::select(vec!["http://a/x.png", "rel.png", ""]),
+            ),
+        ),
+        (
+            text(),
+            text(),
+            prop::option::of(any::<bool>()),
+            prop::option::weighted(0.7, dept_ids()),
+            dept_ids(),
+        ),
+    )
+        .prop_map(
+            |(
+                (userid, unionid, name, email, mobile, avatar),
+                (title, job_number, active, dept_id_list, seen_in),
+            )| DirectoryUser {
+                profile: User {
+                    userid: userid.to_owned(),
+                    unionid,
+                    name,
+                    email,
+                    mobile,
+                    avatar: avatar.map(str::to_owned),
+                    title,
+                    job_number,
+                    active,
+                    dept_id_list,
+                    ..User::default()
                 },
-            });
-        }
-    }
-    let subset = |rng: &mut Rng| -> Vec<i64> {
-        dept_ids
-            .iter()
-            .copied()
-            .filter(|_| rng.chance(30))
-            .collect()
-    };
-
-    let mut dir_users = Vec::new();
-    for _ in 0..rng.below(7) {
-        let profile = User {
-            userid: rng.pick(&userids).to_owned(),
-            unionid: rng.maybe(&texts),
-            name: rng.maybe(&texts),
-            email: rng.maybe(&texts),
-            mobile: rng.maybe(&texts),
-            avatar: rng.maybe(&["http://a/x.png", "rel.png", ""]),
-            title: rng.maybe(&texts),
-            job_number: rng.maybe(&texts),
-            active: rng.pick(&[None, Some(true), Some(false)]),
-            dept_id_list: if rng.chance(70) {
-                Some(subset(rng))
-            } else {
-                None
+                seen_in,
             },
-            ..User::default()
-        };
-        let seen_in = subset(rng);
-        dir_users.push(DirectoryUser { profile, seen_in });
-    }
-    let complete = rng.chance(75);
-    let (users, record_errors) = map_directory(dir_users, &mapping);
+        )
+}
 
+/// A stock mapping, or any valid `table_columns` made of DingTalk fields and writable columns.
+fn mapping() -> impl Strategy<Value = Mapping> {
+    let sources = SOURCE_FIELDS.to_vec();
+    let targets: Vec<&str> = WRITABLE_USER_COLUMNS
+        .iter()
+        .map(|c| c.casdoor_name)
+        .collect();
+    let column = (
+        prop::sample::select(sources),
+        prop::sample::select(targets),
+        prop::bool::weighted(0.15),
+        any::<bool>(),
+    )
+        .prop_map(|(name, casdoor_name, is_key, is_hashed)| {
+            serde_json::json!({"name": name, "casdoorName": casdoor_name, "isKey": is_key,
+                               "isHashed": is_hashed})
+        });
+    let custom = prop::collection::vec(column, 1..6).prop_filter_map(
+        "table_columns without a usable key",
+        |columns| {
+            Mapping::from_syncer(
+                Some(&serde_json::Value::from(columns).to_string()),
+                "https://cdn/",
+            )
+            .ok()
+        },
+    );
+    prop_oneof![
+        1 => prop::sample::select(MAPPINGS)
+            .prop_map(|tc| Mapping::from_syncer(tc, "https://cdn/").unwrap()),
+        1 => custom,
+    ]
+}
+
+/// How a column of an existing row was found: absent, a value of its kind, or one of the wrong
+/// kind (a foreign schema).
+#[derive(Debug, Clone)]
+struct RawValue {
+    text: Index,
+    flag: bool,
+    int: i64,
+    wrong_kind: bool,
+}
+
+#[derive(Debug, Clone)]
+struct RawRow {
+    name: Index,
+    other_owner: bool,
+    values: Vec<Option<RawValue>>,
+    key_from_userids: bool,
+    key: Index,
+    hash: Index,
+    pre_hash: Index,
+    is_forbidden: bool,
+    is_deleted: bool,
+    deleted_time: bool,
+    groups: Option<&'static str>,
+    dingtalk: &'static str,
+}
+
+#[derive(Debug, Clone)]
+struct RawLink {
+    state: LinkState,
+    left_action: Option<LeftAction>,
+    name: Index,
+    hash: Index,
+}
+
+#[derive(Debug, Clone)]
+struct RawGroup {
+    other_owner: bool,
+    display_name: Index,
+    parent_id: &'static str,
+    is_top_group: bool,
+    group_type: &'static str,
+}
+
+/// Everything but the directory, as choices resolved against the pools once the directory is
+/// mapped (so shrinking keeps the state consistent with it).
+#[derive(Debug, Clone)]
+struct RawState {
+    rows: Vec<RawRow>,
+    user_links: Vec<Option<RawLink>>,
+    group_links: Vec<bool>,
+    foreign_claims: Vec<Option<(LinkKind, &'static str)>>,
+    groups: Vec<Option<RawGroup>>,
+    casbin: Vec<bool>,
+    other_org_groups: Vec<bool>,
+    long_root_name: bool,
+    options: PlanOptions,
+}
+
+fn raw_row() -> impl Strategy<Value = RawRow> {
+    let value = (
+        any::<Index>(),
+        any::<bool>(),
+        0..3_i64,
+        prop::bool::weighted(0.1),
+    )
+        .prop_map(|(text, flag, int, wrong_kind)| RawValue {
+            text,
+            flag,
+            int,
+            wrong_kind,
+        });
+    (
+        (
+            any::<Index>(),
+            prop::bool::weighted(0.1),
+            prop::collection::vec(prop::option::weighted(0.7, value), 8),
+            prop::bool::weighted(0.6),
+            any::<Index>(),
+            any::<Index>(),
+            any::<Index>(),
+        ),
+        (
+            prop::bool::weighted(0.2),
+            prop::bool::weighted(0.1),
+            any::<bool>(),
+            prop::sample::select(vec![
+                None,
+                Some(""),
+                Some("null"),
+                Some("[]"),
+                Some(r#"["acme/1"]"#),
+                Some(r#"["7","acme/manual","acme/3","acme/3"]"#),
+                Some("not json"),
+                Some("[1]"),
+            ]),
+            prop::sample::select(vec!["", "u1", "openid"]),
+        ),
+    )
+        .prop_map(
+            |(
+                (name, other_owner, values, key_from_userids, key, hash, pre_hash),
+                (is_forbidden, is_deleted, deleted_time, groups, dingtalk),
+            )| RawRow {
+                name,
+                other_owner,
+                values,
+                key_from_userids,
+                key,
+                hash,
+                pre_hash,
+                is_forbidden,
+                is_deleted,
+                deleted_time,
+                groups,
+                dingtalk,
+            },
+        )
+}
+
+fn raw_state() -> impl Strategy<Value = RawState> {
+    let link = (
+        prop::sample::select(vec![
+            (LinkState::Present, None),
+            (LinkState::Left, Some(LeftAction::Forbid)),
+            (LinkState::Left, Some(LeftAction::Delete)),
+            (LinkState::Left, Some(LeftAction::Keep)),
+            (LinkState::Left, None),
+        ]),
+        any::<Index>(),
+        any::<Index>(),
+    )
+        .prop_map(|((state, left_action), name, hash)| RawLink {
+            state,
+            left_action,
+            name,
+            hash,
+        });
+    let group = (
+        prop::bool::weighted(0.1),
+        any::<Index>(),
+        prop::sample::select(vec!["", "acme", "1", "3"]),
+        any::<bool>(),
+        prop::sample::select(vec!["department", "Virtual", ""]),
+    )
+        .prop_map(
+            |(other_owner, display_name, parent_id, is_top_group, group_type)| RawGroup {
+                other_owner,
+                display_name,
+                parent_id,
+                is_top_group,
+                group_type,
+            },
+        );
+    let options = (
+        prop::sample::select(vec![
+            LeaverPolicy::Forbid,
+            LeaverPolicy::Keep,
+            LeaverPolicy::Delete,
+        ]),
+        0..3_u64,
+        prop::sample::select(vec![0.0, 34.0, 100.0]),
+        prop::bool::weighted(0.3),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(leaver_policy, max_removals, max_removal_percent, allow_removals, adopt_existing)| {
+                PlanOptions {
+                    leaver_policy,
+                    max_removals,
+                    max_removal_percent,
+                    allow_removals,
+                    adopt_existing,
+                }
+            },
+        );
+    let groups = group_names().len();
+    (
+        prop::collection::vec(raw_row(), 0..8),
+        prop::collection::vec(prop::option::weighted(0.4, link), USERIDS.len()),
+        prop::collection::vec(prop::bool::weighted(0.25), groups),
+        prop::collection::vec(
+            prop::option::weighted(
+                0.08,
+                (
+                    prop::sample::select(vec![LinkKind::User, LinkKind::Group]),
+                    prop::sample::select(vec!["s1", "s2"]),
+                ),
+            ),
+            9 + groups,
+        ),
+        prop::collection::vec(prop::option::weighted(0.35, group), groups),
+        prop::collection::vec(prop::bool::weighted(0.1), 9 * groups),
+        prop::collection::vec(prop::bool::weighted(0.05), groups),
+        any::<bool>(),
+        options,
+    )
+        .prop_map(
+            |(
+                rows,
+                user_links,
+                group_links,
+                foreign_claims,
+                groups,
+                casbin,
+                other_org_groups,
+                long_root_name,
+                options,
+            )| RawState {
+                rows,
+                user_links,
+                group_links,
+                foreign_claims,
+                groups,
+                casbin,
+                other_org_groups,
+                long_root_name,
+                options,
+            },
+        )
+}
+
+/// Departments of the directory: any subset of the ids, named or not, with parents that may be
+/// missing, unknown or form a cycle.
+fn departments() -> impl Strategy<Value = Vec<Department>> {
+    let parents: Vec<Option<i64>> = DEPT_IDS
+        .iter()
+        .copied()
+        .map(Some)
+        .chain([Some(404), None])
+        .collect();
+    prop::collection::vec(
+        prop::option::weighted(
+            0.7,
+            (
+                prop::option::weighted(0.75, dingtalk_text()),
+                prop::sample::select(parents),
+            ),
+        ),
+        DEPT_IDS.len(),
+    )
+    .prop_map(|found| {
+        DEPT_IDS
+            .iter()
+            .zip(found)
+            .filter_map(|(&dept_id, found)| {
+                let (name, parent_id) = found?;
+                let parent_id = if dept_id == 1 { None } else { parent_id };
+                Some(Department {
+                    dept_id,
+                    name,
+                    parent_id,
+                })
+            })
+            .collect()
+    })
+}
+
+/// A whole plan input: a mapped directory and a database state that shares names, keys and
+/// hashes with it.
+fn plan_input() -> impl Strategy<Value = PlanInput> {
+    (
+        mapping(),
+        prop::collection::vec(dingtalk_user(), 0..8),
+        departments(),
+        prop::bool::weighted(0.75),
+        raw_state(),
+    )
+        .prop_map(|(mapping, dir_users, departments, complete, raw)| {
+            build_input(&mapping, dir_users, departments, complete, &raw)
+        })
+}
+
+fn build_input(
+    mapping: &Mapping,
+    dir_users: Vec<DirectoryUser>,
+    departments: Vec<Department>,
+    complete: bool,
+    raw: &RawState,
+) -> PlanInput {
+    let (users, record_errors) = map_directory(dir_users, mapping);
     let key_column = mapping.key_column();
-    let mut names: Vec<String> = texts.iter().map(|t| (*t).to_owned()).collect();
-    names.extend(users.iter().map(|u| u.name.clone()));
-    names.extend(["Ju1".to_owned(), "ghost".to_owned()]);
+    let names: Vec<String> = POOL
+        .iter()
+        .map(|t| (*t).to_owned())
+        .chain(users.iter().map(|u| u.name.clone()))
+        .collect();
+    let hashes: Vec<String> = users
+        .iter()
+        .map(|u| u.hash.clone())
+        .chain(["".to_owned(), "x".to_owned()])
+        .collect();
+
     let mut existing_users: Vec<ExistingUser> = Vec::new();
-    for _ in 0..rng.below(7) {
-        let name = rng.pick(&names);
+    for r in &raw.rows {
+        let name = r.name.get(&names).clone();
         if name.is_empty() || existing_users.iter().any(|e| e.name == name) {
             continue;
         }
+        let columns = mapping
+            .target_columns()
+            .into_iter()
+            .filter(|c| *c != "name" && *c != "is_forbidden");
         let mut values = BTreeMap::new();
-        for column in mapping.target_columns() {
-            if column == "name" || column == "is_forbidden" || rng.chance(30) {
-                continue;
-            }
+        for (column, value) in columns.zip(&r.values) {
+            let Some(v) = value else { continue };
             let kind = column_spec(column).map_or(ColumnKind::Text, |s| s.kind);
-            let value = match (kind, garbage && rng.chance(10)) {
+            let value = match (kind, v.wrong_kind) {
                 (_, true) => text("wrong kind"),
-                (ColumnKind::Text, _) => text(rng.pick(&texts)),
-                (ColumnKind::Bool, _) => FieldValue::Bool(rng.chance(50)),
-                (ColumnKind::Int, _) => FieldValue::Int(rng.below(3) as i64),
+                (ColumnKind::Text, _) => text(v.text.get::<&str>(POOL)),
+                (ColumnKind::Bool, _) => FieldValue::Bool(v.flag),
+                (ColumnKind::Int, _) => FieldValue::Int(v.int),
             };
             values.insert(column, value);
         }
         let key_value = if key_column == "name" {
             name.clone()
         } else {
-            let k = if rng.chance(60) {
-                rng.pick(&userids).to_owned()
+            let k = if r.key_from_userids {
+                *r.key.get(USERIDS)
             } else {
-                rng.pick(&texts).to_owned()
+                *r.key.get(POOL)
             };
-            values.insert(key_column, text(&k));
-            k
+            values.insert(key_column, text(k));
+            k.to_owned()
         };
-        let hashes: Vec<String> = users
-            .iter()
-            .map(|u| u.hash.clone())
-            .chain(["".to_owned(), "x".to_owned()])
-            .collect();
         existing_users.push(ExistingUser {
-            owner: if rng.chance(90) {
-                ORG.into()
-            } else {
-                "other".into()
-            },
+            owner: if r.other_owner { "other" } else { ORG }.to_owned(),
             name,
             key_value,
             values,
-            hash: rng.pick(&hashes),
-            pre_hash: rng.pick(&hashes),
-            is_forbidden: rng.chance(20),
-            is_deleted: rng.chance(10),
-            deleted_time: rng.pick(&["", NOW]).to_owned(),
-            groups: rng
-                .pick(&[
-                    None,
-                    Some(""),
-                    Some("null"),
-                    Some("[]"),
-                    Some(r#"["acme/1"]"#),
-                    Some(r#"["7","acme/manual","acme/3","acme/3"]"#),
-                    Some("not json"),
-                    Some("[1]"),
-                ])
-                .map(str::to_owned),
-            dingtalk: rng.pick(&["", "u1", "openid"]).to_owned(),
+            hash: r.hash.get(&hashes).clone(),
+            pre_hash: r.pre_hash.get(&hashes).clone(),
+            is_forbidden: r.is_forbidden,
+            is_deleted: r.is_deleted,
+            deleted_time: if r.deleted_time { NOW } else { "" }.to_owned(),
+            groups: r.groups.map(str::to_owned),
+            dingtalk: r.dingtalk.to_owned(),
         });
     }
 
@@ -1339,99 +1722,88 @@ fn gen_input(rng: &mut Rng, garbage: bool) -> PlanInput {
         .cloned()
         .chain(users.iter().map(|u| u.name.clone()))
         .collect();
-    let link_hashes: Vec<String> = users
+    let group_names = group_names();
+    let mut links: Vec<OwnershipLink> = USERIDS
         .iter()
-        .map(|u| u.hash.clone())
-        .chain(["".to_owned(), "x".to_owned()])
-        .collect();
-    let mut links = Vec::new();
-    for userid in &userids {
-        if rng.chance(40) {
-            let state = rng.pick(&[LinkState::Present, LinkState::Left]);
-            let left_action = match state {
-                LinkState::Present => None,
-                LinkState::Left => rng.pick(&[
-                    Some(LeftAction::Forbid),
-                    Some(LeftAction::Delete),
-                    Some(LeftAction::Keep),
-                    None,
-                ]),
-            };
-            links.push(OwnershipLink {
+        .zip(&raw.user_links)
+        .filter_map(|(userid, link)| {
+            let link = link.as_ref()?;
+            Some(OwnershipLink {
                 kind: LinkKind::User,
                 external_id: (*userid).to_owned(),
-                casdoor_name: rng.pick(&link_names),
-                content_hash: rng.pick(&link_hashes),
-                state,
-                left_action,
-            });
-        }
+                casdoor_name: link.name.get(&link_names).clone(),
+                content_hash: link.hash.get(&hashes).clone(),
+                state: link.state,
+                left_action: link.left_action,
+            })
+        })
+        .collect();
+    for (g, _) in group_names
+        .iter()
+        .zip(&raw.group_links)
+        .filter(|(_, l)| **l)
+    {
+        links.push(OwnershipLink {
+            kind: LinkKind::Group,
+            // The group "manual" is linked to a department whose own group is named otherwise.
+            external_id: if g == "manual" { "5".into() } else { g.clone() },
+            casdoor_name: g.clone(),
+            content_hash: String::new(),
+            state: LinkState::Present,
+            left_action: None,
+        });
     }
-    let group_names = ["1", "2", "3", "4", "5", "7", "manual"];
-    for g in group_names {
-        if rng.chance(25) {
-            links.push(OwnershipLink {
-                kind: LinkKind::Group,
-                external_id: if g == "manual" { "5".into() } else { g.into() },
-                casdoor_name: g.into(),
-                content_hash: String::new(),
-                state: LinkState::Present,
-                left_action: None,
-            });
-        }
-    }
-    let mut foreign_claims = Vec::new();
-    for name in row_names.iter().chain(
-        group_names
-            .iter()
-            .map(|g| (*g).to_owned())
-            .collect::<Vec<_>>()
-            .iter(),
-    ) {
-        if rng.chance(8) {
-            foreign_claims.push(ForeignClaim {
-                kind: rng.pick(&[LinkKind::User, LinkKind::Group]),
+    let foreign_claims = row_names
+        .iter()
+        .chain(&group_names)
+        .zip(&raw.foreign_claims)
+        .filter_map(|(name, claim)| {
+            let (kind, syncer) = claim.as_ref()?;
+            Some(ForeignClaim {
+                kind: *kind,
                 casdoor_name: name.clone(),
-                syncer: rng.pick(&["s1", "s2"]).to_owned(),
-            });
-        }
-    }
-    let mut existing_groups = Vec::new();
-    for g in group_names {
-        if rng.chance(35) {
-            existing_groups.push(ExistingGroup {
-                owner: if rng.chance(90) {
-                    ORG.into()
-                } else {
-                    "other".into()
-                },
-                name: g.into(),
-                display_name: rng.pick(&texts).to_owned(),
-                parent_id: rng.pick(&["", "acme", "1", "3"]).to_owned(),
-                is_top_group: rng.chance(50),
-                group_type: rng.pick(&["department", "Virtual", ""]).to_owned(),
-            });
-        }
-    }
-    let mut casbin_groupings = Vec::new();
-    for name in &row_names {
-        for g in group_names {
-            if rng.chance(10) {
-                casbin_groupings.push(CasbinGrouping {
-                    v0: format!("{ORG}/{name}"),
-                    v1: format!("group:{ORG}/{g}"),
-                });
-            }
-        }
-    }
+                syncer: (*syncer).to_owned(),
+            })
+        })
+        .collect();
+    let existing_groups = group_names
+        .iter()
+        .zip(&raw.groups)
+        .filter_map(|(g, group)| {
+            let group = group.as_ref()?;
+            Some(ExistingGroup {
+                owner: if group.other_owner { "other" } else { ORG }.to_owned(),
+                name: g.clone(),
+                display_name: (*group.display_name.get(POOL)).to_owned(),
+                parent_id: group.parent_id.to_owned(),
+                is_top_group: group.is_top_group,
+                group_type: group.group_type.to_owned(),
+            })
+        })
+        .collect();
+    let casbin_groupings = row_names
+        .iter()
+        .flat_map(|name| group_names.iter().map(move |g| (name, g)))
+        .zip(&raw.casbin)
+        .filter(|(_, present)| **present)
+        .map(|((name, g), _)| CasbinGrouping {
+            v0: format!("{ORG}/{name}"),
+            v1: format!("group:{ORG}/{g}"),
+        })
+        .collect();
     let group_names_in_other_orgs = group_names
         .iter()
-        .filter(|_| rng.chance(5))
-        .map(|g| (*g).to_owned())
+        .zip(&raw.other_org_groups)
+        .filter(|(_, taken)| **taken)
+        .map(|(g, _)| g.clone())
         .collect();
     PlanInput {
         organization: ORG.into(),
-        root_group_display_name: rng.pick(&["Acme", &"a".repeat(101)]).to_owned(),
+        root_group_display_name: if raw.long_root_name {
+            "a".repeat(101)
+        } else {
+            "Acme".to_owned()
+        },
         syncer: "syncer_dt".into(),
         key_column: key_column.into(),
         users,
@@ -1444,77 +1816,181 @@ fn gen_input(rng: &mut Rng, garbage: bool) -> PlanInput {
         existing_groups,
         group_names_in_other_orgs,
         casbin_groupings,
-        options: PlanOptions {
-            leaver_policy: rng.pick(&[
-                LeaverPolicy::Forbid,
-                LeaverPolicy::Keep,
-                LeaverPolicy::Delete,
-            ]),
-            max_removals: rng.below(3) as u64,
-            max_removal_percent: rng.pick(&[0.0, 34.0, 100.0]),
-            allow_removals: rng.chance(30),
-            adopt_existing: rng.chance(50),
-        },
+        options: raw.options.clone(),
         now: NOW.into(),
     }
 }
 
-#[test]
-fn applying_a_plan_then_planning_again_writes_nothing() {
-    for seed in 0..1500_u64 {
-        let mut rng = Rng(seed);
-        let state = gen_input(&mut rng, seed % 3 == 0);
+/// The same input with every list in another order.
+fn shuffled(input: PlanInput) -> impl Strategy<Value = (PlanInput, PlanInput)> {
+    (
+        Just(input.users.clone()).prop_shuffle(),
+        Just(input.record_errors.clone()).prop_shuffle(),
+        Just(input.departments.clone()).prop_shuffle(),
+        Just(input.existing_users.clone()).prop_shuffle(),
+        Just(input.links.clone()).prop_shuffle(),
+        Just(input.foreign_claims.clone()).prop_shuffle(),
+        Just(input.existing_groups.clone()).prop_shuffle(),
+        Just(input.casbin_groupings.clone()).prop_shuffle(),
+    )
+        .prop_map(
+            move |(
+                users,
+                record_errors,
+                departments,
+                existing_users,
+                links,
+                foreign_claims,
+                existing_groups,
+                casbin_groupings,
+            )| {
+                let other = PlanInput {
+                    users,
+                    record_errors,
+                    departments,
+                    existing_users,
+                    links,
+                    foreign_claims,
+                    existing_groups,
+                    casbin_groupings,
+                    ..input.clone()
+                };
+                (input.clone(), other)
+            },
+        )
+}
+
+/// Inputs apply could never produce: odd key columns, repeated users, no organization, broken
+/// removal limits.
+fn inconsistent_input() -> impl Strategy<Value = PlanInput> {
+    (
+        plan_input(),
+        prop::option::of(prop::sample::select(vec!["", "name", "nope"])),
+        any::<bool>(),
+        any::<bool>(),
+        prop::option::of(prop::sample::select(vec![f64::NAN, -1.0, f64::INFINITY])),
+    )
+        .prop_map(|(mut state, key_column, repeat_users, no_org, percent)| {
+            if let Some(key_column) = key_column {
+                state.key_column = key_column.to_owned();
+            }
+            if repeat_users {
+                let again = state.users.clone();
+                state.users.extend(again);
+            }
+            if no_org {
+                state.organization = String::new();
+            }
+            if let Some(percent) = percent {
+                state.options.max_removal_percent = percent;
+            }
+            state
+        })
+}
+
+/// `table_columns` as an administrator may have saved it: mostly well-formed entries naming
+/// right or wrong fields, some of any shape, or not JSON at all.
+fn table_columns_text() -> impl Strategy<Value = String> {
+    use serde_json::{Value as Json, json};
+    let sources = prop_oneof![
+        8 => prop::sample::select(SOURCE_FIELDS),
+        1 => prop::sample::select(vec!["id", "nope", "", " ", "Email"]),
+    ];
+    let writable: Vec<&str> = WRITABLE_USER_COLUMNS
+        .iter()
+        .map(|c| c.casdoor_name)
+        .collect();
+    let targets = prop_oneof![
+        8 => prop::sample::select(writable),
+        1 => prop::sample::select(vec!["Owner", "Password", "Groups", "DingTalk", "display_name"]),
+    ];
+    let scalar = prop_oneof![
+        Just(Json::Null),
+        any::<bool>().prop_map(Json::from),
+        any::<i64>().prop_map(Json::from),
+        ".{0,6}".prop_map(Json::from),
+    ];
+    let flag = prop_oneof![
+        8 => prop::bool::weighted(0.2).prop_map(Json::from),
+        1 => scalar.clone(),
+    ];
+    let well_formed =
+        (sources, targets, flag.clone(), flag).prop_map(|(name, casdoor, key, hashed)| {
+            json!({"name": name, "type": "string", "casdoorName": casdoor, "isKey": key,
+                   "isHashed": hashed, "values": []})
+        });
+    let any_shape = prop::collection::vec(
+        (
+            prop::sample::select(vec!["name", "casdoorName", "isKey", "isHashed"]),
+            scalar.clone(),
+        ),
+        0..5,
+    )
+    .prop_map(|fields| Json::Object(fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()));
+    let entries = prop::collection::vec(
+        prop_oneof![12 => well_formed, 1 => any_shape, 1 => scalar],
+        0..6,
+    );
+    prop_oneof![
+        8 => entries.prop_map(|entries| Json::from(entries).to_string()),
+        1 => ".{0,24}",
+        1 => prop::sample::select(vec!["", "null", "[]", "{}", "[{}]", "\"x\""])
+            .prop_map(str::to_owned),
+    ]
+}
+
+proptest! {
+    #![proptest_config(config(256))]
+
+    #[test]
+    fn applying_a_plan_then_planning_again_writes_nothing(state in plan_input()) {
         let first = plan(state.clone());
         let after = apply_to_state(&state, &first);
         let second = plan(after.clone());
-        assert!(
+        prop_assert!(
             !second.has_writes(),
-            "seed {seed}: second plan writes\ninput: {state:#?}\nfirst: {first:#?}\nsecond: {second:#?}"
+            "second plan writes\nfirst: {:#?}\nsecond: {:#?}",
+            first,
+            second
         );
-        assert_eq!(
-            second.conflicts, first.conflicts,
-            "seed {seed}: conflicts changed between runs\ninput: {state:#?}\nfirst: {first:#?}"
+        prop_assert_eq!(&second.conflicts, &first.conflicts, "conflicts changed between runs");
+    }
+
+    #[test]
+    fn planning_does_not_depend_on_input_order(
+        (state, reordered) in plan_input().prop_flat_map(shuffled),
+    ) {
+        prop_assert_eq!(plan(state.clone()), plan(reordered.clone()));
+    }
+
+    #[test]
+    fn mapping_and_planning_never_panic_on_inconsistent_input(state in inconsistent_input()) {
+        let _ = plan(state.clone()).summary();
+    }
+
+    #[test]
+    fn any_table_columns_is_a_mapping_or_an_error_and_maps_any_directory(
+        table_columns in table_columns_text(),
+        dir_users in prop::collection::vec(dingtalk_user(), 0..6),
+    ) {
+        let Ok(mapping) = Mapping::from_syncer(Some(&table_columns), "https://cdn/") else {
+            return Ok(());
+        };
+        let records = dir_users.len();
+        let (users, record_errors) = map_directory(
+            dir_users,
+            &mapping,
         );
-    }
-}
-
-#[test]
-fn planning_is_deterministic_and_order_independent_on_generated_inputs() {
-    for seed in 0..500_u64 {
-        let mut rng = Rng(seed ^ 0xfeed);
-        let state = gen_input(&mut rng, seed % 2 == 0);
-        let mut reversed = state.clone();
-        reversed.users.reverse();
-        reversed.record_errors.reverse();
-        reversed.existing_users.reverse();
-        reversed.links.reverse();
-        reversed.foreign_claims.reverse();
-        reversed.existing_groups.reverse();
-        reversed.casbin_groupings.reverse();
-        reversed.departments.reverse();
-        assert_eq!(plan(state.clone()), plan(reversed.clone()), "seed {seed}");
-    }
-}
-
-#[test]
-fn planning_never_panics_on_arbitrary_input() {
-    for seed in 0..1000_u64 {
-        let mut rng = Rng(seed.wrapping_mul(31) + 7);
-        let mut state = gen_input(&mut rng, true);
-        // Inconsistent inputs apply could never produce must not panic either.
-        if rng.chance(50) {
-            state.key_column = rng.pick(&["", "name", "nope"]).to_owned();
+        // Every record is mapped or an error, and the mapped ones are keyed and named.
+        prop_assert_eq!(users.len() + record_errors.len(), records);
+        for user in &users {
+            prop_assert!(!user.key.is_empty() && !user.name.is_empty(), "{:?}", user);
         }
-        if rng.chance(30) {
-            let dup = state.users.clone();
-            state.users.extend(dup);
-        }
-        if rng.chance(30) {
-            state.organization = String::new();
-        }
-        if rng.chance(30) {
-            state.options.max_removal_percent = rng.pick(&[f64::NAN, -1.0, f64::INFINITY]);
-        }
+        let state = PlanInput {
+            key_column: mapping.key_column().into(),
+            record_errors,
+            ..input(users)
+        };
         let _ = plan(state.clone()).summary();
     }
 }
