@@ -48,6 +48,12 @@ use error::QueryContext as _;
 const SQLITE_POOL_SIZE: u32 = 4;
 /// How long a SQLite statement waits for another connection's write lock.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Prepared statements kept per connection (sqlx keeps 100). A multi-row INSERT of 181-column
+/// user rows is a statement of up to 65,535 parameters and a run prepares several shapes of
+/// them; a small cache bounds what every pooled connection holds between runs.
+const STATEMENT_CACHE: usize = 16;
+/// How long an unused pooled connection stays open.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// An open connection pool and the engine behind it.
 #[derive(Clone)]
@@ -114,7 +120,10 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<Db, DbError> {
     options
         .sqlx_logging(false)
         .connect_timeout(settings.connect_timeout)
-        .acquire_timeout(settings.connect_timeout);
+        .acquire_timeout(settings.connect_timeout)
+        // A daemon syncs for seconds an hour: connections idle longer than this are closed, and
+        // with them their page caches and prepared statements.
+        .idle_timeout(POOL_IDLE_TIMEOUT);
     match engine {
         Engine::Sqlite => {
             // Every connection to `sqlite::memory:` is a database of its own: share one.
@@ -124,15 +133,21 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<Db, DbError> {
                 .map_sqlx_sqlite_opts(|o| {
                     o.journal_mode(SqliteJournalMode::Wal)
                         .busy_timeout(SQLITE_BUSY_TIMEOUT)
+                        .statement_cache_capacity(STATEMENT_CACHE)
                 });
         }
         Engine::MySql => {
             options
                 .max_connections(settings.max_connections.max(1))
-                .map_sqlx_mysql_opts(|o| o.charset("utf8mb4"));
+                .map_sqlx_mysql_opts(|o| {
+                    o.charset("utf8mb4")
+                        .statement_cache_capacity(STATEMENT_CACHE)
+                });
         }
         Engine::Postgres => {
-            options.max_connections(settings.max_connections.max(1));
+            options
+                .max_connections(settings.max_connections.max(1))
+                .map_sqlx_postgres_opts(|o| o.statement_cache_capacity(STATEMENT_CACHE));
         }
     }
 
