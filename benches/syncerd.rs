@@ -18,8 +18,9 @@
 //! 5. Peak RSS of `syncerd sync` (first import and no-change run) and idle RSS of `syncerd run`
 //!    with 50 enabled syncers.
 //!
-//! `SYNCERD_BENCH_QUICK=1` runs every step at a small size (a smoke test of the runner). The
-//! report is printed and written to `target/bench-report.md`.
+//! `SYNCERD_BENCH_QUICK=1` runs every step at a small size (a smoke test of the runner),
+//! `SYNCERD_BENCH_ONLY=memory` only step 5. The report is printed and written to
+//! `target/bench-report.md`.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -395,11 +396,12 @@ async fn imports(r: &mut Report, fetched: &Fetched) {
 }
 
 /// Polls a process's `VmHWM` (peak resident set) until it exits; returns (peak KiB, seconds).
-async fn peak_rss(mut cmd: Command) -> (u64, f64) {
+/// Its stderr goes to `log`, shown when it fails.
+async fn peak_rss(mut cmd: Command, log: &Path) -> (u64, f64) {
     let started = Instant::now();
     let mut child = cmd
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
         .spawn()
         .unwrap();
     let pid = child.id().unwrap();
@@ -409,7 +411,14 @@ async fn peak_rss(mut cmd: Command) -> (u64, f64) {
             peak = peak.max(kib);
         }
         if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "{cmd:?} failed: {status}");
+            if !status.success() {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(15).collect();
+                panic!(
+                    "{cmd:?} failed: {status}; its last log lines, newest first:\n{}",
+                    tail.join("\n")
+                );
+            }
             return (peak, started.elapsed().as_secs_f64());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -431,7 +440,10 @@ fn binary_rss_kib(pid: u32) -> u64 {
         let mut fields = line.split_whitespace();
         match fields.next() {
             Some("Rss:") if in_binary => {
-                total += fields.next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+                total += fields
+                    .next()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
             }
             Some(first) if first.contains('-') && !first.ends_with(':') => {
                 in_binary = line.ends_with("/syncerd");
@@ -502,7 +514,7 @@ async fn memory(r: &mut Report, sizes: &Sizes) {
         let mut cmd = syncerd(dir.path(), &db_url, &sim.base);
         cmd.env("SYNCERD_DINGTALK__QPS_PER_API", "10000")
             .args(["sync", "s00"]);
-        let (kib, secs) = peak_rss(cmd).await;
+        let (kib, secs) = peak_rss(cmd, &dir.path().join("sync.log")).await;
         r.line(format!(
             "- {label} of {users} users: peak RSS **{:.0} MB** ({secs:.1} s)",
             kib as f64 / 1024.0
@@ -596,13 +608,16 @@ fn main() {
             std::thread::available_parallelism().map_or(0, |n| n.get())
         ));
         let started = Instant::now();
-        let fetched = fetch_only(&mut r, &sizes).await;
-        latency_bound(&mut r, &sizes).await;
-        let biggest = fetched
-            .iter()
-            .find(|f| f.users == sizes.import.0)
-            .expect("the import size is one of the fetch sizes");
-        imports(&mut r, biggest).await;
+        // `SYNCERD_BENCH_ONLY=memory` measures step 5 alone.
+        if std::env::var("SYNCERD_BENCH_ONLY").as_deref() != Ok("memory") {
+            let fetched = fetch_only(&mut r, &sizes).await;
+            latency_bound(&mut r, &sizes).await;
+            let biggest = fetched
+                .iter()
+                .find(|f| f.users == sizes.import.0)
+                .expect("the import size is one of the fetch sizes");
+            imports(&mut r, biggest).await;
+        }
         memory(&mut r, &sizes).await;
         r.line(format!(
             "Whole benchmark: {:.0} s.",
