@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 
 use common::TestDb;
 use common::pipeline::{add_syncer, apply, context, run, sync_settings};
+use common::process::free_port;
 use sea_orm::{DbBackend, EntityTrait, IntoActiveModel, Iterable, TransactionTrait};
 use syncerd::config::{DatabaseSettings, DatabaseUrl};
 use syncerd::db::entities::{casbin_user_rule, group, syncer_link, user};
@@ -74,14 +75,6 @@ fn sizes() -> Sizes {
             idle_window: Duration::from_secs(30),
         }
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// `syncerd simulate` as its own process.

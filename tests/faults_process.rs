@@ -139,6 +139,18 @@ async fn assert_stopped_between_batches(t: &TestDb, db: &Db, id: i64) -> db::Run
 }
 
 /// Every user of the simulator is there, whole.
+/// The stopped run is the newest but one, the run after it succeeded, and the database holds
+/// the whole directory.
+async fn assert_recovered(t: &TestDb, db: &Db, sim: &SimulatorHandle) {
+    assert_eq!(
+        statuses(&runs_of(db, SYNCER).await),
+        [RunStatus::Succeeded, RunStatus::Interrupted],
+        "{}",
+        t.label()
+    );
+    assert_full_directory(t, db, sim).await;
+}
+
 async fn assert_full_directory(t: &TestDb, db: &Db, sim: &SimulatorHandle) {
     let (written, _) = assert_whole(t, db, None).await;
     assert_eq!(written, USERS as u64, "{}", t.label());
@@ -200,13 +212,7 @@ async fn sigterm_stops_the_daemon_between_batches_and_the_next_daemon_completes_
         .await;
         next.signal("TERM");
         assert!(next.exit_within(Duration::from_secs(10)).await.success());
-        assert_eq!(
-            statuses(&runs_of(&db, SYNCER).await),
-            [RunStatus::Succeeded, RunStatus::Interrupted],
-            "{}",
-            t.label()
-        );
-        assert_full_directory(t, &db, &sim).await;
+        assert_recovered(t, &db, &sim).await;
         db.close().await.unwrap();
     })
     .await;
@@ -253,13 +259,7 @@ async fn kill_9_mid_apply_leaves_whole_batches_and_the_next_sync_closes_the_run_
         assert!(killed.finished_at.is_some());
         let summary = killed.error_summary.unwrap_or_default();
         assert!(summary.contains("crash, kill"), "{}: {summary}", t.label());
-        assert_eq!(
-            statuses(&runs_of(&db, SYNCER).await),
-            [RunStatus::Succeeded, RunStatus::Interrupted],
-            "{}",
-            t.label()
-        );
-        assert_full_directory(t, &db, &sim).await;
+        assert_recovered(t, &db, &sim).await;
         db.close().await.unwrap();
     })
     .await;
@@ -301,14 +301,8 @@ async fn sigterm_stops_a_foreground_sync_between_batches_and_the_next_sync_compl
             next.stdout(),
             next.stderr()
         );
-        assert_eq!(
-            statuses(&runs_of(&db, SYNCER).await),
-            [RunStatus::Succeeded, RunStatus::Interrupted],
-            "{}",
-            t.label()
-        );
         assert_eq!(run_status(&db, id).await, RunStatus::Interrupted);
-        assert_full_directory(t, &db, &sim).await;
+        assert_recovered(t, &db, &sim).await;
         db.close().await.unwrap();
     })
     .await;
