@@ -11,7 +11,7 @@ use std::process::Output;
 use common::process::{free_port, syncerd_command};
 use common::{TestDb, on_every_engine};
 use syncerd::db::{self, NewSyncer, RunStatus};
-use syncerd::dingtalk::simulator::{DEFAULT_APP_KEY, Simulator, SimulatorConfig};
+use syncerd::dingtalk::simulator::{DEFAULT_APP_KEY, Simulator, SimulatorConfig, SimulatorHandle};
 use syncerd::secret::Secret;
 
 const SECRET: &str = "Cfg-Canary-S3cret-c41";
@@ -37,9 +37,9 @@ fn text(out: &Output) -> String {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_invalid_syncer_row_fails_sync_with_one_clear_line_and_the_valid_one_still_syncs() {
-    let sim = Simulator::start(
+/// 25 users in 3 departments, answering to the tests' App Secret.
+async fn small_simulator() -> SimulatorHandle {
+    Simulator::start(
         SimulatorConfig {
             users: 25,
             departments: 3,
@@ -49,7 +49,12 @@ async fn each_invalid_syncer_row_fails_sync_with_one_clear_line_and_the_valid_on
         "127.0.0.1:0".parse().unwrap(),
     )
     .await
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_invalid_syncer_row_fails_sync_with_one_clear_line_and_the_valid_one_still_syncs() {
+    let sim = small_simulator().await;
     let base = sim.base_url();
     on_every_engine(async |t: &TestDb| {
         let work = tempfile::tempdir().unwrap();
@@ -235,17 +240,7 @@ async fn syncerd_at(dir: &Path, db_url: &str, api_base: &str, args: &[&str]) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_organization_casdoor_does_not_know_fails_the_run_before_any_call_or_write() {
-    let sim = Simulator::start(
-        SimulatorConfig {
-            users: 25,
-            departments: 3,
-            app_secret: Secret::new(SECRET),
-            ..Default::default()
-        },
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap();
+    let sim = small_simulator().await;
     let base = sim.base_url();
     on_every_engine(async |t: &TestDb| {
         let work = tempfile::tempdir().unwrap();
