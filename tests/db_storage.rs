@@ -705,6 +705,7 @@ async fn run_history_records_outcomes_filters_and_lists_newest_first() {
             syncer: Some("alpha".into()),
             instance: Some("host-a:4242".into()),
             started_before: Some(at("2026-11-25T04:00:00.000Z")),
+            ids: None,
         };
         let changed = db::mark_interrupted(
             &db,

@@ -15,8 +15,7 @@ use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QuerySele
 
 use super::entities::{syncer_lease, syncer_run};
 use super::error::QueryContext as _;
-use super::{Db, DbError, RunStatus, utc_millis};
-use crate::secret::redact_text;
+use super::{Db, DbError, RunStatus, StaleRunFilter, mark_interrupted, utc_millis};
 
 /// One lease row.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -229,24 +228,11 @@ pub async fn interrupt_orphaned_runs(
         return Ok(orphaned);
     }
     let finished_at = DateTime::<Utc>::from_timestamp_millis(now_ms).unwrap_or_else(Utc::now);
-    syncer_run::Entity::update_many()
-        .col_expr(
-            syncer_run::Column::Status,
-            Expr::value(RunStatus::Interrupted.as_str()),
-        )
-        .col_expr(
-            syncer_run::Column::FinishedAt,
-            Expr::value(utc_millis(finished_at)),
-        )
-        .col_expr(
-            syncer_run::Column::ErrorSummary,
-            Expr::value(redact_text(reason)),
-        )
-        .filter(syncer_run::Column::Status.eq(RunStatus::Running.as_str()))
-        .filter(syncer_run::Column::Id.is_in(orphaned.iter().map(|o| o.id)))
-        .exec(db.conn())
-        .await
-        .context("marking orphaned runs as interrupted in syncer_run")?;
+    let filter = StaleRunFilter {
+        ids: Some(orphaned.iter().map(|o| o.id).collect()),
+        ..StaleRunFilter::default()
+    };
+    mark_interrupted(db, &filter, finished_at, reason).await?;
     Ok(orphaned)
 }
 

@@ -188,6 +188,8 @@ pub struct StaleRunFilter {
     pub instance: Option<String>,
     /// Rows started before this time.
     pub started_before: Option<DateTime<Utc>>,
+    /// Only these run ids.
+    pub ids: Option<Vec<i64>>,
 }
 
 fn to_db(n: u64) -> i64 {
@@ -375,6 +377,9 @@ pub async fn mark_interrupted(
     }
     if let Some(before) = filter.started_before {
         update = update.filter(syncer_run::Column::StartedAt.lt(utc_millis(before)));
+    }
+    if let Some(ids) = &filter.ids {
+        update = update.filter(syncer_run::Column::Id.is_in(ids.iter().copied()));
     }
     let result = update
         .exec(db.conn())
