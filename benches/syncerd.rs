@@ -19,7 +19,8 @@
 //!    with 50 enabled syncers.
 //!
 //! `SYNCERD_BENCH_QUICK=1` runs every step at a small size (a smoke test of the runner),
-//! `SYNCERD_BENCH_ONLY=memory` only step 5. The report is printed and written to
+//! `SYNCERD_BENCH_ONLY=memory` only step 5, `SYNCERD_BENCH_ONLY=import` only steps 3–4 (fetched
+//! without a QPS cap). The report is printed and written to
 //! `target/bench-report.md`.
 
 #[path = "../tests/common/mod.rs"]
@@ -231,6 +232,27 @@ async fn fetch_only(r: &mut Report, sizes: &Sizes) -> Vec<Fetched> {
     }
     r.line("");
     out
+}
+
+/// The import's directory fetched without a QPS cap, for `SYNCERD_BENCH_ONLY=import`: the
+/// no-change column is then against this quick fetch, not DingTalk's pace.
+async fn fetch_uncapped(r: &mut Report, (users, departments): (usize, usize)) -> Fetched {
+    let sim = Sim::start(users, departments, &[]).await;
+    let started = Instant::now();
+    let directory = client(&sim.base, 10_000, 8)
+        .fetch_directory(&credentials())
+        .await
+        .unwrap();
+    let secs = started.elapsed().as_secs_f64();
+    sim.stop().await;
+    r.line(format!(
+        "Steps 3–4 alone: {users} users fetched without a QPS cap in {secs:.1} s.\n"
+    ));
+    Fetched {
+        users,
+        secs,
+        directory,
+    }
 }
 
 async fn latency_bound(r: &mut Report, sizes: &Sizes) {
@@ -601,8 +623,11 @@ fn main() {
             std::thread::available_parallelism().map_or(0, |n| n.get())
         ));
         let started = Instant::now();
-        // `SYNCERD_BENCH_ONLY=memory` measures step 5 alone.
-        if std::env::var("SYNCERD_BENCH_ONLY").as_deref() != Ok("memory") {
+        let only = std::env::var("SYNCERD_BENCH_ONLY").unwrap_or_default();
+        if only == "import" {
+            let fetched = fetch_uncapped(&mut r, sizes.import).await;
+            imports(&mut r, &fetched).await;
+        } else if only != "memory" {
             let fetched = fetch_only(&mut r, &sizes).await;
             latency_bound(&mut r, &sizes).await;
             let biggest = fetched
@@ -611,7 +636,9 @@ fn main() {
                 .expect("the import size is one of the fetch sizes");
             imports(&mut r, biggest).await;
         }
-        memory(&mut r, &sizes).await;
+        if only.is_empty() || only == "memory" {
+            memory(&mut r, &sizes).await;
+        }
         r.line(format!(
             "Whole benchmark: {:.0} s.",
             started.elapsed().as_secs_f64()

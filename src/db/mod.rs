@@ -48,10 +48,16 @@ use error::QueryContext as _;
 const SQLITE_POOL_SIZE: u32 = 4;
 /// How long a SQLite statement waits for another connection's write lock.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Prepared statements kept per connection (sqlx keeps 100). A multi-row INSERT of 181-column
-/// user rows is a statement of up to 65,535 parameters and a run prepares several shapes of
-/// them; a small cache bounds what every pooled connection holds between runs.
-const STATEMENT_CACHE: usize = 16;
+/// Prepared statements kept per SQLite connection (sqlx keeps 100). A multi-row INSERT of
+/// 181-column user rows is a compiled program of tens of thousands of parameters in this
+/// process; a small cache bounds what every pooled connection holds between runs, and evicting
+/// one costs only its re-preparation.
+const SQLITE_STATEMENT_CACHE: usize = 16;
+/// Prepared statements kept per MySQL/MariaDB or PostgreSQL connection. A run's writes come in
+/// few dozen shapes (apply splits rows into power-of-two statements): they must all stay
+/// cached, because on MySQL/MariaDB every eviction sends a `COM_STMT_CLOSE` that stalls the
+/// next statement for the server's delayed ACK (40 ms). The statements live on the server.
+const SERVER_STATEMENT_CACHE: usize = 64;
 /// How long an unused pooled connection stays open.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -133,7 +139,7 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<Db, DbError> {
                 .map_sqlx_sqlite_opts(|o| {
                     o.journal_mode(SqliteJournalMode::Wal)
                         .busy_timeout(SQLITE_BUSY_TIMEOUT)
-                        .statement_cache_capacity(STATEMENT_CACHE)
+                        .statement_cache_capacity(SQLITE_STATEMENT_CACHE)
                 });
         }
         Engine::MySql => {
@@ -141,13 +147,13 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<Db, DbError> {
                 .max_connections(settings.max_connections.max(1))
                 .map_sqlx_mysql_opts(|o| {
                     o.charset("utf8mb4")
-                        .statement_cache_capacity(STATEMENT_CACHE)
+                        .statement_cache_capacity(SERVER_STATEMENT_CACHE)
                 });
         }
         Engine::Postgres => {
             options
                 .max_connections(settings.max_connections.max(1))
-                .map_sqlx_postgres_opts(|o| o.statement_cache_capacity(STATEMENT_CACHE));
+                .map_sqlx_postgres_opts(|o| o.statement_cache_capacity(SERVER_STATEMENT_CACHE));
         }
     }
 

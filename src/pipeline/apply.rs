@@ -71,6 +71,44 @@ fn rows_per_statement(engine: Engine, params_per_row: usize, fixed: usize) -> us
     (bind_limit(engine).saturating_sub(fixed) / params_per_row.max(1)).max(1)
 }
 
+/// Splits `rows` into the statements that write them: as many full statements as fit under the
+/// bind limit, then, on SQLite and MySQL/MariaDB, the rest in power-of-two pieces (138 rows as
+/// 128 + 8 + 2).
+///
+/// Every distinct row count is a statement the driver prepares and caches per connection. With
+/// counts that follow each batch's content (casbin rows, links) a run would prepare a new one
+/// every batch and the cache would evict one each time. On MySQL/MariaDB the eviction's
+/// `COM_STMT_CLOSE` ahead of the next `COM_STMT_EXECUTE` meets Nagle's algorithm and the
+/// server's delayed ACK: 40 ms lost per batch, 24.5 s instead of 15 s for 100,000 users. On
+/// SQLite each preparation is compiled again in this process. Power-of-two pieces bound a
+/// table's shapes to about 1 + log2(rows per statement), all of which stay cached.
+///
+/// PostgreSQL keeps the fewest statements instead: evictions cost it nothing measurable, but
+/// over TCP each statement risks the same delayed ACK (sqlx sets no `TCP_NODELAY`), and the
+/// pieces made a 100,000-user import 47 s instead of 38 s.
+fn statement_chunks<T>(
+    rows: &[T],
+    engine: Engine,
+    params_per_row: usize,
+    fixed: usize,
+) -> impl Iterator<Item = &[T]> {
+    let full = rows_per_statement(engine, params_per_row, fixed);
+    let mut rest = rows;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let take = if rest.len() >= full || engine == Engine::Postgres {
+            full
+        } else {
+            1_usize << rest.len().ilog2()
+        };
+        let (head, tail) = rest.split_at(take.min(rest.len()));
+        rest = tail;
+        Some(head)
+    })
+}
+
 /// How one apply is carried out.
 #[derive(Debug, Clone)]
 pub struct ApplySettings<'a> {
@@ -678,7 +716,7 @@ impl<'a> Writer<'a> {
             group::Column::GidNumber,
             group::Column::Properties,
         ];
-        for chunk in creates.chunks(rows_per_statement(self.engine, columns.len(), 0)) {
+        for chunk in statement_chunks(&creates, self.engine, columns.len(), 0) {
             let mut stmt = Query::insert()
                 .into_table(group::Entity)
                 .columns(columns)
@@ -740,8 +778,7 @@ impl<'a> Writer<'a> {
         units: &[&Unit<'_>],
     ) -> Result<(), DbErr> {
         let creates: Vec<&NewUser> = units.iter().filter_map(|u| u.user_create).collect();
-        let per_statement = rows_per_statement(self.engine, self.user_columns.len(), 0);
-        for chunk in creates.chunks(per_statement) {
+        for chunk in statement_chunks(&creates, self.engine, self.user_columns.len(), 0) {
             let mut stmt = Query::insert()
                 .into_table(user::Entity)
                 .columns(self.user_columns.iter().copied())
@@ -763,7 +800,7 @@ impl<'a> Writer<'a> {
             .iter()
             .flat_map(|u| u.casbin_remove.iter().copied())
             .collect();
-        for chunk in rules.chunks(rows_per_statement(self.engine, 2, 1)) {
+        for chunk in statement_chunks(&rules, self.engine, 2, 1) {
             let mut any = Cond::any();
             for rule in chunk {
                 any = any.add(
@@ -800,7 +837,7 @@ impl<'a> Writer<'a> {
             casbin_user_rule::Column::V4,
             casbin_user_rule::Column::V5,
         ];
-        for chunk in rules.chunks(rows_per_statement(self.engine, columns.len(), 0)) {
+        for chunk in statement_chunks(&rules, self.engine, columns.len(), 0) {
             let mut stmt = Query::insert()
                 .into_table(casbin_user_rule::Entity)
                 .columns(columns)
@@ -861,7 +898,7 @@ impl<'a> Writer<'a> {
             if state == LinkState::Present {
                 update.push(L::LastSeenRun);
             }
-            for chunk in of_state.chunks(rows_per_statement(self.engine, columns.len(), 0)) {
+            for chunk in statement_chunks(&of_state, self.engine, columns.len(), 0) {
                 let mut stmt = Query::insert()
                     .into_table(syncer_link::Entity)
                     .columns(columns)
@@ -911,7 +948,7 @@ impl<'a> Writer<'a> {
                 .filter(|l| l.kind == kind)
                 .map(|l| l.external_id.as_str())
                 .collect();
-            for chunk in ids.chunks(rows_per_statement(self.engine, 1, 2)) {
+            for chunk in statement_chunks(&ids, self.engine, 1, 2) {
                 let stmt = Query::delete()
                     .from_table(syncer_link::Entity)
                     .and_where(L::SyncerName.eq(self.syncer))
@@ -939,7 +976,7 @@ impl<'a> Writer<'a> {
             .filter(|u| u.revoke_tokens)
             .filter_map(|u| u.user_name())
             .collect();
-        for chunk in names.chunks(rows_per_statement(self.engine, 1, 2)) {
+        for chunk in statement_chunks(&names, self.engine, 1, 2) {
             let stmt = Query::update()
                 .table(Alias::new("token"))
                 .value(Alias::new("expires_in"), 0_i32)
@@ -1150,6 +1187,8 @@ pub async fn apply_plan(db: &Db, plan: &Plan, settings: ApplySettings<'_>) -> Ap
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
     use crate::pipeline::plan::{LeftAction, Plan};
 
@@ -1268,5 +1307,35 @@ mod tests {
         assert_eq!(rows_per_statement(Engine::MySql, 181, 0), 362);
         assert!(rows_per_statement(Engine::Sqlite, 2, 1) * 2 < 32_766);
         assert_eq!(rows_per_statement(Engine::Sqlite, 100_000, 0), 1);
+    }
+
+    fn sizes(rows: usize, engine: Engine, params_per_row: usize) -> Vec<usize> {
+        let rows: Vec<usize> = (0..rows).collect();
+        let chunks: Vec<&[usize]> = statement_chunks(&rows, engine, params_per_row, 0).collect();
+        let rejoined: Vec<usize> = chunks.concat();
+        assert_eq!(rejoined, rows, "every row once, in order");
+        chunks.iter().map(|c| c.len()).collect()
+    }
+
+    #[test]
+    fn statements_are_full_then_power_of_two_pieces() {
+        assert_eq!(sizes(500, Engine::MySql, 181), vec![362, 128, 8, 2]);
+        assert_eq!(sizes(1_000, Engine::MySql, 181), vec![362, 362, 256, 16, 4]);
+        assert_eq!(sizes(181, Engine::Sqlite, 181), vec![181]);
+        assert_eq!(sizes(7, Engine::Sqlite, 181), vec![4, 2, 1]);
+        assert!(sizes(0, Engine::Postgres, 7).is_empty());
+        assert_eq!(sizes(3, Engine::Sqlite, 100_000), vec![1, 1, 1]);
+        assert_eq!(sizes(500, Engine::Postgres, 181), vec![362, 138]);
+    }
+
+    #[test]
+    fn any_batch_of_casbin_rows_needs_few_statement_shapes() {
+        // Casbin rows per batch follow the batch's users: every count up to 5,000 together
+        // prepares 1 + log2(5,000) shapes, not 5,000.
+        let mut shapes = BTreeSet::new();
+        for rows in 1..=5_000 {
+            shapes.extend(sizes(rows, Engine::MySql, 7));
+        }
+        assert_eq!(shapes.len(), 13, "{shapes:?}");
     }
 }
