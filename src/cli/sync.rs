@@ -8,6 +8,7 @@ use anyhow::bail;
 use chrono::Utc;
 use clap::Args;
 use syncerd::config::Settings;
+use syncerd::daemon::lease::{HeldLease, LeaseTiming, Renewal};
 use syncerd::db::leases::{
     ORPHANED_RUN_REASON, acquire_lease, epoch_millis, get_lease, release_lease, renew_lease,
 };
@@ -164,7 +165,12 @@ pub async fn run(settings: &Settings, args: SyncArgs) -> anyhow::Result<ExitCode
     // Ctrl-C or SIGTERM (systemd, Docker, a CronJob) stops the run at its next safe point; the
     // lease is renewed while it lasts.
     let mut terminate = signal(SignalKind::terminate())?;
-    let mut renew = tokio::time::interval(LEASE_TTL / 3);
+    let timing = LeaseTiming {
+        ttl: LEASE_TTL,
+        renew_every: LEASE_TTL / 3,
+    };
+    let mut held = HeldLease::taken(timing, epoch_millis());
+    let mut renew = tokio::time::interval(timing.renew_every);
     renew.tick().await;
     let report = loop {
         tokio::select! {
@@ -178,9 +184,20 @@ pub async fn run(settings: &Settings, args: SyncArgs) -> anyhow::Result<ExitCode
                 cancel.cancel();
             }
             _ = renew.tick(), if lease.is_some() => {
-                if !renew_lease(&db, &syncer.name, &instance, epoch_millis(), LEASE_TTL).await.unwrap_or(false) {
-                    tracing::warn!("lost the lease of syncer {}; stopping at the next safe point", syncer.name);
-                    cancel.cancel();
+                let now = epoch_millis();
+                let result = renew_lease(&db, &syncer.name, &instance, now, LEASE_TTL).await;
+                let error = result.as_ref().err().map(ToString::to_string).unwrap_or_default();
+                match held.renewal(now, result.ok(), epoch_millis()) {
+                    Renewal::Renewed => {}
+                    Renewal::Lost => {
+                        tracing::warn!("lost the lease of syncer {} to another process; stopping at the next safe point", syncer.name);
+                        cancel.cancel();
+                    }
+                    Renewal::Expiring => {
+                        tracing::warn!("cannot renew the lease of syncer {} ({error}) and it is about to expire; stopping at the next safe point", syncer.name);
+                        cancel.cancel();
+                    }
+                    Renewal::Retry => tracing::warn!("renewing the lease of syncer {} failed: {error}; retrying", syncer.name),
                 }
             }
         }

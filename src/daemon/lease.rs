@@ -7,6 +7,8 @@
 
 use std::time::Duration;
 
+use crate::db::leases::lease_expiry;
+
 /// Shortest lease TTL, whatever the reload interval.
 pub const MIN_LEASE_TTL: Duration = Duration::from_secs(2);
 /// Longest lease TTL (the default with a 5 s reload interval).
@@ -40,6 +42,53 @@ impl LeaseTiming {
     }
 }
 
+/// A lease a run holds: until when it is known to hold, and what each renewal attempt means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeldLease {
+    timing: LeaseTiming,
+    held_until_ms: i64,
+}
+
+/// What one renewal attempt means for the run holding the lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    /// Renewed for another TTL.
+    Renewed,
+    /// The lease expired and another process took it: stop now.
+    Lost,
+    /// The attempt failed (a busy or unreachable database) but the lease holds until the next
+    /// one: keep running.
+    Retry,
+    /// The attempt failed and the lease may expire before the next one: stop now.
+    Expiring,
+}
+
+impl HeldLease {
+    /// A lease taken at `taken_at_ms`.
+    pub fn taken(timing: LeaseTiming, taken_at_ms: i64) -> Self {
+        HeldLease {
+            timing,
+            held_until_ms: lease_expiry(taken_at_ms, timing.ttl),
+        }
+    }
+
+    /// Records a renewal attempted at `attempted_at_ms`: `Some(true)` renewed, `Some(false)` held
+    /// by another process, `None` failed. A single failure (SQLite's writer lock taken by the
+    /// run's own batches for longer than the busy timeout, a blip of the network) must not stop
+    /// a run whose lease still holds.
+    pub fn renewal(&mut self, attempted_at_ms: i64, renewed: Option<bool>, now_ms: i64) -> Renewal {
+        match renewed {
+            Some(true) => {
+                self.held_until_ms = lease_expiry(attempted_at_ms, self.timing.ttl);
+                Renewal::Renewed
+            }
+            Some(false) => Renewal::Lost,
+            None if self.timing.must_stop(self.held_until_ms, now_ms) => Renewal::Expiring,
+            None => Renewal::Retry,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -68,5 +117,34 @@ mod tests {
         // Second one (40 s later) failed too: the third might be too late.
         assert!(t.must_stop(held_until, renewed_at + 40_000));
         assert!(t.must_stop(held_until, held_until + 1));
+    }
+
+    #[test]
+    fn a_failed_renewal_is_retried_while_the_lease_holds() {
+        let t = LeaseTiming::for_reload_interval(Duration::from_secs(5));
+        let start = 1_000_000;
+        let mut lease = HeldLease::taken(t, start);
+        assert_eq!(
+            lease.renewal(start + 20_000, None, start + 25_000),
+            Renewal::Retry
+        );
+        // A later success moves the expiry, so the next failure is retried again.
+        let renewed = start + 40_000;
+        assert_eq!(
+            lease.renewal(renewed, Some(true), renewed),
+            Renewal::Renewed
+        );
+        assert_eq!(
+            lease.renewal(renewed + 20_000, None, renewed + 20_000),
+            Renewal::Retry
+        );
+        assert_eq!(
+            lease.renewal(renewed + 40_000, None, renewed + 40_000),
+            Renewal::Expiring
+        );
+        assert_eq!(
+            lease.renewal(renewed + 41_000, Some(false), renewed + 41_000),
+            Renewal::Lost
+        );
     }
 }

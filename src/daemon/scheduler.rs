@@ -26,14 +26,14 @@ use uuid::Uuid;
 
 use crate::config::Settings;
 use crate::db::leases::{
-    ORPHANED_RUN_REASON, acquire_lease, epoch_millis, interrupt_orphaned_runs, lease_expiry,
-    release_lease, renew_lease,
+    ORPHANED_RUN_REASON, acquire_lease, epoch_millis, interrupt_orphaned_runs, release_lease,
+    renew_lease,
 };
 use crate::db::{self, Db, RunStatus, RunTrigger, SYNCER_OWNER, SyncerRow};
 use crate::pipeline::Mapping;
 use crate::secret::Secret;
 
-use super::lease::LeaseTiming;
+use super::lease::{HeldLease, LeaseTiming, Renewal};
 use super::metrics::{Metrics, SkipReason, unix_seconds_now};
 use super::{RunFn, RunRequest, RunSummary};
 
@@ -957,7 +957,7 @@ async fn run_task(
             return;
         }
     }
-    let mut held_until = lease_expiry(taken_at, lease.ttl);
+    let mut held = HeldLease::taken(lease, taken_at);
 
     shared.metrics.run_started();
     tracing::info!("syncer {name}: {trigger} run starting");
@@ -991,26 +991,27 @@ async fn run_task(
             },
             _ = renew.tick() => {
                 let now = epoch_millis();
-                match shared
+                let result = shared
                     .timed("renewing the lease", renew_lease(&db, &name, &shared.instance, now, lease.ttl))
-                    .await
-                {
-                    Ok(true) => held_until = lease_expiry(now, lease.ttl),
-                    Ok(false) => {
+                    .await;
+                let error = result.as_ref().err().map(ToString::to_string).unwrap_or_default();
+                match held.renewal(now, result.ok(), epoch_millis()) {
+                    Renewal::Renewed => {}
+                    Renewal::Lost => {
                         tracing::warn!(
                             "syncer {name}: lost its lease (it expired and another instance took \
                              it); stopping the run"
                         );
                         cancel.cancel();
                     }
-                    Err(e) if lease.must_stop(held_until, epoch_millis()) => {
+                    Renewal::Expiring => {
                         tracing::warn!(
-                            "syncer {name}: cannot renew its lease ({e}) and it is about to \
+                            "syncer {name}: cannot renew its lease ({error}) and it is about to \
                              expire; stopping the run"
                         );
                         cancel.cancel();
                     }
-                    Err(e) => tracing::warn!("syncer {name}: renewing its lease failed: {e}; retrying"),
+                    Renewal::Retry => tracing::warn!("syncer {name}: renewing its lease failed: {error}; retrying"),
                 }
             }
         }
