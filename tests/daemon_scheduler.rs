@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use common::{TestDb, eventually, on_every_engine, runs_of};
 use futures_util::FutureExt as _;
+use sea_orm::ConnectionTrait as _;
 use syncerd::config::Settings;
 use syncerd::daemon::{
     self, Control, ControlSource, DaemonExit, DaemonOptions, RunFn, RunRequest, RunSummary,
@@ -633,6 +634,60 @@ async fn running_rows_of_a_gone_process_are_recovered_but_live_ones_are_not() {
         db.close().await.unwrap();
     })
     .await;
+}
+
+/// SQLite serves one writer at a time. A run writing batch after batch must let the lease
+/// renewal of the same process in between: starved, the renewal failed after the busy timeout
+/// (5 s) and a 100,000-user import lost its lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_renewal_gets_between_back_to_back_sqlite_batches() {
+    let t = TestDb::sqlite().await;
+    let db = t.migrated().await;
+    let ttl = Duration::from_secs(60);
+    assert!(
+        acquire_lease(&db, "s", "a:1:x", epoch_millis(), ttl)
+            .await
+            .unwrap()
+    );
+    db.conn()
+        .execute_unprepared("CREATE TABLE batch_rows (n INTEGER)")
+        .await
+        .unwrap();
+
+    // Batches as apply writes them: the turn, BEGIN IMMEDIATE, rows, 50 ms of work, COMMIT,
+    // and the next batch at once; for at most 8 s.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (db, stop) = (db.clone(), stop.clone());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let mut batches = 0;
+            while !stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(8) {
+                let _turn = db.write_turn().await.unwrap();
+                let txn = db.begin_write().await.unwrap();
+                txn.execute_unprepared("INSERT INTO batch_rows VALUES (1)")
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                txn.commit().await.unwrap();
+                batches += 1;
+            }
+            (batches, stop.load(Ordering::SeqCst))
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let renewed = renew_lease(&db, "s", "a:1:x", epoch_millis(), ttl).await;
+    stop.store(true, Ordering::SeqCst);
+    let (batches, stopped_by_us) = writer.await.unwrap();
+    assert!(
+        renewed.as_ref().is_ok_and(|held| *held),
+        "the renewal failed behind the batches: {renewed:?}"
+    );
+    assert!(
+        stopped_by_us && batches >= 3,
+        "the renewal only went through once the batches ended ({batches} batches)"
+    );
+    db.close().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -77,6 +77,7 @@ pub async fn acquire_lease(
 ) -> Result<bool, DbError> {
     let expires_at = lease_expiry(now_ms, ttl);
     let context = || format!("taking the lease of syncer {syncer} in syncer_lease");
+    let _turn = db.write_turn().await.with_context(context)?;
 
     // Take over an expired lease: the condition and the write are one statement.
     let taken = syncer_lease::Entity::update_many()
@@ -127,30 +128,39 @@ pub async fn renew_lease(
     ttl: Duration,
 ) -> Result<bool, DbError> {
     let expires_at = lease_expiry(now_ms, ttl);
+    let context = || format!("renewing the lease of syncer {syncer} in syncer_lease");
+    let turn = db.write_turn().await.with_context(context)?;
     syncer_lease::Entity::update_many()
         .col_expr(syncer_lease::Column::ExpiresAt, Expr::value(expires_at))
         .filter(syncer_lease::Column::SyncerName.eq(syncer))
         .filter(syncer_lease::Column::Holder.eq(holder))
         .exec(db.conn())
         .await
-        .with_context(|| format!("renewing the lease of syncer {syncer} in syncer_lease"))?;
+        .with_context(context)?;
+    drop(turn);
     let current = get_lease(db, syncer).await?;
     Ok(current.is_some_and(|l| l.holder == holder && l.expires_at == expires_at))
 }
 
 /// Gives up the lease of `syncer` if `holder` holds it.
 pub async fn release_lease(db: &Db, syncer: &str, holder: &str) -> Result<(), DbError> {
+    let context = || format!("releasing the lease of syncer {syncer} in syncer_lease");
+    let _turn = db.write_turn().await.with_context(context)?;
     syncer_lease::Entity::delete_many()
         .filter(syncer_lease::Column::SyncerName.eq(syncer))
         .filter(syncer_lease::Column::Holder.eq(holder))
         .exec(db.conn())
         .await
-        .with_context(|| format!("releasing the lease of syncer {syncer} in syncer_lease"))?;
+        .with_context(context)?;
     Ok(())
 }
 
 /// Gives up every lease `holder` holds (on exit). Returns how many there were.
 pub async fn release_all_leases(db: &Db, holder: &str) -> Result<u64, DbError> {
+    let _turn = db
+        .write_turn()
+        .await
+        .context("releasing this process's leases in syncer_lease")?;
     let result = syncer_lease::Entity::delete_many()
         .filter(syncer_lease::Column::Holder.eq(holder))
         .exec(db.conn())

@@ -16,15 +16,19 @@ pub mod runs;
 pub mod syncers;
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use migrations::casdoor::CasdoorTable;
 use migrations::{Migrator, MigratorTrait};
 use sea_orm::sqlx::sqlite::SqliteJournalMode;
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbErr,
-    SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
+    ConnAcquireErr, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
+    DatabaseTransaction, DbErr, SqliteTransactionMode, Statement, TransactionOptions,
+    TransactionTrait,
 };
+
+use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::config::{DatabaseSettings, Engine};
 use crate::secret::redact_text;
@@ -61,13 +65,23 @@ const SERVER_STATEMENT_CACHE: usize = 64;
 /// How long an unused pooled connection stays open.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long a SQLite write waits for its turn behind this process's other writers.
+const SQLITE_WRITE_TURN_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// An open connection pool and the engine behind it.
 #[derive(Clone)]
 pub struct Db {
     conn: DatabaseConnection,
     engine: Engine,
     url: String,
+    /// SQLite only: this process's writers take turns here, first come first served.
+    sqlite_writers: Option<Arc<Mutex<()>>>,
 }
+
+/// This process's turn to write to SQLite, held until the write transaction ends; nothing on
+/// the other engines, whose row locks need no such queue.
+#[must_use = "the turn ends when it is dropped"]
+pub struct WriteTurn(#[allow(dead_code)] Option<OwnedMutexGuard<()>>);
 
 impl Db {
     /// The sea-orm connection, for entity queries.
@@ -82,6 +96,24 @@ impl Db {
     /// The database URL with its password redacted, for messages.
     pub fn redacted_url(&self) -> &str {
         &self.url
+    }
+
+    /// Waits for this process's turn to write (SQLite only).
+    ///
+    /// SQLite has one writer at a time, and a writer that finds the lock taken polls for it with
+    /// growing sleeps. An apply that commits a batch and at once begins the next one leaves
+    /// microseconds between the two, so a waiting writer of the same process (a lease renewal,
+    /// a run record) could miss every gap until its busy timeout failed it: a 100,000-user
+    /// import on a busy machine lost its lease that way. Writers that take their turn here are
+    /// served in arrival order, between the apply's batches.
+    pub async fn write_turn(&self) -> Result<WriteTurn, DbErr> {
+        let Some(writers) = &self.sqlite_writers else {
+            return Ok(WriteTurn(None));
+        };
+        match tokio::time::timeout(SQLITE_WRITE_TURN_TIMEOUT, writers.clone().lock_owned()).await {
+            Ok(guard) => Ok(WriteTurn(Some(guard))),
+            Err(_) => Err(DbErr::ConnectionAcquire(ConnAcquireErr::Timeout)),
+        }
     }
 
     /// Starts a transaction that will write. On SQLite it takes the write lock up front
@@ -200,7 +232,13 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<Db, DbError> {
         }
     }
 
-    Ok(Db { conn, engine, url })
+    let sqlite_writers = (engine == Engine::Sqlite).then(|| Arc::new(Mutex::new(())));
+    Ok(Db {
+        conn,
+        engine,
+        url,
+        sqlite_writers,
+    })
 }
 
 /// The error of one connection attempt outside the pool, if it fails.

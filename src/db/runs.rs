@@ -212,6 +212,7 @@ pub async fn insert_run(db: &Db, run: NewRun) -> Result<i64, DbError> {
             run.syncer_name
         )
     };
+    let _turn = db.write_turn().await.with_context(context)?;
     let zero = || Set(0_i64);
     let row = syncer_run::ActiveModel {
         id: NotSet,
@@ -249,6 +250,7 @@ pub async fn insert_run(db: &Db, run: NewRun) -> Result<i64, DbError> {
 /// Completes run `id` with its outcome. [`DbError::RunNotFound`] when there is no such run.
 pub async fn finish_run(db: &Db, id: i64, outcome: RunOutcome) -> Result<(), DbError> {
     let context = || format!("recording the outcome of run {id} in syncer_run");
+    let _turn = db.write_turn().await.with_context(context)?;
     let details = outcome.details.as_ref().map(serde_json::Value::to_string);
     let c = outcome.counts;
     let result = syncer_run::Entity::update_many()

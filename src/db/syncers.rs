@@ -237,6 +237,7 @@ pub async fn append_syncer_error(db: &Db, name: &str, message: &str) -> Result<(
     );
     let context = || format!("appending to error_text of syncer {SYNCER_OWNER}/{name}");
 
+    let _turn = db.write_turn().await.with_context(context)?;
     let txn = db.begin_write().await.with_context(context)?;
     let current: Option<Option<String>> =
         syncer::Entity::find_by_id((SYNCER_OWNER.to_owned(), name.to_owned()))

@@ -1034,6 +1034,12 @@ impl Scope<'_> {
 
     /// Writes `units` in one transaction, committed when every statement succeeds.
     async fn write(&self, writer: &Writer<'_>, units: &[&Unit<'_>]) -> Result<(), DbErr> {
+        // One batch per turn: this process's other writers (a lease renewal, a run record)
+        // go between two batches instead of starving behind them.
+        let _turn = match self {
+            Scope::Pool(db) => Some(db.write_turn().await?),
+            Scope::DryRun(_) => None,
+        };
         let txn = self.begin().await?;
         match writer.write(&txn, units).await {
             Ok(()) => txn.commit().await,
