@@ -153,19 +153,15 @@ async fn assert_recovered(t: &TestDb, db: &Db, sim: &SimulatorHandle) {
 
 async fn assert_full_directory(t: &TestDb, db: &Db, sim: &SimulatorHandle) {
     let (written, _) = assert_whole(t, db, None).await;
-    assert_eq!(written, USERS as u64, "{}", t.label());
+    let org = sim.org();
+    assert_eq!(written, org.users.len() as u64, "{}", t.label());
     let mut ids: Vec<String> = users(db)
         .await
         .into_iter()
         .map(|u| u.id.unwrap_or_default())
         .collect();
     ids.sort();
-    let mut expected: Vec<String> = sim
-        .org()
-        .users
-        .iter()
-        .map(|u| u.profile.userid.clone())
-        .collect();
+    let mut expected: Vec<String> = org.users.iter().map(|u| u.profile.userid.clone()).collect();
     expected.sort();
     assert_eq!(ids, expected, "{}", t.label());
 }
@@ -303,6 +299,58 @@ async fn sigterm_stops_a_foreground_sync_between_batches_and_the_next_sync_compl
         );
         assert_eq!(run_status(&db, id).await, RunStatus::Interrupted);
         assert_recovered(t, &db, &sim).await;
+        db.close().await.unwrap();
+    })
+    .await;
+    sim.shutdown().await.unwrap();
+}
+
+/// A foreground sync whose apply outlasts its lease keeps the lease: the
+/// renewals get between the batches (on SQLite they once starved behind them and the run was
+/// cancelled) and never stop the run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreground_sync_keeps_renewing_its_lease_through_a_long_apply() {
+    let sim = Simulator::start(
+        SimulatorConfig {
+            users: 4 * USERS,
+            departments: 20,
+            app_secret: Secret::new(SECRET),
+            ..Default::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    on_every_engine(async |t: &TestDb| {
+        let db = setup(t).await;
+        // One unit per transaction: the most back-to-back batches, the longest apply.
+        let (base, batch) = (sim.base_url(), "1".to_owned());
+        // A 100 ms reload interval gives the shortest lease: 2 s, renewed every 667 ms.
+        let mut s = Syncerd::spawn(
+            t.url(),
+            &["sync", SYNCER],
+            &[
+                ("SYNCERD_DINGTALK__API_BASE", &base),
+                ("SYNCERD_DINGTALK__QPS_PER_API", "50"),
+                ("SYNCERD_SYNC__BATCH_SIZE", &batch),
+                ("SYNCERD_SCHEDULER__RELOAD_INTERVAL", "100ms"),
+            ],
+        );
+        let status = s.exit_within(Duration::from_secs(120)).await;
+        let (out, log) = (s.stdout(), s.stderr());
+        assert!(status.success(), "{}: {out}\n{log}", t.label());
+        assert!(!log.contains("lease"), "{}: {log}", t.label());
+        let runs = runs_of(&db, SYNCER).await;
+        let run = runs.first().unwrap();
+        assert_eq!(run.status, RunStatus::Succeeded, "{}", t.label());
+        assert!(
+            run.duration.unwrap_or_default() > Duration::from_secs(3),
+            "{}: the run took {:?}, not longer than its 2 s lease",
+            t.label(),
+            run.duration
+        );
+        assert_full_directory(t, &db, &sim).await;
+        assert_eq!(get_lease(&db, SYNCER).await.unwrap(), None, "{}", t.label());
         db.close().await.unwrap();
     })
     .await;

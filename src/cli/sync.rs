@@ -2,7 +2,6 @@
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::bail;
 use chrono::Utc;
@@ -12,7 +11,7 @@ use syncerd::daemon::lease::{HeldLease, LeaseTiming, Renewal};
 use syncerd::db::leases::{
     ORPHANED_RUN_REASON, acquire_lease, epoch_millis, get_lease, release_lease, renew_lease,
 };
-use syncerd::db::{RunMode, RunTrigger, StaleRunFilter, mark_interrupted};
+use syncerd::db::{Db, RunMode, RunTrigger, StaleRunFilter, mark_interrupted};
 use syncerd::dingtalk::{Client, Credentials, FetchProgress};
 use syncerd::pipeline::{Phase, Progress, RunContext, RunOptions, process_instance, run_once};
 use tokio::signal::unix::{SignalKind, signal};
@@ -20,9 +19,6 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::OutputFormat;
-
-/// How long a foreground run's lease lives without renewal (a daemon takes it over after that).
-const LEASE_TTL: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Args)]
 pub struct SyncArgs {
@@ -100,12 +96,15 @@ pub async fn run(settings: &Settings, args: SyncArgs) -> anyhow::Result<ExitCode
         RunMode::Apply
     };
     let instance = format!("{}:cli", process_instance());
+    // The same lease as a daemon's run: 12 reload intervals (60 s by default), renewed every
+    // third of that.
+    let timing = LeaseTiming::for_reload_interval(settings.scheduler.reload_interval);
 
     // A real run takes the syncer's lease so it never overlaps a daemon's run of it.
     let lease = if args.dry_run {
         None
     } else {
-        if !acquire_lease(&db, &syncer.name, &instance, epoch_millis(), LEASE_TTL).await? {
+        if !acquire_lease(&db, &syncer.name, &instance, epoch_millis(), timing.ttl).await? {
             let holder = get_lease(&db, &syncer.name)
                 .await?
                 .map(|l| l.holder)
@@ -162,16 +161,20 @@ pub async fn run(settings: &Settings, args: SyncArgs) -> anyhow::Result<ExitCode
     let run = run_once(&ctx, &syncer, fetch, options);
     tokio::pin!(run);
 
-    // Ctrl-C or SIGTERM (systemd, Docker, a CronJob) stops the run at its next safe point; the
-    // lease is renewed while it lasts.
+    // The lease is renewed by a task of its own: renewing inside the loop below would stop
+    // polling the run, which may hold SQLite's write turn the renewal waits for.
+    let renewer = lease.as_ref().map(|holder| {
+        tokio::spawn(keep_lease(
+            db.clone(),
+            timing,
+            syncer.name.clone(),
+            holder.clone(),
+            cancel.clone(),
+        ))
+    });
+
+    // Ctrl-C or SIGTERM (systemd, Docker, a CronJob) stops the run at its next safe point.
     let mut terminate = signal(SignalKind::terminate())?;
-    let timing = LeaseTiming {
-        ttl: LEASE_TTL,
-        renew_every: LEASE_TTL / 3,
-    };
-    let mut held = HeldLease::taken(timing, epoch_millis());
-    let mut renew = tokio::time::interval(timing.renew_every);
-    renew.tick().await;
     let report = loop {
         tokio::select! {
             report = &mut run => break report,
@@ -183,25 +186,11 @@ pub async fn run(settings: &Settings, args: SyncArgs) -> anyhow::Result<ExitCode
                 tracing::warn!("SIGTERM: stopping at the next safe point (between batches)");
                 cancel.cancel();
             }
-            _ = renew.tick(), if lease.is_some() => {
-                let now = epoch_millis();
-                let result = renew_lease(&db, &syncer.name, &instance, now, LEASE_TTL).await;
-                let error = result.as_ref().err().map(ToString::to_string).unwrap_or_default();
-                match held.renewal(now, result.ok(), epoch_millis()) {
-                    Renewal::Renewed => {}
-                    Renewal::Lost => {
-                        tracing::warn!("lost the lease of syncer {} to another process; stopping at the next safe point", syncer.name);
-                        cancel.cancel();
-                    }
-                    Renewal::Expiring => {
-                        tracing::warn!("cannot renew the lease of syncer {} ({error}) and it is about to expire; stopping at the next safe point", syncer.name);
-                        cancel.cancel();
-                    }
-                    Renewal::Retry => tracing::warn!("renewing the lease of syncer {} failed: {error}; retrying", syncer.name),
-                }
-            }
         }
     };
+    if let Some(renewer) = renewer {
+        renewer.abort();
+    }
     if let Some(bar) = bar {
         let _ = bar.await;
     }
@@ -219,4 +208,46 @@ pub async fn run(settings: &Settings, args: SyncArgs) -> anyhow::Result<ExitCode
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Renews the lease of `syncer` every third of its TTL until aborted; cancels the run when the
+/// lease is lost or about to expire unrenewed.
+async fn keep_lease(
+    db: Db,
+    timing: LeaseTiming,
+    syncer: String,
+    holder: String,
+    cancel: CancellationToken,
+) {
+    let mut held = HeldLease::taken(timing, epoch_millis());
+    let mut renew = tokio::time::interval(timing.renew_every);
+    renew.tick().await;
+    loop {
+        renew.tick().await;
+        let now = epoch_millis();
+        let result = renew_lease(&db, &syncer, &holder, now, timing.ttl).await;
+        let error = result
+            .as_ref()
+            .err()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        match held.renewal(now, result.ok(), epoch_millis()) {
+            Renewal::Renewed => {}
+            Renewal::Lost => {
+                tracing::warn!(
+                    "lost the lease of syncer {syncer} to another process; stopping at the next safe point"
+                );
+                cancel.cancel();
+            }
+            Renewal::Expiring => {
+                tracing::warn!(
+                    "cannot renew the lease of syncer {syncer} ({error}) and it is about to expire; stopping at the next safe point"
+                );
+                cancel.cancel();
+            }
+            Renewal::Retry => {
+                tracing::warn!("renewing the lease of syncer {syncer} failed: {error}; retrying");
+            }
+        }
+    }
 }
