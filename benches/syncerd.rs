@@ -56,6 +56,8 @@ struct Sizes {
     import: (usize, usize),
     idle_syncers: usize,
     idle_window: Duration,
+    /// Further wait before the second idle reading (past the pool's 60 s idle timeout).
+    pool_idle_wait: Duration,
 }
 
 fn sizes() -> Sizes {
@@ -66,6 +68,7 @@ fn sizes() -> Sizes {
             import: (1_000, 40),
             idle_syncers: 5,
             idle_window: Duration::from_secs(3),
+            pool_idle_wait: Duration::from_secs(2),
         }
     } else {
         Sizes {
@@ -74,6 +77,7 @@ fn sizes() -> Sizes {
             import: (100_000, 2_000),
             idle_syncers: 50,
             idle_window: Duration::from_secs(30),
+            pool_idle_wait: Duration::from_secs(60),
         }
     }
 }
@@ -596,6 +600,15 @@ async fn memory(r: &mut Report, sizes: &Sizes) {
         ticks as f64 / 100.0,
         sizes.idle_window.as_secs(),
         ticks as f64 / sizes.idle_window.as_secs_f64()
+    ));
+    // Later, once the pool has closed the connections the runs left idle (60 s), as a daemon
+    // between hourly runs is.
+    tokio::time::sleep(sizes.pool_idle_wait).await;
+    let settled = status_kib(pid, "VmRSS:").unwrap();
+    r.line(format!(
+        "- the same daemon {} s after the runs, once the pool closed its idle connections: RSS **{:.1} MB**",
+        (sizes.pool_idle_wait + sizes.idle_window + Duration::from_secs(5)).as_secs(),
+        settled as f64 / 1024.0
     ));
     let _ = child.kill().await;
     sim.stop().await;
