@@ -225,13 +225,18 @@ async fn keep_lease(
     loop {
         renew.tick().await;
         let now = epoch_millis();
-        let result = renew_lease(&db, &syncer, &holder, now, timing.ttl).await;
-        let error = result
-            .as_ref()
-            .err()
-            .map(ToString::to_string)
-            .unwrap_or_default();
-        match held.renewal(now, result.ok(), epoch_millis()) {
+        // A renewal that hangs (a database gone silent) counts as failed once the next is due.
+        let attempt = tokio::time::timeout(
+            timing.renew_every,
+            renew_lease(&db, &syncer, &holder, now, timing.ttl),
+        )
+        .await;
+        let (renewed, error) = match attempt {
+            Ok(Ok(held)) => (Some(held), String::new()),
+            Ok(Err(e)) => (None, e.to_string()),
+            Err(_) => (None, format!("no answer within {:?}", timing.renew_every)),
+        };
+        match held.renewal(now, renewed, epoch_millis()) {
             Renewal::Renewed => {}
             Renewal::Lost => {
                 tracing::warn!(
