@@ -166,6 +166,10 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<Db, DbError> {
         Engine::Sqlite => {
             // Every connection to `sqlite::memory:` is a database of its own: share one.
             let in_memory = driver_url.contains(":memory:") || driver_url.contains("mode=memory");
+            if in_memory {
+                // Closing its one connection, idle or old, would drop the database.
+                options.idle_timeout(None).max_lifetime(None);
+            }
             options
                 .max_connections(if in_memory { 1 } else { SQLITE_POOL_SIZE })
                 .map_sqlx_sqlite_opts(|o| {
