@@ -76,16 +76,19 @@ fn daemon(t: &TestDb, sim: &SimulatorHandle, batch: u64) -> Syncerd {
 
 /// `syncerd sync SYNCER` against the simulator, writing `batch` units per transaction.
 fn sync(t: &TestDb, sim: &SimulatorHandle, batch: u64) -> Syncerd {
+    sync_with(t, sim, batch, &[])
+}
+
+/// [`sync`] with further environment variables.
+fn sync_with(t: &TestDb, sim: &SimulatorHandle, batch: u64, extra: &[(&str, &str)]) -> Syncerd {
     let (base, batch) = (sim.base_url(), batch.to_string());
-    Syncerd::spawn(
-        t.url(),
-        &["sync", SYNCER],
-        &[
-            ("SYNCERD_DINGTALK__API_BASE", &base),
-            ("SYNCERD_DINGTALK__QPS_PER_API", "50"),
-            ("SYNCERD_SYNC__BATCH_SIZE", &batch),
-        ],
-    )
+    let mut env = vec![
+        ("SYNCERD_DINGTALK__API_BASE", base.as_str()),
+        ("SYNCERD_DINGTALK__QPS_PER_API", "50"),
+        ("SYNCERD_SYNC__BATCH_SIZE", batch.as_str()),
+    ];
+    env.extend_from_slice(extra);
+    Syncerd::spawn(t.url(), &["sync", SYNCER], &env)
 }
 
 async fn users_written(t: &TestDb, db: &Db) -> i64 {
@@ -323,18 +326,13 @@ async fn a_foreground_sync_keeps_renewing_its_lease_through_a_long_apply() {
     .unwrap();
     on_every_engine(async |t: &TestDb| {
         let db = setup(t).await;
-        // One unit per transaction: the most back-to-back batches, the longest apply.
-        let (base, batch) = (sim.base_url(), "1".to_owned());
-        // A 100 ms reload interval gives the shortest lease: 2 s, renewed every 667 ms.
-        let mut s = Syncerd::spawn(
-            t.url(),
-            &["sync", SYNCER],
-            &[
-                ("SYNCERD_DINGTALK__API_BASE", &base),
-                ("SYNCERD_DINGTALK__QPS_PER_API", "50"),
-                ("SYNCERD_SYNC__BATCH_SIZE", &batch),
-                ("SYNCERD_SCHEDULER__RELOAD_INTERVAL", "100ms"),
-            ],
+        // One unit per transaction: the most back-to-back batches, the longest apply. A 100 ms
+        // reload interval gives the shortest lease: 2 s, renewed every 667 ms.
+        let mut s = sync_with(
+            t,
+            &sim,
+            1,
+            &[("SYNCERD_SCHEDULER__RELOAD_INTERVAL", "100ms")],
         );
         let status = s.exit_within(Duration::from_secs(120)).await;
         let (out, log) = (s.stdout(), s.stderr());
