@@ -6,6 +6,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// jemalloc, with its settings in `.cargo/config.toml`; `--no-default-features` builds with the
+/// system allocator (for heaptrack, which cannot see jemalloc's calls).
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -863,3 +863,49 @@ async fn mysql_urls_without_a_database_are_refused_with_a_hint() {
     assert!(err.contains("names no database"), "{err}");
     t.cleanup().await;
 }
+
+/// Between runs an idle SQLite connection gives up its cached statements (megabytes each for a
+/// run's multi-row INSERTs); a connection keeps working afterwards.
+#[tokio::test]
+async fn release_idle_memory_empties_the_idle_sqlite_connections_statement_caches() {
+    use sea_orm::sqlx::{Connection, Executor};
+
+    let t = TestDb::sqlite().await;
+    let db = t.connect().await;
+    db::migrate(&db).await.unwrap();
+    db::add_syncer(&db, new_syncer("s1")).await.unwrap();
+    let pool = db.conn().get_sqlite_connection_pool();
+    // Two connections at once, each preparing (and caching) a statement.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut conn = pool.acquire().await.unwrap();
+        let n: i64 = sea_orm::sqlx::query_scalar("SELECT COUNT(*) FROM syncer WHERE name = ?")
+            .bind("s1")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+        assert!(conn.cached_statements_size() > 0);
+        held.push(conn);
+    }
+    drop(held);
+
+    db.release_idle_memory().await;
+
+    // Connections go back to the pool in tasks of their own.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while pool.num_idle() < 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut conns = Vec::new();
+    while let Some(conn) = pool.try_acquire() {
+        conns.push(conn);
+    }
+    assert!(conns.len() >= 2, "{} idle connections", conns.len());
+    for conn in &mut conns {
+        assert_eq!(conn.cached_statements_size(), 0);
+        conn.execute("SELECT 1").await.unwrap();
+    }
+    drop(conns);
+    assert_eq!(db::list_syncers(&db).await.unwrap().len(), 1);
+}

@@ -34,6 +34,8 @@ pub fn pipeline_run_fn(sync: SyncSettings, client: Client) -> RunFn {
             };
             let fetch = client.fetch_directory(&credentials);
             let report = run_once(&ctx, &syncer, fetch, options).await;
+            // The daemon idles for most of an interval: free what the run left cached.
+            ctx.db.release_idle_memory().await;
             summary_of(&report)
         })
     })
