@@ -32,6 +32,7 @@ use crate::db::entities::{casbin_user_rule, group, syncer_link, user};
 use crate::db::{Db, RunMode, utc_millis};
 use crate::secret::redact_text;
 
+use super::columns::FieldRef;
 use super::groups::{CasbinGrouping, DEPARTMENT_GROUP_TYPE, GroupCreate, GroupUpdate};
 use super::load::{GROUPING_PTYPE, SchemaFacts, link_kind_text, link_state_text};
 use super::map::FieldValue;
@@ -572,11 +573,11 @@ fn text(s: &str) -> Value {
     Value::String(Some(s.to_owned()))
 }
 
-fn field_value(value: &FieldValue) -> Value {
+fn field_value(value: FieldRef<'_>) -> Value {
     match value {
-        FieldValue::Text(s) => text(s),
-        FieldValue::Bool(b) => Value::Bool(Some(*b)),
-        FieldValue::Int(i) => Value::Int(Some(i32::try_from(*i).unwrap_or(if *i < 0 {
+        FieldRef::Text(s) => text(s),
+        FieldRef::Bool(b) => Value::Bool(Some(b)),
+        FieldRef::Int(i) => Value::Int(Some(i32::try_from(i).unwrap_or(if i < 0 {
             i32::MIN
         } else {
             i32::MAX
@@ -654,15 +655,17 @@ impl<'a> Writer<'a> {
             }
             Ok(())
         };
-        for (column, value) in &new.values {
-            set(column, field_value(value))?;
+        for (column, value) in new.values.iter() {
+            if let Some(value) = value {
+                set(column, field_value(value))?;
+            }
         }
         set("owner", text(self.organization))?;
         set("name", text(&new.name))?;
         set("created_time", text(self.now))?;
         set("updated_time", text(self.now))?;
-        set("hash", text(&new.hash))?;
-        set("pre_hash", text(&new.hash))?;
+        set("hash", text(&new.hash.as_text()))?;
+        set("pre_hash", text(&new.hash.as_text()))?;
         set("register_source", text(&self.register_source))?;
         set("dingtalk", text(&new.dingtalk))?;
         set("groups", text(&new.groups))?;
@@ -675,7 +678,10 @@ impl<'a> Writer<'a> {
     ) -> Result<Vec<(user::Column, Value)>, DbErr> {
         let mut values = Vec::new();
         for change in update.changes() {
-            values.push((self.user_column(&change.column)?, field_value(&change.new)));
+            values.push((
+                self.user_column(&change.column)?,
+                field_value(change.new.as_ref()),
+            ));
         }
         if let RowUpdate::Directory(u) = update {
             if let Some(hash) = &u.hash {
@@ -788,7 +794,7 @@ impl<'a> Writer<'a> {
                     )));
                 }
             };
-            values.push((column, field_value(&change.new)));
+            values.push((column, field_value(change.new.as_ref())));
         }
         values.push((group::Column::UpdatedTime, text(self.now)));
         let stmt = Query::update()
@@ -947,7 +953,7 @@ impl<'a> Writer<'a> {
                         text(&link.external_id).into(),
                         text(self.organization).into(),
                         text(&link.casdoor_name).into(),
-                        text(&link.content_hash).into(),
+                        text(&link.content_hash.as_text()).into(),
                         text(link_state_text(link.state)).into(),
                         Value::String(link.left_action.map(|a| a.as_str().to_owned())).into(),
                         Value::BigInt(self.run_id).into(),
@@ -1224,6 +1230,8 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
+    use crate::pipeline::columns::Columns;
+    use crate::pipeline::hash::ContentHash;
     use crate::pipeline::plan::{LeftAction, Plan};
 
     fn link(kind: LinkKind, external_id: &str, name: &str) -> OwnershipLink {
@@ -1231,7 +1239,7 @@ mod tests {
             kind,
             external_id: external_id.into(),
             casdoor_name: name.into(),
-            content_hash: String::new(),
+            content_hash: ContentHash::Empty,
             state: LinkState::Present,
             left_action: None,
         }
@@ -1241,7 +1249,7 @@ mod tests {
         NewUser {
             name: name.into(),
             userid: userid.into(),
-            values: BTreeMap::new(),
+            values: Columns::new(),
             hash: "h".into(),
             dingtalk: userid.into(),
             groups: "[\"acme/1\"]".into(),

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::dingtalk::types::Department;
 
+use super::hash::ContentHash;
 use super::map::FieldValue;
 use super::plan::{
     Conflict, FieldChange, ForeignClaim, LinkKind, LinkState, Notice, OwnershipLink,
@@ -191,7 +192,7 @@ pub fn plan_groups(input: &GroupInput<'_>) -> GroupPlan {
             kind: LinkKind::Group,
             external_id: dept.to_owned(),
             casdoor_name: g.name.clone(),
-            content_hash: String::new(),
+            content_hash: ContentHash::Empty,
             state: LinkState::Present,
             left_action: None,
         };

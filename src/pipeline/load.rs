@@ -18,7 +18,9 @@ use crate::config::Engine;
 use crate::db::entities::{casbin_user_rule, group, syncer_link, user};
 use crate::db::{Db, DbError, SYNCER_OWNER, table_columns};
 
+use super::columns::Columns;
 use super::groups::{CasbinGrouping, ExistingGroup};
+use super::hash::ContentHash;
 use super::map::{FieldValue, Mapping};
 use super::plan::{ExistingUser, ForeignClaim, LeftAction, LinkKind, LinkState, OwnershipLink};
 use super::table_columns::{ColumnKind, column_spec};
@@ -227,10 +229,11 @@ async fn load_users(
     let targets = mapping.target_columns();
     let read = |row: &QueryResult| -> Result<ExistingUser, DbErr> {
         let name = text(row, "name")?;
-        let mut values = std::collections::BTreeMap::new();
+        let mut values = Vec::with_capacity(targets.len());
         for column in &targets {
-            values.insert(*column, field(row, column)?);
+            values.push((*column, Some(field(row, column)?)));
         }
+        let values = Columns::from_entries(values);
         let key_value = match field(row, key_column)? {
             FieldValue::Text(t) => t,
             other => other.canonical(),
@@ -239,8 +242,8 @@ async fn load_users(
             owner: text(row, "owner")?,
             key_value,
             values,
-            hash: text(row, "hash")?,
-            pre_hash: text(row, "pre_hash")?,
+            hash: ContentHash::from(text(row, "hash")?),
+            pre_hash: ContentHash::from(text(row, "pre_hash")?),
             is_forbidden: flag(row, "is_forbidden")?,
             is_deleted: flag(row, "is_deleted")?,
             deleted_time: text(row, "deleted_time")?,
@@ -266,54 +269,53 @@ async fn load_links(
     let stmt = syncer_link::Entity::find()
         .filter(syncer_link::Column::Organization.eq(organization))
         .into_query();
-    let mut rows = Vec::new();
+    // Each row is kept in its planning shape as it arrives: whole rows of 100,000 links would
+    // double the links' memory while they load.
+    let mut own = Vec::new();
+    let mut foreign = Vec::new();
     for_each_row(
         db,
         &stmt,
         || format!("reading the links of organization {organization} (table syncer_link)"),
         |row| {
-            rows.push(syncer_link::Model::from_query_result(row, "")?);
+            let row = syncer_link::Model::from_query_result(row, "")?;
+            let Some(kind) = parse_link_kind(&row.kind) else {
+                warn!(
+                    syncer = %row.syncer_name,
+                    kind = %row.kind,
+                    "ignoring a syncer_link row of unknown kind"
+                );
+                return Ok(());
+            };
+            if row.syncer_name != syncer {
+                foreign.push(ForeignClaim {
+                    kind,
+                    casdoor_name: row.casdoor_name,
+                    syncer: row.syncer_name,
+                });
+                return Ok(());
+            }
+            let Some(state) = parse_link_state(&row.state) else {
+                warn!(
+                    syncer = %row.syncer_name,
+                    external_id = %row.external_id,
+                    state = %row.state,
+                    "ignoring a syncer_link row of unknown state"
+                );
+                return Ok(());
+            };
+            own.push(OwnershipLink {
+                kind,
+                external_id: row.external_id,
+                casdoor_name: row.casdoor_name,
+                content_hash: ContentHash::from(row.content_hash),
+                state,
+                left_action: row.left_action.as_deref().and_then(LeftAction::parse),
+            });
             Ok(())
         },
     )
     .await?;
-    let mut own = Vec::new();
-    let mut foreign = Vec::new();
-    for row in rows {
-        let Some(kind) = parse_link_kind(&row.kind) else {
-            warn!(
-                syncer = %row.syncer_name,
-                kind = %row.kind,
-                "ignoring a syncer_link row of unknown kind"
-            );
-            continue;
-        };
-        if row.syncer_name != syncer {
-            foreign.push(ForeignClaim {
-                kind,
-                casdoor_name: row.casdoor_name,
-                syncer: row.syncer_name,
-            });
-            continue;
-        }
-        let Some(state) = parse_link_state(&row.state) else {
-            warn!(
-                syncer = %row.syncer_name,
-                external_id = %row.external_id,
-                state = %row.state,
-                "ignoring a syncer_link row of unknown state"
-            );
-            continue;
-        };
-        own.push(OwnershipLink {
-            kind,
-            external_id: row.external_id,
-            casdoor_name: row.casdoor_name,
-            content_hash: row.content_hash,
-            state,
-            left_action: row.left_action.as_deref().and_then(LeftAction::parse),
-        });
-    }
     Ok((own, foreign))
 }
 
@@ -405,7 +407,7 @@ async fn load_groupings(db: &Db, organization: &str) -> Result<Vec<CasbinGroupin
                 .like(LikeExpr::new(starts_with_pattern(&prefix)).escape('!')),
         )
         .to_owned();
-    let mut rows: Vec<(String, String)> = Vec::new();
+    let mut rows: Vec<CasbinGrouping> = Vec::new();
     for_each_row(
         db,
         &stmt,
@@ -415,17 +417,19 @@ async fn load_groupings(db: &Db, organization: &str) -> Result<Vec<CasbinGroupin
             )
         },
         |row| {
-            rows.push((row.try_get("", "v0")?, row.try_get("", "v1")?));
+            let v0: String = row.try_get("", "v0")?;
+            // LIKE ignores case on MySQL: keep exact prefixes only.
+            if v0.starts_with(&prefix) {
+                rows.push(CasbinGrouping {
+                    v0,
+                    v1: row.try_get("", "v1")?,
+                });
+            }
             Ok(())
         },
     )
     .await?;
-    // LIKE ignores case on MySQL: keep exact prefixes only.
-    Ok(rows
-        .into_iter()
-        .filter(|(v0, _)| v0.starts_with(&prefix))
-        .map(|(v0, v1)| CasbinGrouping { v0, v1 })
-        .collect())
+    Ok(rows)
 }
 
 async fn load_org_display_name(db: &Db, organization: &str) -> Result<String, DbError> {

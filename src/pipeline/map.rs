@@ -8,7 +8,8 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use crate::dingtalk::types::{DirectoryUser, User};
 
-use super::hash::content_hash;
+use super::columns::Columns;
+use super::hash::{ContentHash, hash_input};
 use super::table_columns::{
     ColumnKind, Limit, MappedColumn, MappingError, SourceField, TableColumn, column_spec,
     parse_table_columns, validate_columns,
@@ -172,12 +173,10 @@ pub struct MappedUser {
     /// the userid. An existing user's name is never rewritten.
     pub name: String,
     pub name_source: NameSource,
-    /// Every mapped column except `name`; `None` = absent in DingTalk (never clears a value).
-    pub fields: BTreeMap<&'static str, Option<FieldValue>>,
+    /// Every mapped column except `name`; absent = absent in DingTalk (never clears a value).
+    pub fields: Columns,
     /// Casdoor's syncer hash of the hashed columns (absent values hash as `''`).
-    pub hash: String,
-    /// Value of `user.dingtalk` (the userid).
-    pub dingtalk: String,
+    pub hash: ContentHash,
     /// Departments of the user: the union of the listings it was seen in and its `dept_id_list`,
     /// sorted, no repeats. The plan keeps only departments that are groups this syncer owns.
     pub departments: Vec<i64>,
@@ -395,7 +394,7 @@ pub fn map_user(user: &DirectoryUser, mapping: &Mapping) -> Result<MappedUser, R
                     .unwrap_or_default()
             })
             .collect();
-        content_hash(rendered.iter().map(String::as_str))
+        ContentHash::md5_of(&hash_input(rendered.iter().map(String::as_str)))
     };
 
     let mapped_name = values
@@ -451,9 +450,8 @@ pub fn map_user(user: &DirectoryUser, mapping: &Mapping) -> Result<MappedUser, R
         key,
         name,
         name_source,
-        fields: values,
+        fields: Columns::from_entries(values),
         hash,
-        dingtalk: userid.to_owned(),
         departments: departments.into_iter().collect(),
     })
 }
@@ -489,6 +487,16 @@ pub fn map_directory(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::columns::FieldRef;
+    use crate::pipeline::hash::content_hash;
+
+    /// A held column's value, `None` when absent.
+    fn field(user: &MappedUser, column: &str) -> Option<FieldValue> {
+        user.fields
+            .get(column)
+            .unwrap_or_else(|| panic!("{column} is not held"))
+            .map(FieldRef::to_value)
+    }
     use crate::dingtalk::types::Directory;
 
     const STOCK_UI: &str = r#"[
@@ -545,7 +553,7 @@ mod tests {
         assert_eq!(user.hash, "105558b346cbef8dcc340303d5097138");
         assert_eq!(user.name, "z21HjQliSzpw0Yxxxx");
         assert_eq!(user.key, "manager4220");
-        assert_eq!(user.fields["is_forbidden"], Some(FieldValue::Bool(false)));
+        assert_eq!(field(&user, "is_forbidden"), Some(FieldValue::Bool(false)));
     }
 
     #[test]
@@ -595,9 +603,9 @@ mod tests {
             user.hash,
             content_hash(["u1", "", "张三", "", "", "", "", ""])
         );
-        assert_eq!(user.fields["email"], None);
-        assert_eq!(user.fields["is_forbidden"], None);
-        assert_eq!(user.fields["display_name"], text("张三"));
+        assert_eq!(field(&user, "email"), None);
+        assert_eq!(field(&user, "is_forbidden"), None);
+        assert_eq!(field(&user, "display_name"), text("张三"));
     }
 
     #[test]
@@ -609,8 +617,8 @@ mod tests {
         };
         let mapping = Mapping::default_mapping("").unwrap();
         let user = map_user(&dir_user(profile), &mapping).unwrap();
-        assert_eq!(user.fields["email"], text(""));
-        assert_eq!(user.fields["phone"], None);
+        assert_eq!(field(&user, "email"), text(""));
+        assert_eq!(field(&user, "phone"), None);
     }
 
     #[test]
@@ -672,9 +680,9 @@ mod tests {
         assert!(!mapping.is_default());
         let user = map_user(&dir_user(full_profile()), &mapping).unwrap();
         assert_eq!(user.name, "z21HjQliSzpw0Yxxxx");
-        assert!(!user.fields.contains_key("name"));
-        assert_eq!(user.fields["id"], text("manager4220"));
-        assert_eq!(user.dingtalk, "manager4220");
+        assert_eq!(user.fields.get("name"), None);
+        assert_eq!(field(&user, "id"), text("manager4220"));
+        assert_eq!(user.userid, "manager4220");
     }
 
     #[test]
@@ -685,12 +693,12 @@ mod tests {
             ..full_profile()
         };
         let user = map_user(&dir_user(inactive), &mapping).unwrap();
-        assert_eq!(user.fields["is_forbidden"], Some(FieldValue::Bool(true)));
+        assert_eq!(field(&user, "is_forbidden"), Some(FieldValue::Bool(true)));
         // Into a text column the inverted flag arrives as `1`/`0`, as in Casdoor.
         let tc = r#"[{"name":"userid","casdoorName":"Id"},{"name":"active","casdoorName":"Tag"}]"#;
         let mapping = Mapping::from_syncer(Some(tc), "").unwrap();
         let user = map_user(&dir_user(full_profile()), &mapping).unwrap();
-        assert_eq!(user.fields["tag"], text("0"));
+        assert_eq!(field(&user, "tag"), text("0"));
     }
 
     #[test]
@@ -702,12 +710,12 @@ mod tests {
         };
         let user = map_user(&dir_user(relative), &mapping).unwrap();
         assert_eq!(
-            user.fields["avatar"],
+            field(&user, "avatar"),
             text("https://cdn.example.com/media/x.jpg")
         );
         let absolute = map_user(&dir_user(full_profile()), &mapping).unwrap();
         assert_eq!(
-            absolute.fields["avatar"],
+            field(&absolute, "avatar"),
             text("https://static-legacy.dingtalk.com/media/x.jpg")
         );
         let empty = User {
@@ -715,7 +723,7 @@ mod tests {
             ..full_profile()
         };
         let user = map_user(&dir_user(empty), &mapping).unwrap();
-        assert_eq!(user.fields["avatar"], text(""));
+        assert_eq!(field(&user, "avatar"), text(""));
         // The prefixed value is what is hashed.
         let relative = User {
             avatar: Some("media/x.jpg".into()),
@@ -746,8 +754,8 @@ mod tests {
                 ..full_profile()
             };
             let user = map_user(&dir_user(profile), &mapping).unwrap();
-            assert_eq!(user.fields["is_admin"], Some(FieldValue::Bool(expected)));
-            assert_eq!(user.fields["score"], Some(FieldValue::Int(42)));
+            assert_eq!(field(&user, "is_admin"), Some(FieldValue::Bool(expected)));
+            assert_eq!(field(&user, "score"), Some(FieldValue::Int(42)));
         }
         let bad_flag = User {
             title: Some("Engineer".into()),
@@ -994,7 +1002,7 @@ mod tests {
                      {"name":"title","casdoorName":"Tag","isHashed":true}]"#;
         let mapping = Mapping::from_syncer(Some(tc), "").unwrap();
         let user = map_user(&dir_user(full_profile()), &mapping).unwrap();
-        assert_eq!(user.fields["tag"], text("Engineer"));
+        assert_eq!(field(&user, "tag"), text("Engineer"));
         assert_eq!(
             user.hash,
             content_hash(["manager4220", "Engineer", "Engineer"])

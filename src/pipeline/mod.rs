@@ -8,6 +8,7 @@
 //! [`plan::plan`] → [`apply::apply_plan`] → record the outcome in a [`RunReport`].
 
 pub mod apply;
+pub mod columns;
 pub mod groups;
 pub mod hash;
 pub mod load;
@@ -18,6 +19,7 @@ pub mod run;
 pub mod table_columns;
 
 pub use apply::{Applied, ApplyError, ApplyOutcome, ApplySettings, RowError, Subject, apply_plan};
+pub use columns::{Columns, FieldRef};
 pub use groups::{CasbinGrouping, ExistingGroup, GroupCreate, GroupUpdate};
 pub use load::{DbState, OrganizationRow, SchemaFacts, find_organization, load_state};
 pub use map::{FieldValue, MappedUser, Mapping, NameSource, RecordError, map_directory, map_user};

@@ -6,18 +6,21 @@
 //! never clear a value, users the syncer does not own are never touched unless adoption is on,
 //! and leavers are only acted on after a complete, non-empty fetch and within the removal limits.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use crate::config::{LeaverPolicy, SyncSettings};
 use crate::dingtalk::types::Department;
 
+use super::columns::{Columns, FieldRef};
 use super::groups::{
     CasbinGrouping, ExistingGroup, GroupCreate, GroupInput, GroupUpdate, MembershipProblem,
     encode_groups, plan_groups, plan_membership,
 };
+use super::hash::ContentHash;
 use super::map::{FieldValue, MappedUser, NameSource, RecordError};
-use super::table_columns::column_spec;
+use super::table_columns::{ColumnKind, column_spec};
 
 /// What an ownership link points at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -73,7 +76,7 @@ pub struct OwnershipLink {
     /// `user.name` or `group.name` within the organization.
     pub casdoor_name: String,
     /// The content hash last written (users; `''` for groups).
-    pub content_hash: String,
+    pub content_hash: ContentHash,
     pub state: LinkState,
     /// What this syncer did to the user when it left (`None` while present). Undone when the
     /// user re-appears.
@@ -98,9 +101,9 @@ pub struct ExistingUser {
     pub key_value: String,
     /// Current values of the mapped columns (`Mapping::target_columns`). A missing entry reads as
     /// the column's zero value. `is_forbidden` is read from the field below.
-    pub values: BTreeMap<&'static str, FieldValue>,
-    pub hash: String,
-    pub pre_hash: String,
+    pub values: Columns,
+    pub hash: ContentHash,
+    pub pre_hash: ContentHash,
     pub is_forbidden: bool,
     pub is_deleted: bool,
     pub deleted_time: String,
@@ -112,14 +115,21 @@ pub struct ExistingUser {
 impl ExistingUser {
     /// The current value of a column, zero when not read.
     pub fn current(&self, column: &str) -> FieldValue {
+        self.current_ref(column).to_value()
+    }
+
+    /// [`ExistingUser::current`], borrowed.
+    pub fn current_ref(&self, column: &str) -> FieldRef<'_> {
         match column {
-            "is_forbidden" => FieldValue::Bool(self.is_forbidden),
-            "is_deleted" => FieldValue::Bool(self.is_deleted),
-            "deleted_time" => FieldValue::Text(self.deleted_time.clone()),
-            _ => self.values.get(column).cloned().unwrap_or_else(|| {
-                column_spec(column).map_or(FieldValue::Text(String::new()), |s| {
-                    FieldValue::zero(s.kind)
-                })
+            "is_forbidden" => FieldRef::Bool(self.is_forbidden),
+            "is_deleted" => FieldRef::Bool(self.is_deleted),
+            "deleted_time" => FieldRef::Text(&self.deleted_time),
+            _ => self.values.value(column).unwrap_or_else(|| {
+                match column_spec(column).map_or(ColumnKind::Text, |s| s.kind) {
+                    ColumnKind::Text => FieldRef::Text(""),
+                    ColumnKind::Bool => FieldRef::Bool(false),
+                    ColumnKind::Int => FieldRef::Int(0),
+                }
             }),
         }
     }
@@ -200,8 +210,8 @@ pub struct NewUser {
     pub name: String,
     pub userid: String,
     /// Every mapped column except `name`; absent DingTalk values as the column's zero value.
-    pub values: BTreeMap<&'static str, FieldValue>,
-    pub hash: String,
+    pub values: Columns,
+    pub hash: ContentHash,
     pub dingtalk: String,
     /// `user.groups` JSON.
     pub groups: String,
@@ -528,8 +538,9 @@ impl fmt::Display for Notice {
 pub struct Plan {
     pub creates: Vec<NewUser>,
     pub updates: Vec<UserUpdate>,
-    /// Names of matched users that need no user-row write.
-    pub unchanged: Vec<String>,
+    /// Matched users that need no user-row write (a count: 100,000 names are not worth
+    /// holding for it).
+    pub unchanged: usize,
     pub adopted: Vec<Adoption>,
     pub reappeared: Vec<Reappearance>,
     /// Leaver actions to apply (empty when held).
@@ -614,7 +625,7 @@ impl Plan {
             created: self.creates.len(),
             updated,
             hash_only,
-            unchanged: self.unchanged.len(),
+            unchanged: self.unchanged,
             adopted: self.adopted.len(),
             reappeared: self.reappeared.len(),
             leavers: self.leavers.len(),
@@ -675,8 +686,6 @@ pub fn plan(input: PlanInput) -> Plan {
         .collect();
     let by_name: BTreeMap<&str, &ExistingUser> =
         rows.iter().map(|u| (u.name.as_str(), *u)).collect();
-    // MySQL's default collation compares names without case: fold to find collisions.
-    let taken_names: BTreeSet<String> = rows.iter().map(|u| fold(&u.name)).collect();
 
     let mut user_links: Vec<&OwnershipLink> = input
         .links
@@ -718,6 +727,9 @@ pub fn plan(input: PlanInput) -> Plan {
             });
         }
     }
+    // What planning builds per user is dropped as soon as it is done with: a 100,000-user run
+    // would otherwise hold every index at once at the end.
+    drop(seen_userids);
     let present: BTreeSet<&str> = users
         .iter()
         .map(|(_, u)| u.userid.as_str())
@@ -732,7 +744,8 @@ pub fn plan(input: PlanInput) -> Plan {
     // Rows are matched on the key they hold after this run: a row reached through a link whose
     // key column this run rewrites gives up its old key value (an e-mail address handed on to
     // another person), which is then free for another DingTalk user now, as in the next run.
-    let mut link_claims: BTreeMap<&str, Vec<&MappedUser>> = BTreeMap::new();
+    // The one DingTalk user whose link reaches each row (`None`: several do).
+    let mut link_claims: BTreeMap<&str, Option<&MappedUser>> = BTreeMap::new();
     for &(_, u) in &users {
         if key_count.get(u.key.as_str()).copied().unwrap_or(0) > 1 {
             continue;
@@ -742,21 +755,31 @@ pub fn plan(input: PlanInput) -> Plan {
         {
             link_claims
                 .entry(link.casdoor_name.as_str())
-                .or_default()
-                .push(u);
+                .and_modify(|claim| *claim = None)
+                .or_insert(Some(u));
         }
     }
-    let mut by_key: BTreeMap<String, Vec<&ExistingUser>> = BTreeMap::new();
+    // Rows by the key they hold after this run, sorted: the rows of one key are a range. Most
+    // keys are borrowed from the rows; 100,000 users are not worth 100,000 copies.
+    let mut by_key: Vec<(Cow<'_, str>, &ExistingUser)> = Vec::with_capacity(rows.len());
     for row in &rows {
-        let rewritten = match link_claims.get(row.name.as_str()).map(Vec::as_slice) {
-            Some([u]) => rewritten_key(row, u, key_column),
+        let rewritten = match link_claims.get(row.name.as_str()) {
+            Some(Some(u)) => rewritten_key(row, u, key_column),
             _ => None,
         };
-        let key = rewritten.unwrap_or_else(|| row.key_value.clone());
+        let key = rewritten.map_or(Cow::Borrowed(row.key_value.as_str()), Cow::Owned);
         if !key.is_empty() {
-            by_key.entry(key).or_default().push(row);
+            by_key.push((key, row));
         }
     }
+    drop(link_claims);
+    by_key.sort_by(|a, b| a.0.cmp(&b.0));
+    let rows_with_key = |key: &str| -> &[(Cow<'_, str>, &ExistingUser)] {
+        let start = by_key.partition_point(|(k, _)| k.as_ref() < key);
+        let from_start = by_key.get(start..).unwrap_or_default();
+        let len = from_start.partition_point(|(k, _)| k.as_ref() == key);
+        from_start.get(..len).unwrap_or_default()
+    };
 
     // Resolve every DingTalk user to a row, a creation, or a conflict.
     let mut resolved: Vec<(&MappedUser, Target<'_>)> = Vec::with_capacity(users.len());
@@ -786,10 +809,9 @@ pub fn plan(input: PlanInput) -> Plan {
                 name: link.casdoor_name.clone(),
             });
         }
-        let candidates = by_key.get(u.key.as_str()).map_or(&[][..], Vec::as_slice);
-        match candidates {
+        match rows_with_key(u.key.as_str()) {
             [] => resolved.push((u, Target::New { index })),
-            [row] => {
+            [(_, row)] => {
                 if let Some(own) = owner_of_row.get(row.name.as_str()) {
                     if own.external_id == u.userid {
                         resolved.push((
@@ -830,7 +852,7 @@ pub fn plan(input: PlanInput) -> Plan {
                 }
             }
             several => {
-                let mut names: Vec<String> = several.iter().map(|r| r.name.clone()).collect();
+                let mut names: Vec<String> = several.iter().map(|(_, r)| r.name.clone()).collect();
                 names.sort();
                 out.conflicts.push(Conflict::AmbiguousKey {
                     userid: u.userid.clone(),
@@ -840,6 +862,9 @@ pub fn plan(input: PlanInput) -> Plan {
             }
         }
     }
+    drop(by_key);
+    drop(key_count);
+    drop(foreign_users);
 
     // A row reached by two DingTalk users, or a new name wanted twice or already taken, is a
     // conflict for each of them.
@@ -851,6 +876,13 @@ pub fn plan(input: PlanInput) -> Plan {
             Target::New { .. } => *new_names.entry(fold(&u.name)).or_default() += 1,
         }
     }
+    // MySQL's default collation compares names without case: fold to find collisions. Only
+    // new users need it, so a run that creates nobody folds no name.
+    let taken_names: BTreeSet<String> = if new_names.is_empty() {
+        BTreeSet::new()
+    } else {
+        rows.iter().map(|u| fold(&u.name)).collect()
+    };
     resolved.retain(|(u, target)| match target {
         Target::Existing { row, .. } => {
             let ok = row_claims.get(row.name.as_str()).copied().unwrap_or(0) == 1;
@@ -881,6 +913,7 @@ pub fn plan(input: PlanInput) -> Plan {
             }
         }
     });
+    drop((row_claims, new_names, taken_names));
 
     let groups = plan_groups(&GroupInput {
         organization: org,
@@ -894,14 +927,14 @@ pub fn plan(input: PlanInput) -> Plan {
         adopt_existing: opts.adopt_existing,
         now: &input.now,
     });
-    let mut rules_by_subject: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-    for rule in &input.casbin_groupings {
-        rules_by_subject
-            .entry(rule.v0.as_str())
-            .or_default()
-            .insert(rule.v1.as_str());
-    }
-    let no_rules = BTreeSet::new();
+    // (subject, group) of every casbin row, sorted: a subject's rows are a range. A set per
+    // subject cost a B-tree node per user.
+    let mut rules_by_subject: Vec<(&str, &str)> = input
+        .casbin_groupings
+        .iter()
+        .map(|rule| (rule.v0.as_str(), rule.v1.as_str()))
+        .collect();
+    rules_by_subject.sort_unstable();
     let remove_stale = input.directory_complete;
     let membership = |user_name: &str,
                       current: Option<&str>,
@@ -909,12 +942,19 @@ pub fn plan(input: PlanInput) -> Plan {
                       out: &mut Plan|
      -> Option<String> {
         let subject = format!("{org}/{user_name}");
-        let rules = rules_by_subject.get(subject.as_str()).unwrap_or(&no_rules);
+        let start = rules_by_subject.partition_point(|(s, _)| *s < subject.as_str());
+        let rules: BTreeSet<&str> = rules_by_subject
+            .get(start..)
+            .unwrap_or_default()
+            .iter()
+            .take_while(|(s, _)| *s == subject.as_str())
+            .map(|(_, group)| *group)
+            .collect();
         match plan_membership(
             org,
             user_name,
             current,
-            rules,
+            &rules,
             &u.departments,
             &groups.managed,
             remove_stale,
@@ -958,9 +998,9 @@ pub fn plan(input: PlanInput) -> Plan {
                 out.creates.push(NewUser {
                     name: u.name.clone(),
                     userid: u.userid.clone(),
-                    values: BTreeMap::new(),
+                    values: Columns::new(),
                     hash: u.hash.clone(),
-                    dingtalk: u.dingtalk.clone(),
+                    dingtalk: u.userid.clone(),
                     groups: groups_json,
                 });
                 let link = OwnershipLink {
@@ -976,14 +1016,14 @@ pub fn plan(input: PlanInput) -> Plan {
                 let mut changes: Vec<FieldChange> = u
                     .fields
                     .iter()
-                    .filter(|(column, _)| **column != "id")
+                    .filter(|(column, _)| *column != "id")
                     .filter_map(|(column, value)| {
-                        let new = value.as_ref()?;
-                        let old = row.current(column);
-                        (old != *new).then(|| FieldChange {
-                            column: (*column).to_owned(),
-                            old,
-                            new: new.clone(),
+                        let new = value?;
+                        let old = row.current_ref(column);
+                        (old != new).then(|| FieldChange {
+                            column: column.to_owned(),
+                            old: old.to_value(),
+                            new: new.to_value(),
                         })
                     })
                     .collect();
@@ -1027,15 +1067,16 @@ pub fn plan(input: PlanInput) -> Plan {
                         mapped_name: u.name.clone(),
                     });
                 }
-                let hash = (row.hash != u.hash || row.pre_hash != u.hash).then(|| u.hash.clone());
-                let dingtalk = row.dingtalk.is_empty().then(|| u.dingtalk.clone());
+                let hash =
+                    (row.hash != u.hash || row.pre_hash != u.hash).then(|| u.hash.to_string());
+                let dingtalk = row.dingtalk.is_empty().then(|| u.userid.clone());
                 let groups_json = membership(&row.name, row.groups.as_deref(), u, &mut out);
                 if changes.is_empty()
                     && hash.is_none()
                     && dingtalk.is_none()
                     && groups_json.is_none()
                 {
-                    out.unchanged.push(row.name.clone());
+                    out.unchanged += 1;
                 } else {
                     out.updates.push(UserUpdate {
                         name: row.name.clone(),
@@ -1063,14 +1104,18 @@ pub fn plan(input: PlanInput) -> Plan {
         }
     }
 
+    drop(rules_by_subject);
+
     // The removal percentage is taken of the users the syncer owns once this run's creations,
     // adoptions and returns are done, so a held run and its re-run judge the same way.
-    let owned_after: BTreeSet<&str> = user_links
+    let mut owned_after: Vec<&str> = user_links
         .iter()
         .filter(|l| l.state == LinkState::Present && by_name.contains_key(l.casdoor_name.as_str()))
         .map(|l| l.external_id.as_str())
         .chain(resolved.iter().map(|(u, _)| u.userid.as_str()))
         .collect();
+    owned_after.sort_unstable();
+    owned_after.dedup();
     plan_leavers(
         &input,
         &user_links,
@@ -1080,16 +1125,19 @@ pub fn plan(input: PlanInput) -> Plan {
         owned_after.len(),
         &mut out,
     );
+    drop((owned_after, present, claimed_rows));
 
     // A link whose user row is gone (deleted in Casdoor) holds nothing: drop it unless this plan
     // points it at a row again, so a stale link can never capture a row created later.
-    let resolved_userids: BTreeSet<&str> =
-        resolved.iter().map(|(u, _)| u.userid.as_str()).collect();
+    let mut resolved_userids: Vec<&str> = resolved.iter().map(|(u, _)| u.userid.as_str()).collect();
+    resolved_userids.sort_unstable();
     out.link_deletes = user_links
         .iter()
         .filter(|l| {
             !by_name.contains_key(l.casdoor_name.as_str())
-                && !resolved_userids.contains(l.external_id.as_str())
+                && resolved_userids
+                    .binary_search(&l.external_id.as_str())
+                    .is_err()
         })
         .map(|l| (*l).clone())
         .collect();
@@ -1098,17 +1146,7 @@ pub fn plan(input: PlanInput) -> Plan {
     let mut mapped = input.users;
     for (create, index) in new_user_columns {
         if let (Some(new), Some(u)) = (out.creates.get_mut(create), mapped.get_mut(index)) {
-            new.values = std::mem::take(&mut u.fields)
-                .into_iter()
-                .map(|(column, value)| {
-                    let value = value.unwrap_or_else(|| {
-                        column_spec(column).map_or(FieldValue::Text(String::new()), |s| {
-                            FieldValue::zero(s.kind)
-                        })
-                    });
-                    (column, value)
-                })
-                .collect();
+            new.values = std::mem::take(&mut u.fields).with_zeros();
         }
     }
     drop(mapped);
@@ -1121,7 +1159,6 @@ pub fn plan(input: PlanInput) -> Plan {
 
     out.creates.sort();
     out.updates.sort();
-    out.unchanged.sort();
     out.adopted.sort();
     out.reappeared.sort();
     out.leavers.sort();
@@ -1243,8 +1280,8 @@ fn rewritten_key(row: &ExistingUser, user: &MappedUser, key_column: &str) -> Opt
     if key_column == "id" {
         return None;
     }
-    let new = user.fields.get(key_column)?.as_ref()?;
-    (row.current(key_column) != *new).then(|| new.canonical())
+    let new = user.fields.value(key_column)?;
+    (row.current_ref(key_column) != new).then(|| new.to_value().canonical())
 }
 
 fn fold(name: &str) -> String {

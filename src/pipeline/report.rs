@@ -12,7 +12,8 @@ use serde::Serialize;
 use crate::db::{RunCounts, RunMode, RunStatus, RunTrigger};
 use crate::secret::REDACTED;
 
-use super::map::{FieldValue, RecordError};
+use super::columns::FieldRef;
+use super::map::RecordError;
 use super::plan::{Conflict, FieldChange, Plan};
 
 /// At most this many errors are kept in a report (and in the run history).
@@ -197,11 +198,11 @@ pub struct PlannedChange {
     pub columns: Vec<ColumnChange>,
 }
 
-fn json_value(value: &FieldValue) -> serde_json::Value {
+fn json_value(value: FieldRef<'_>) -> serde_json::Value {
     match value {
-        FieldValue::Text(s) => serde_json::Value::String(s.clone()),
-        FieldValue::Bool(b) => serde_json::Value::Bool(*b),
-        FieldValue::Int(i) => serde_json::Value::from(*i),
+        FieldRef::Text(s) => serde_json::Value::String(s.to_owned()),
+        FieldRef::Bool(b) => serde_json::Value::Bool(b),
+        FieldRef::Int(i) => serde_json::Value::from(i),
     }
 }
 
@@ -214,8 +215,8 @@ fn column_changes(changes: &[FieldChange]) -> Vec<ColumnChange> {
         .iter()
         .map(|c| ColumnChange {
             column: c.column.clone(),
-            old: Some(json_value(&c.old)),
-            new: json_value(&c.new),
+            old: Some(json_value(c.old.as_ref())),
+            new: json_value(c.new.as_ref()),
         })
         .collect()
 }
@@ -261,10 +262,12 @@ pub fn planned_changes(plan: &Plan) -> Vec<PlannedChange> {
         let mut columns: Vec<ColumnChange> = c
             .values
             .iter()
-            .map(|(column, value)| ColumnChange {
-                column: (*column).to_owned(),
-                old: None,
-                new: json_value(value),
+            .filter_map(|(column, value)| {
+                Some(ColumnChange {
+                    column: column.to_owned(),
+                    old: None,
+                    new: json_value(value?),
+                })
             })
             .collect();
         columns.push(ColumnChange {

@@ -490,7 +490,7 @@ impl Runner<'_> {
         let counts = &mut self.report.counts;
         counts.created = applied.created;
         counts.updated = applied.updated;
-        counts.unchanged = plan.unchanged.len() as u64;
+        counts.unchanged = plan.unchanged as u64;
         counts.forbidden = applied.forbidden;
         counts.unforbidden = applied.unforbidden;
         counts.deleted = applied.deleted;
