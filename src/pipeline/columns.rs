@@ -8,7 +8,7 @@
 use std::fmt;
 
 use super::map::FieldValue;
-use super::table_columns::{WRITABLE_USER_COLUMNS, column_spec};
+use super::table_columns::{ColumnKind, WRITABLE_USER_COLUMNS, column_spec};
 
 /// A column's value, borrowed from a [`Columns`] or a [`FieldValue`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -28,12 +28,14 @@ impl FieldRef<'_> {
     }
 }
 
-impl<'a> FieldRef<'a> {
-    /// The text, for a text column.
-    pub fn text(self) -> Option<&'a str> {
-        match self {
-            Self::Text(s) => Some(s),
-            _ => None,
+impl FieldRef<'static> {
+    /// What a new row holds when DingTalk gave no value (`''`, false, 0), as Casdoor inserts,
+    /// and what a column reads as when it was not read.
+    pub fn zero(kind: ColumnKind) -> Self {
+        match kind {
+            ColumnKind::Text => Self::Text(""),
+            ColumnKind::Bool => Self::Bool(false),
+            ColumnKind::Int => Self::Int(0),
         }
     }
 }
@@ -171,8 +173,11 @@ impl Columns {
 
     /// `None` when the column is not held; `Some(None)` when it is held but absent.
     pub fn get(&self, column: &str) -> Option<Option<FieldRef<'_>>> {
-        let index = column_index(column)?;
-        let slot = self.slots.iter().find(|s| s.column == index)?;
+        // A user holds a handful of columns: look among them, not through every writable one.
+        let slot = self
+            .slots
+            .iter()
+            .find(|s| column_name(s.column) == column)?;
         Some(self.unpack(slot.value))
     }
 
@@ -213,7 +218,7 @@ impl Columns {
             return self;
         }
         Columns::from_entries(self.iter().map(|(column, value)| {
-            let value = value.map_or_else(|| zero_of(column), FieldRef::to_value);
+            let value = value.unwrap_or_else(|| zero_of(column)).to_value();
             (column, Some(value))
         }))
     }
@@ -244,10 +249,8 @@ impl fmt::Debug for Columns {
 }
 
 /// The zero value of a column (`''` for one syncerd does not know).
-pub fn zero_of(column: &str) -> FieldValue {
-    column_spec(column).map_or(FieldValue::Text(String::new()), |s| {
-        FieldValue::zero(s.kind)
-    })
+pub fn zero_of(column: &str) -> FieldRef<'static> {
+    FieldRef::zero(column_spec(column).map_or(ColumnKind::Text, |s| s.kind))
 }
 
 #[cfg(test)]

@@ -24,15 +24,6 @@ pub enum FieldValue {
 }
 
 impl FieldValue {
-    /// What a new row holds when DingTalk gave no value (`''`, false, 0), as Casdoor inserts.
-    pub fn zero(kind: ColumnKind) -> Self {
-        match kind {
-            ColumnKind::Text => Self::Text(String::new()),
-            ColumnKind::Bool => Self::Bool(false),
-            ColumnKind::Int => Self::Int(0),
-        }
-    }
-
     /// Casdoor's canonical string form, used in the hash: text as is, bools `1`/`0`, ints decimal.
     pub fn canonical(&self) -> String {
         match self {

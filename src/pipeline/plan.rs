@@ -13,14 +13,13 @@ use std::fmt;
 use crate::config::{LeaverPolicy, SyncSettings};
 use crate::dingtalk::types::Department;
 
-use super::columns::{Columns, FieldRef};
+use super::columns::{Columns, FieldRef, zero_of};
 use super::groups::{
     CasbinGrouping, ExistingGroup, GroupCreate, GroupInput, GroupUpdate, MembershipProblem,
     encode_groups, plan_groups, plan_membership,
 };
 use super::hash::ContentHash;
 use super::map::{FieldValue, MappedUser, NameSource, RecordError};
-use super::table_columns::{ColumnKind, column_spec};
 
 /// What an ownership link points at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -124,13 +123,7 @@ impl ExistingUser {
             "is_forbidden" => FieldRef::Bool(self.is_forbidden),
             "is_deleted" => FieldRef::Bool(self.is_deleted),
             "deleted_time" => FieldRef::Text(&self.deleted_time),
-            _ => self.values.value(column).unwrap_or_else(|| {
-                match column_spec(column).map_or(ColumnKind::Text, |s| s.kind) {
-                    ColumnKind::Text => FieldRef::Text(""),
-                    ColumnKind::Bool => FieldRef::Bool(false),
-                    ColumnKind::Int => FieldRef::Int(0),
-                }
-            }),
+            _ => self.values.value(column).unwrap_or_else(|| zero_of(column)),
         }
     }
 }

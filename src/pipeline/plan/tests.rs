@@ -2,7 +2,7 @@ use super::*;
 use crate::dingtalk::types::{DirectoryUser, User};
 use crate::pipeline::groups::DEPARTMENT_GROUP_TYPE;
 use crate::pipeline::map::{Mapping, map_directory, map_user};
-use crate::pipeline::table_columns::{ColumnKind, WRITABLE_USER_COLUMNS};
+use crate::pipeline::table_columns::{ColumnKind, WRITABLE_USER_COLUMNS, column_spec};
 use crate::proptest_support::config;
 use proptest::prelude::*;
 use proptest::sample::Index;
