@@ -270,6 +270,10 @@ pub struct SyncSettings {
     /// column) or department but that no syncer owns yet. Off: they are reported as conflicts.
     #[serde(deserialize_with = "lenient_bool")]
     pub adopt_existing: bool,
+    /// Lower-case the names of the users syncerd creates, as Casdoor's `isUsernameLowered`
+    /// does; existing names are never rewritten.
+    #[serde(deserialize_with = "lenient_bool")]
+    pub lowercase_names: bool,
 }
 
 impl Default for SyncSettings {
@@ -280,6 +284,7 @@ impl Default for SyncSettings {
             max_removals: 100,
             max_removal_percent: 10.0,
             adopt_existing: false,
+            lowercase_names: false,
         }
     }
 }

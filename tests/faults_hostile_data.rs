@@ -236,14 +236,19 @@ async fn a_job_number_used_as_name_that_collides_with_another_user_creates_neith
         let victim = org
             .users
             .iter()
-            .find(|u| u.profile.job_number.is_some())
+            .find(|u| {
+                u.profile
+                    .job_number
+                    .as_deref()
+                    .is_some_and(|j| !j.is_empty())
+            })
             .unwrap()
             .clone();
         let taken = victim.profile.job_number.clone().unwrap();
-        let columns = syncerd::db::DEFAULT_TABLE_COLUMNS
-            .replace(r#""name":"unionid""#, r#""name":"job_number""#);
-        assert_ne!(columns, syncerd::db::DEFAULT_TABLE_COLUMNS);
-        let (db, syncer) = setup(t, Some(&columns)).await;
+        // The default mapping names users by job number.
+        let columns = syncerd::db::DEFAULT_TABLE_COLUMNS;
+        assert!(columns.contains(r#""name":"job_number""#));
+        let (db, syncer) = setup(t, Some(columns)).await;
 
         // Two newcomers in one run whose job numbers collide: neither is created, both are
         // reported, everyone else lands.
@@ -251,7 +256,7 @@ async fn a_job_number_used_as_name_that_collides_with_another_user_creates_neith
             .users
             .iter()
             .filter(|u| u.profile.userid != victim.profile.userid)
-            .find_map(|u| u.profile.job_number.clone())
+            .find_map(|u| u.profile.job_number.clone().filter(|j| !j.is_empty()))
             .unwrap();
         let mut first = profile("twin-a", "union-twin-a", "Twin A", vec![1]);
         first.job_number = Some(format!("{twin}-dup"));
@@ -285,14 +290,19 @@ async fn a_job_number_used_as_name_that_collides_with_another_user_creates_neith
             );
         }
         for u in &org.users {
-            if let Some(job) = &u.profile.job_number {
-                assert!(
-                    landed.iter().any(|l| &l.name == job),
-                    "{}: {} ({job}) missing",
-                    t.label(),
-                    u.profile.userid
-                );
-            }
+            let job = u.profile.job_number.as_deref().unwrap_or_default();
+            // An empty job number falls back to the userid.
+            let name = if job.is_empty() {
+                u.profile.userid.as_str()
+            } else {
+                job
+            };
+            assert!(
+                landed.iter().any(|l| l.name == name),
+                "{}: {} ({name}) missing",
+                t.label(),
+                u.profile.userid
+            );
         }
         let victim_before = user_row(&db, &taken).await.expect("the victim landed");
         assert_eq!(

@@ -197,8 +197,11 @@ pub async fn run(base: &Settings, args: DemoArgs) -> anyhow::Result<ExitCode> {
     )
     .await?;
     println!(
-        "  syncer:             {SYNCER} -> organization {ORGANIZATION}, every {}s\n",
+        "  syncer:             {SYNCER} -> organization {ORGANIZATION}, every {}s",
         args.interval
+    );
+    println!(
+        "  field mapping:      users are named by their DingTalk job number (the userid when it is empty)\n"
     );
 
     let client = syncerd::dingtalk::Client::new((&settings.dingtalk).into())?;
@@ -248,7 +251,8 @@ pub async fn run(base: &Settings, args: DemoArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn print_results(db: &Db) -> anyhow::Result<()> {
-    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+    use sea_orm::sea_query::{Expr, ExprTrait};
+    use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
     use syncerd::db::entities::{group, user};
 
     let runs = db::list_runs(
@@ -332,6 +336,15 @@ async fn print_results(db: &Db) -> anyhow::Result<()> {
             &["NAME", "ID", "DISPLAY NAME", "TITLE", "FORBIDDEN", "GROUPS"],
             &rows
         )
+    );
+    let named_by_userid = user::Entity::find()
+        .filter(user::Column::Owner.eq(ORGANIZATION))
+        .filter(Expr::col(user::Column::Name).equals(user::Column::Id))
+        .count(db.conn())
+        .await
+        .context("counting users named by userid")?;
+    println!(
+        "NAME is the DingTalk job number; {named_by_userid} users without one are named by their userid (ID)."
     );
 
     let groups = group::Entity::find()

@@ -4,9 +4,9 @@ use std::io::Read;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
-use syncerd::db::{self, Db, NewSyncer};
+use syncerd::db::{self, Db, NameFrom, NewSyncer};
 use syncerd::secret::Secret;
 
 use super::OutputFormat;
@@ -17,8 +17,12 @@ pub enum SyncerCommand {
     /// Add a DingTalk syncer row, exactly as Casdoor's UI would write it.
     ///
     /// The row gets owner `admin`, type `DingTalk`, the App Key in `user`, the App Secret in
-    /// `password`, the UI's default field mapping in `table_columns`, and `is_read_only = 1`
-    /// (syncerd never writes to DingTalk). Reads database.url.
+    /// `password`, `is_read_only = 1` (syncerd never writes to DingTalk), and in `table_columns`
+    /// the documented DingTalk mapping: userid → Id, job_number → Name (the userid when the job
+    /// number is empty), name → DisplayName, email → Email, mobile → Phone, avatar → Avatar,
+    /// title → Title, active → IsForbidden (inverted). --name-from changes the Name entry. Edit
+    /// the mapping later on the syncer's page in Casdoor; syncerd never rewrites it, nor an
+    /// existing user's name. Reads database.url.
     Add(AddArgs),
     /// List the syncer rows (never shows an App Secret). Reads database.url.
     List {
@@ -67,6 +71,31 @@ pub struct AddArgs {
     /// Enable scheduled syncing right away.
     #[arg(long)]
     pub enabled: bool,
+    /// The DingTalk field new users' Casdoor names come from. `job_number` (falls back to the
+    /// userid when empty) is the documented mapping; `unionid` is what Casdoor's UI fills in
+    /// and what Casdoor's DingTalk login uses as the user name, so pick it when people sign in
+    /// to Casdoor with DingTalk; `userid` is stable and always present.
+    #[arg(long, value_enum, default_value_t = NameFromArg::JobNumber, value_name = "FIELD")]
+    pub name_from: NameFromArg,
+}
+
+/// `--name-from` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NameFromArg {
+    #[value(name = "job_number")]
+    JobNumber,
+    Unionid,
+    Userid,
+}
+
+impl From<NameFromArg> for NameFrom {
+    fn from(arg: NameFromArg) -> Self {
+        match arg {
+            NameFromArg::JobNumber => NameFrom::JobNumber,
+            NameFromArg::Unionid => NameFrom::Unionid,
+            NameFromArg::Userid => NameFrom::Userid,
+        }
+    }
 }
 
 fn read_secret(args: &AddArgs) -> anyhow::Result<Secret> {
@@ -95,7 +124,7 @@ pub async fn run(db: &Db, command: SyncerCommand) -> anyhow::Result<()> {
         SyncerCommand::Add(args) => {
             let app_secret = read_secret(&args)?;
             let name = args.name.clone();
-            db::add_syncer(
+            db::add_syncer_named_from(
                 db,
                 NewSyncer {
                     name: args.name,
@@ -105,6 +134,7 @@ pub async fn run(db: &Db, command: SyncerCommand) -> anyhow::Result<()> {
                     sync_interval: args.interval,
                     enabled: args.enabled,
                 },
+                args.name_from.into(),
             )
             .await?;
             println!(

@@ -93,6 +93,12 @@ pub fn validate_syncer(row: &SyncerRow) -> Result<(), String> {
     if row.organization.trim().is_empty() {
         return Err("the organization is empty; choose one in the Casdoor syncer page".into());
     }
+    if row.organization.trim() == crate::db::BUILT_IN_ORGANIZATION {
+        return Err(
+            "the organization is `built-in`, Casdoor's administrators' organization, where every user is a global administrator; choose an organization of its own in the Casdoor syncer page"
+                .into(),
+        );
+    }
     if row.sync_interval <= 0 {
         return Err(format!(
             "sync_interval is {}; set a positive number of seconds",
@@ -1092,6 +1098,10 @@ mod tests {
         check(|r| r.app_key = " ".into(), "App Key");
         check(|r| r.app_secret = Secret::new(""), "App Secret");
         check(|r| r.organization = String::new(), "organization");
+        check(
+            |r| r.organization = "built-in".into(),
+            "global administrator",
+        );
         check(|r| r.sync_interval = 0, "sync_interval is 0");
         check(|r| r.sync_interval = -5, "positive");
         check(|r| r.table_columns = "{not json".into(), "table_columns");

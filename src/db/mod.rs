@@ -40,6 +40,10 @@ pub use runs::{
 };
 pub use schema::{SchemaError, SchemaProblem, check_schema, table_columns};
 pub use syncers::{
+    BUILT_IN_ORGANIZATION, CASDOOR_UI_TABLE_COLUMNS, NameFrom, USERID_NAME_TABLE_COLUMNS,
+    add_syncer_named_from,
+};
+pub use syncers::{
     DEFAULT_TABLE_COLUMNS, DINGTALK_TYPE, ERROR_TEXT_MAX_BYTES, NewSyncer, SYNCER_OWNER, SyncerRow,
     add_syncer, append_syncer_error, get_syncer, list_syncers, set_syncer_enabled,
 };

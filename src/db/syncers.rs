@@ -24,20 +24,65 @@ pub const DINGTALK_TYPE: &str = "DingTalk";
 /// Casdoor keeps only the last this-many bytes of `error_text`.
 pub const ERROR_TEXT_MAX_BYTES: usize = 65_536;
 
-/// The field mapping Casdoor's UI fills in for a DingTalk syncer (spec §1.3), byte for byte as
-/// Casdoor stores it after a save (compact Go JSON, `isKey:false` materialised).
-pub const DEFAULT_TABLE_COLUMNS: &str = concat!(
-    "[",
-    r#"{"name":"userid","type":"string","casdoorName":"Id","isKey":false,"isHashed":true,"values":[]},"#,
-    r#"{"name":"unionid","type":"string","casdoorName":"Name","isKey":false,"isHashed":true,"values":[]},"#,
-    r#"{"name":"name","type":"string","casdoorName":"DisplayName","isKey":false,"isHashed":true,"values":[]},"#,
-    r#"{"name":"email","type":"string","casdoorName":"Email","isKey":false,"isHashed":true,"values":[]},"#,
-    r#"{"name":"mobile","type":"string","casdoorName":"Phone","isKey":false,"isHashed":true,"values":[]},"#,
-    r#"{"name":"avatar","type":"string","casdoorName":"Avatar","isKey":false,"isHashed":true,"values":[]},"#,
-    r#"{"name":"title","type":"string","casdoorName":"Title","isKey":false,"isHashed":true,"values":[]},"#,
-    r#"{"name":"active","type":"boolean","casdoorName":"IsForbidden","isKey":false,"isHashed":true,"values":[]}"#,
-    "]"
-);
+/// The organization Casdoor keeps its administrators in: every user there is a global
+/// administrator, so no directory may be synced into it.
+pub const BUILT_IN_ORGANIZATION: &str = "built-in";
+
+/// `table_columns` with the given `Name` entry, byte for byte as Casdoor stores a mapping after a
+/// save (compact Go JSON, `isKey:false` materialised), in the documented DingTalk order.
+macro_rules! dingtalk_table_columns {
+    ($name_from:literal) => {
+        concat!(
+            "[",
+            r#"{"name":"userid","type":"string","casdoorName":"Id","isKey":false,"isHashed":true,"values":[]},"#,
+            r#"{"name":""#,
+            $name_from,
+            r#"","type":"string","casdoorName":"Name","isKey":false,"isHashed":true,"values":[]},"#,
+            r#"{"name":"name","type":"string","casdoorName":"DisplayName","isKey":false,"isHashed":true,"values":[]},"#,
+            r#"{"name":"email","type":"string","casdoorName":"Email","isKey":false,"isHashed":true,"values":[]},"#,
+            r#"{"name":"mobile","type":"string","casdoorName":"Phone","isKey":false,"isHashed":true,"values":[]},"#,
+            r#"{"name":"avatar","type":"string","casdoorName":"Avatar","isKey":false,"isHashed":true,"values":[]},"#,
+            r#"{"name":"title","type":"string","casdoorName":"Title","isKey":false,"isHashed":true,"values":[]},"#,
+            r#"{"name":"active","type":"boolean","casdoorName":"IsForbidden","isKey":false,"isHashed":true,"values":[]}"#,
+            "]"
+        )
+    };
+}
+
+/// The documented DingTalk mapping, which `syncer add` writes: userid → Id, job_number → Name
+/// (the userid when the job number is empty), name → DisplayName, email → Email, mobile →
+/// Phone, avatar → Avatar, title → Title, active → IsForbidden (inverted).
+pub const DEFAULT_TABLE_COLUMNS: &str = dingtalk_table_columns!("job_number");
+
+/// The mapping Casdoor's UI fills in for a new DingTalk syncer: as the default, but Name from
+/// the unionid, which Casdoor's DingTalk login also uses as the user name.
+pub const CASDOOR_UI_TABLE_COLUMNS: &str = dingtalk_table_columns!("unionid");
+
+/// The default mapping with Name from the DingTalk userid.
+pub const USERID_NAME_TABLE_COLUMNS: &str = dingtalk_table_columns!("userid");
+
+/// Which DingTalk field names the Casdoor users a new syncer creates.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum NameFrom {
+    /// The employee's job number, the userid when it is empty (the documented mapping).
+    #[default]
+    JobNumber,
+    /// The unionid: Casdoor's UI default, and the user name Casdoor's DingTalk login uses.
+    Unionid,
+    /// The userid.
+    Userid,
+}
+
+impl NameFrom {
+    /// The `table_columns` a new syncer gets.
+    pub fn table_columns(self) -> &'static str {
+        match self {
+            Self::JobNumber => DEFAULT_TABLE_COLUMNS,
+            Self::Unionid => CASDOOR_UI_TABLE_COLUMNS,
+            Self::Userid => USERID_NAME_TABLE_COLUMNS,
+        }
+    }
+}
 
 /// The Casdoor `syncer` columns syncerd uses. NULLs read as `''`, `0` and `false`, as Casdoor
 /// reads them. `Debug` never shows the App Secret.
@@ -120,6 +165,12 @@ impl NewSyncer {
         if self.organization.trim().is_empty() {
             return invalid("organization", "it is empty");
         }
+        if self.organization.trim() == BUILT_IN_ORGANIZATION {
+            return invalid(
+                "organization",
+                "`built-in` is Casdoor's administrators' organization, where every user is a global administrator; sync DingTalk into an organization of its own",
+            );
+        }
         if self.app_key.trim().is_empty() {
             return invalid("App Key", "it is empty");
         }
@@ -132,9 +183,9 @@ impl NewSyncer {
         Ok(())
     }
 
-    /// The row exactly as Casdoor's UI creates a DingTalk syncer (spec §1.6, §1.9), except
-    /// `is_read_only = 1`: syncerd never writes back to DingTalk.
-    fn into_model(self, created_time: String) -> syncer::Model {
+    /// The row exactly as Casdoor's UI creates a DingTalk syncer, except `is_read_only = 1`
+    /// (syncerd never writes back to DingTalk) and the mapping `name_from` chooses.
+    fn into_model(self, created_time: String, name_from: NameFrom) -> syncer::Model {
         let text = |s: &str| Some(s.to_owned());
         syncer::Model {
             owner: SYNCER_OWNER.to_owned(),
@@ -156,7 +207,7 @@ impl NewSyncer {
             cert: text(""),
             database: text("dbName"),
             table: text("table_name"),
-            table_columns: text(DEFAULT_TABLE_COLUMNS),
+            table_columns: text(name_from.table_columns()),
             affiliation_table: text(""),
             avatar_base_url: text(""),
             error_text: text(""),
@@ -167,12 +218,22 @@ impl NewSyncer {
     }
 }
 
-/// Inserts a DingTalk syncer row shaped exactly like one Casdoor's UI creates. A syncer of the
-/// same name is an error ([`DbError::SyncerExists`]).
+/// Inserts a DingTalk syncer row shaped like one Casdoor's UI creates, with the documented
+/// mapping ([`DEFAULT_TABLE_COLUMNS`]). A syncer of the same name is an error
+/// ([`DbError::SyncerExists`]).
 pub async fn add_syncer(db: &Db, new: NewSyncer) -> Result<(), DbError> {
+    add_syncer_named_from(db, new, NameFrom::default()).await
+}
+
+/// [`add_syncer`] with the users' names from `name_from`.
+pub async fn add_syncer_named_from(
+    db: &Db,
+    new: NewSyncer,
+    name_from: NameFrom,
+) -> Result<(), DbError> {
     new.validate()?;
     let name = new.name.clone();
-    let model = new.into_model(casdoor_timestamp(Local::now()));
+    let model = new.into_model(casdoor_timestamp(Local::now()), name_from);
     let result = syncer::Entity::insert(model.into_active_model())
         .exec_without_returning(db.conn())
         .await;
@@ -281,44 +342,58 @@ fn keep_last_bytes(text: &str, max: usize) -> &str {
 mod tests {
     use super::*;
 
-    #[test]
-    fn default_table_columns_is_the_ui_default() {
-        let parsed: serde_json::Value =
-            serde_json::from_str(DEFAULT_TABLE_COLUMNS).unwrap_or_default();
+    fn pairs(table_columns: &str) -> Vec<(String, String, String)> {
+        let parsed: serde_json::Value = serde_json::from_str(table_columns).unwrap_or_default();
         let entries = parsed.as_array().cloned().unwrap_or_default();
-        let pairs: Vec<(String, String, String)> = entries
-            .iter()
-            .map(|e| {
-                let s = |k: &str| e[k].as_str().unwrap_or_default().to_owned();
-                (s("name"), s("casdoorName"), s("type"))
-            })
-            .collect();
-        let expected = [
-            ("userid", "Id"),
-            ("unionid", "Name"),
-            ("name", "DisplayName"),
-            ("email", "Email"),
-            ("mobile", "Phone"),
-            ("avatar", "Avatar"),
-            ("title", "Title"),
-            ("active", "IsForbidden"),
-        ];
-        assert_eq!(pairs.len(), expected.len());
-        for ((name, casdoor, ty), (en, ec)) in pairs.iter().zip(expected) {
-            assert_eq!((name.as_str(), casdoor.as_str()), (en, ec));
-            let want = if en == "active" { "boolean" } else { "string" };
-            assert_eq!(ty, want);
-        }
         for e in &entries {
             assert_eq!(e["isKey"], false);
             assert_eq!(e["isHashed"], true);
             assert_eq!(e["values"], serde_json::json!([]));
         }
-        // Key order as Go's encoder writes it, compact.
-        assert!(DEFAULT_TABLE_COLUMNS.starts_with(
-            r#"[{"name":"userid","type":"string","casdoorName":"Id","isKey":false,"isHashed":true,"values":[]},{"name":"unionid""#
-        ));
-        assert!(!DEFAULT_TABLE_COLUMNS.contains(' '));
+        entries
+            .iter()
+            .map(|e| {
+                let s = |k: &str| e[k].as_str().unwrap_or_default().to_owned();
+                (s("name"), s("casdoorName"), s("type"))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_default_table_columns_are_the_documented_dingtalk_mapping() {
+        for (name_from, name_field) in [
+            (NameFrom::JobNumber, "job_number"),
+            (NameFrom::Unionid, "unionid"),
+            (NameFrom::Userid, "userid"),
+        ] {
+            let expected = [
+                ("userid", "Id"),
+                (name_field, "Name"),
+                ("name", "DisplayName"),
+                ("email", "Email"),
+                ("mobile", "Phone"),
+                ("avatar", "Avatar"),
+                ("title", "Title"),
+                ("active", "IsForbidden"),
+            ];
+            let pairs = pairs(name_from.table_columns());
+            assert_eq!(pairs.len(), expected.len());
+            for ((name, casdoor, ty), (en, ec)) in pairs.iter().zip(expected) {
+                assert_eq!((name.as_str(), casdoor.as_str()), (en, ec));
+                let want = if en == "active" { "boolean" } else { "string" };
+                assert_eq!(ty, want);
+            }
+            // Key order as Go's encoder writes it, compact.
+            assert!(name_from.table_columns().starts_with(
+                r#"[{"name":"userid","type":"string","casdoorName":"Id","isKey":false,"isHashed":true,"values":[]},{"name":""#
+            ));
+            assert!(!name_from.table_columns().contains(' '));
+        }
+        assert_eq!(NameFrom::default().table_columns(), DEFAULT_TABLE_COLUMNS);
+        assert!(
+            DEFAULT_TABLE_COLUMNS
+                .contains(r#"{"name":"job_number","type":"string","casdoorName":"Name""#)
+        );
     }
 
     #[test]
@@ -353,6 +428,8 @@ mod tests {
         assert!(bad(|n| n.name = "a/b".into()).contains("syncer name"));
         assert!(bad(|n| n.name = String::new()).contains("syncer name"));
         assert!(bad(|n| n.organization = " ".into()).contains("organization"));
+        let built_in = bad(|n| n.organization = "built-in".into());
+        assert!(built_in.contains("global administrator"), "{built_in}");
         assert!(bad(|n| n.app_secret = Secret::new("")).contains("App Secret"));
         assert!(bad(|n| n.sync_interval = 0).contains("sync interval"));
     }
@@ -368,7 +445,7 @@ mod tests {
                 sync_interval: 10,
                 enabled: true,
             }
-            .into_model("2026-08-22T16:53:36+08:00".into()),
+            .into_model("2026-08-22T16:53:36+08:00".into(), NameFrom::JobNumber),
         );
         assert_eq!(row.app_secret.expose(), "TopSecret-123");
         let debug = format!("{row:?}");

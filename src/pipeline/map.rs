@@ -11,8 +11,8 @@ use crate::dingtalk::types::{DirectoryUser, User};
 use super::columns::Columns;
 use super::hash::{ContentHash, hash_input};
 use super::table_columns::{
-    ColumnKind, Limit, MappedColumn, MappingError, SourceField, TableColumn, column_spec,
-    parse_table_columns, validate_columns,
+    ColumnKind, ColumnSpec, Limit, MappedColumn, MappingError, SourceField, TableColumn,
+    column_spec, parse_table_columns, validate_columns,
 };
 
 /// The value of one Casdoor user column.
@@ -56,6 +56,14 @@ pub struct Mapping {
     key: usize,
     avatar_base_url: String,
     is_default: bool,
+    /// Fields Casdoor ignores that the mapping names (left out; each run warns once).
+    ignored: Vec<&'static str>,
+    /// Casdoor's hash recipe (see `ValidatedColumns::hash_slots`).
+    hash_slots: Vec<Option<&'static ColumnSpec>>,
+    /// The DingTalk field of the last column mapped to `Name`.
+    name_field: Option<SourceField>,
+    /// Casdoor's `isUsernameLowered`: names of new users are lower-cased.
+    lowercase_names: bool,
 }
 
 /// The seed's table: `(DingTalk field, Casdoor field)`, all hashed, key = the first (`Id`).
@@ -95,13 +103,38 @@ impl Mapping {
         avatar_base_url: &str,
         is_default: bool,
     ) -> Result<Mapping, MappingError> {
-        let (columns, key) = validate_columns(columns)?;
+        let validated = validate_columns(columns)?;
+        let name_field = validated
+            .columns
+            .iter()
+            .rev()
+            .find(|c| c.target.column == "name")
+            .map(|c| c.source);
         Ok(Mapping {
-            columns,
-            key,
+            columns: validated.columns,
+            key: validated.key,
             avatar_base_url: avatar_base_url.trim().to_owned(),
             is_default,
+            ignored: validated.ignored,
+            hash_slots: validated.hash_slots,
+            name_field,
+            lowercase_names: false,
         })
+    }
+
+    /// The same mapping, lower-casing the names of the users it creates (`sync.lowercase_names`,
+    /// Casdoor's `isUsernameLowered`). Existing users keep their names.
+    pub fn with_lowercase_names(mut self, lowercase: bool) -> Mapping {
+        self.lowercase_names = lowercase;
+        self
+    }
+
+    /// The fields Casdoor ignores that `table_columns` names ([`IGNORED_USER_FIELDS`]); they
+    /// are left out of the mapping.
+    ///
+    /// [`IGNORED_USER_FIELDS`]: super::table_columns::IGNORED_USER_FIELDS
+    pub fn ignored_fields(&self) -> &[&'static str] {
+        &self.ignored
     }
 
     /// The columns in `table_columns` order.
@@ -150,7 +183,8 @@ pub enum NameSource {
     Mapped,
     /// `Name` was empty or absent: the mapped `Id`, as Casdoor does.
     IdFallback,
-    /// Neither `Name` nor `Id` had a value: the DingTalk userid.
+    /// The DingTalk userid: `Name` comes from an empty job number (the documented DingTalk
+    /// mapping's fallback, whatever `Id` is mapped from), or neither `Name` nor `Id` had a value.
     UseridFallback,
 }
 
@@ -160,8 +194,9 @@ pub struct MappedUser {
     pub userid: String,
     /// Value of the key column to match on (for a `name` key: [`MappedUser::name`]).
     pub key: String,
-    /// Casdoor user name for a new user: the mapped `Name` trimmed, else the mapped `Id`, else
-    /// the userid. An existing user's name is never rewritten.
+    /// Casdoor user name for a new user: the mapped `Name` trimmed, else (`Name` from an empty
+    /// job number) the userid, else the mapped `Id`, else the userid; lower-cased when the
+    /// mapping says so. An existing user's name is never rewritten.
     pub name: String,
     pub name_source: NameSource,
     /// Every mapped column except `name`; absent = absent in DingTalk (never clears a value).
@@ -372,17 +407,26 @@ pub fn map_user(user: &DirectoryUser, mapping: &Mapping) -> Result<MappedUser, R
         values.insert(spec.column, value);
     }
 
+    // Casdoor's hash: per slot, the canonical form of the field's final value ('' when absent
+    // or not rendered by Casdoor); an empty avatar renders as the avatar base URL.
     let hash = {
         let rendered: Vec<String> = mapping
-            .columns()
+            .hash_slots
             .iter()
-            .filter(|c| c.is_hashed)
-            .map(|c| {
-                values
-                    .get(c.target.column)
+            .map(|slot| {
+                let Some(spec) = slot else {
+                    return String::new();
+                };
+                let value = values
+                    .get(spec.column)
                     .and_then(|v| v.as_ref())
                     .map(FieldValue::canonical)
-                    .unwrap_or_default()
+                    .unwrap_or_default();
+                if spec.column == "avatar" && value.is_empty() {
+                    mapping.avatar_base_url.clone()
+                } else {
+                    value
+                }
             })
             .collect();
         ContentHash::md5_of(&hash_input(rendered.iter().map(String::as_str)))
@@ -399,10 +443,17 @@ pub fn map_user(user: &DirectoryUser, mapping: &Mapping) -> Result<MappedUser, R
         .and_then(|v| v.as_text())
         .map(str::trim)
         .filter(|s| !s.is_empty());
+    let job_number_name = mapping.name_field == Some(SourceField::JobNumber);
     let (name, name_source) = match (mapped_name, mapped_id) {
         (Some(name), _) => (name, NameSource::Mapped),
+        (None, _) if job_number_name => (userid.trim().to_owned(), NameSource::UseridFallback),
         (None, Some(id)) => (id.to_owned(), NameSource::IdFallback),
         (None, None) => (userid.trim().to_owned(), NameSource::UseridFallback),
+    };
+    let name = if mapping.lowercase_names {
+        name.to_lowercase()
+    } else {
+        name
     };
     check_name(userid, &name)?;
 
@@ -661,7 +712,7 @@ mod tests {
             };
             let user = map_user(&dir_user(profile), &mapping).unwrap();
             assert_eq!(user.name, "manager4220", "{job_number:?}");
-            assert_eq!(user.name_source, NameSource::IdFallback);
+            assert_eq!(user.name_source, NameSource::UseridFallback);
         }
     }
 
@@ -728,7 +779,7 @@ mod tests {
 
     #[test]
     fn text_into_flag_and_number_columns_follows_casdoor_conversions() {
-        let tc = r#"[{"name":"userid","casdoorName":"Id"},{"name":"title","casdoorName":"IsAdmin"},
+        let tc = r#"[{"name":"userid","casdoorName":"Id"},{"name":"title","casdoorName":"IsVerified"},
                      {"name":"job_number","casdoorName":"Score"}]"#;
         let mapping = Mapping::from_syncer(Some(tc), "").unwrap();
         let cases = [
@@ -745,7 +796,10 @@ mod tests {
                 ..full_profile()
             };
             let user = map_user(&dir_user(profile), &mapping).unwrap();
-            assert_eq!(field(&user, "is_admin"), Some(FieldValue::Bool(expected)));
+            assert_eq!(
+                field(&user, "is_verified"),
+                Some(FieldValue::Bool(expected))
+            );
             assert_eq!(field(&user, "score"), Some(FieldValue::Int(42)));
         }
         let bad_flag = User {
@@ -756,7 +810,7 @@ mod tests {
             map_user(&dir_user(bad_flag), &mapping),
             Err(RecordError::NotABool {
                 userid: "manager4220".into(),
-                column: "is_admin".into(),
+                column: "is_verified".into(),
                 source_field: "title"
             })
         );
@@ -997,6 +1051,168 @@ mod tests {
         assert_eq!(
             user.hash,
             content_hash(["manager4220", "Engineer", "Engineer"])
+        );
+    }
+
+    /// Casdoor's recipe, computed here independently of [`hash_input`]: lowercase hex MD5 of
+    /// the values joined by `|`.
+    fn casdoor_md5(values: &[&str]) -> String {
+        use md5::{Digest, Md5};
+        format!("{:x}", Md5::digest(values.join("|").as_bytes()))
+    }
+
+    #[test]
+    fn fields_casdoors_hash_leaves_out_hash_as_empty_strings() {
+        let tc = r#"[{"name":"userid","casdoorName":"Id","isHashed":true},
+                     {"name":"name","casdoorName":"FirstName","isHashed":true},
+                     {"name":"title","casdoorName":"LastName","isHashed":true},
+                     {"name":"active","casdoorName":"EmailVerified","isHashed":true},
+                     {"name":"email","casdoorName":"Email","isHashed":true}]"#;
+        let mapping = Mapping::from_syncer(Some(tc), "").unwrap();
+        let user = map_user(&dir_user(full_profile()), &mapping).unwrap();
+        // The values are written ...
+        assert_eq!(field(&user, "first_name"), text("张三"));
+        assert_eq!(field(&user, "last_name"), text("Engineer"));
+        assert_eq!(
+            field(&user, "email_verified"),
+            Some(FieldValue::Bool(false))
+        );
+        // ... but hashed as Casdoor hashes them: ''.
+        let expected = casdoor_md5(&["manager4220", "", "", "", "zhangsan@example.com"]);
+        assert_eq!(expected, "43c0b2ba4a527e04e895251e5af2df87");
+        assert_eq!(user.hash, expected.as_str());
+    }
+
+    #[test]
+    fn an_empty_avatar_hashes_as_the_avatar_base_url() {
+        let mapping = Mapping::default_mapping("https://cdn.example.com/").unwrap();
+        for avatar in [Some(""), None] {
+            let profile = User {
+                avatar: avatar.map(str::to_owned),
+                ..full_profile()
+            };
+            let user = map_user(&dir_user(profile), &mapping).unwrap();
+            let expected = casdoor_md5(&[
+                "manager4220",
+                "A001",
+                "张三",
+                "zhangsan@example.com",
+                "13800000000",
+                "https://cdn.example.com/",
+                "Engineer",
+                "0",
+            ]);
+            assert_eq!(expected, "a9c28e45cf73dc9f427d4f2baf8eba18");
+            assert_eq!(user.hash, expected.as_str(), "{avatar:?}");
+            // The stored value stays empty: a bare base URL is no picture.
+            assert_eq!(
+                field(&user, "avatar"),
+                avatar.map(|a| FieldValue::Text(a.into()))
+            );
+        }
+        // Without a base URL an empty avatar is ''.
+        let profile = User {
+            avatar: Some(String::new()),
+            ..full_profile()
+        };
+        let user = map_user(&dir_user(profile), &Mapping::default_mapping("").unwrap()).unwrap();
+        assert_eq!(
+            user.hash,
+            casdoor_md5(&[
+                "manager4220",
+                "A001",
+                "张三",
+                "zhangsan@example.com",
+                "13800000000",
+                "",
+                "Engineer",
+                "0"
+            ])
+            .as_str()
+        );
+    }
+
+    #[test]
+    fn an_empty_job_number_name_falls_back_to_the_userid_not_the_mapped_id() {
+        let tc = r#"[{"name":"unionid","casdoorName":"Id","isHashed":true},
+                     {"name":"job_number","casdoorName":"Name","isHashed":true},
+                     {"name":"userid","casdoorName":"ExternalId","isHashed":true}]"#;
+        let mapping = Mapping::from_syncer(Some(tc), "").unwrap();
+        let profile = User {
+            job_number: Some(String::new()),
+            ..full_profile()
+        };
+        let user = map_user(&dir_user(profile), &mapping).unwrap();
+        assert_eq!(user.name, "manager4220");
+        assert_eq!(user.name_source, NameSource::UseridFallback);
+        assert_eq!(user.key, "z21HjQliSzpw0Yxxxx");
+        // The hash is Casdoor's: taken before the fallback, with the empty job number.
+        assert_eq!(
+            user.hash,
+            casdoor_md5(&["z21HjQliSzpw0Yxxxx", "", ""]).as_str()
+        );
+        // Another field mapped to Name keeps Casdoor's generic fallback to the mapped Id.
+        let tc = tc.replace("job_number", "email");
+        let mapping = Mapping::from_syncer(Some(&tc), "").unwrap();
+        let profile = User {
+            email: Some(String::new()),
+            ..full_profile()
+        };
+        let user = map_user(&dir_user(profile), &mapping).unwrap();
+        assert_eq!(user.name, "z21HjQliSzpw0Yxxxx");
+        assert_eq!(user.name_source, NameSource::IdFallback);
+    }
+
+    #[test]
+    fn lowercase_names_lower_every_new_name_and_a_name_key() {
+        let mapping = Mapping::default_mapping("")
+            .unwrap()
+            .with_lowercase_names(true);
+        let profile = User {
+            job_number: Some(" Ab-ÄÖ01 ".into()),
+            ..full_profile()
+        };
+        let user = map_user(&dir_user(profile.clone()), &mapping).unwrap();
+        assert_eq!(user.name, "ab-äö01");
+        // The hash is of DingTalk's value, as Casdoor's.
+        let plain = map_user(&dir_user(profile), &Mapping::default_mapping("").unwrap()).unwrap();
+        assert_eq!(plain.name, "Ab-ÄÖ01");
+        assert_eq!(user.hash, plain.hash);
+        let fallback = User {
+            userid: "Manager4220".into(),
+            job_number: None,
+            ..full_profile()
+        };
+        assert_eq!(
+            map_user(&dir_user(fallback), &mapping).unwrap().name,
+            "manager4220"
+        );
+        let tc = r#"[{"name":"userid","casdoorName":"Id"},{"name":"unionid","casdoorName":"Name","isKey":true}]"#;
+        let mapping = Mapping::from_syncer(Some(tc), "")
+            .unwrap()
+            .with_lowercase_names(true);
+        let user = map_user(&dir_user(full_profile()), &mapping).unwrap();
+        assert_eq!(user.key, "z21hjqliszpw0yxxxx");
+    }
+
+    #[test]
+    fn ignored_fields_are_listed_and_hash_as_empty_strings() {
+        let tc = r#"[{"name":"userid","casdoorName":"Id","isHashed":true},
+                     {"name":"title","casdoorName":"Groups","isHashed":true},
+                     {"name":"name","casdoorName":"Owner","isHashed":true},
+                     {"name":"email","casdoorName":"Currency"},
+                     {"name":"mobile","casdoorName":"BalanceCurrency","isHashed":true}]"#;
+        let mapping = Mapping::from_syncer(Some(tc), "").unwrap();
+        assert_eq!(
+            mapping.ignored_fields(),
+            ["Groups", "Owner", "Currency", "BalanceCurrency"]
+        );
+        assert_eq!(mapping.target_columns(), ["id"]);
+        let user = map_user(&dir_user(full_profile()), &mapping).unwrap();
+        assert_eq!(user.fields.len(), 1);
+        assert_eq!(
+            user.hash,
+            casdoor_md5(&["manager4220", "", "", ""]).as_str()
         );
     }
 }

@@ -123,6 +123,10 @@ pub enum SyncerProblem {
         "its organization (column `organization`) is empty; choose one on the syncer's page in Casdoor"
     )]
     NoOrganization,
+    #[error(
+        "its organization is `built-in`, Casdoor's administrators' organization, where every user is a global administrator; choose an organization of its own on the syncer's page in Casdoor"
+    )]
+    BuiltInOrganization,
     #[error("its App Key (column `user`) is empty; set it on the syncer's page in Casdoor")]
     NoAppKey,
     #[error("its App Secret (column `password`) is empty; set it on the syncer's page in Casdoor")]
@@ -146,6 +150,9 @@ pub fn validate_syncer(syncer: &SyncerRow) -> Result<Mapping, SyncerProblem> {
     }
     if syncer.organization.trim().is_empty() {
         return Err(SyncerProblem::NoOrganization);
+    }
+    if syncer.organization.trim() == db::BUILT_IN_ORGANIZATION {
+        return Err(SyncerProblem::BuiltInOrganization);
     }
     if syncer.app_key.trim().is_empty() {
         return Err(SyncerProblem::NoAppKey);
@@ -313,7 +320,7 @@ impl Runner<'_> {
         );
 
         let mapping = match validate_syncer(self.syncer) {
-            Ok(m) => m,
+            Ok(m) => m.with_lowercase_names(self.ctx.sync.lowercase_names),
             Err(problem) => {
                 let error = RunError::InvalidSyncer {
                     syncer: self.name(),
@@ -322,6 +329,14 @@ impl Runner<'_> {
                 return self.fail(error).await;
             }
         };
+        if !mapping.ignored_fields().is_empty() {
+            let notice = format!(
+                "table_columns maps to {}, which Casdoor's DingTalk syncer ignores; syncerd leaves them out (remove them on the syncer's page in Casdoor to silence this)",
+                mapping.ignored_fields().join(", ")
+            );
+            warn!("{notice}");
+            self.report.notices.push(notice);
+        }
         // Beside Casdoor, users of an organization it does not know would be unreachable: stop
         // before spending API calls. syncerd's embedded database has no organization table.
         let organization = self.syncer.organization.clone();
@@ -515,7 +530,9 @@ impl Runner<'_> {
                 message: e.to_string(),
             });
         }
-        self.report.notices = plan.notices.iter().map(ToString::to_string).collect();
+        self.report
+            .notices
+            .extend(plan.notices.iter().map(ToString::to_string));
         if applied.tokens_revoked > 0 {
             self.report.notices.push(format!(
                 "expired the Casdoor tokens (if any) of {} users who were forbidden or deleted",
@@ -701,6 +718,7 @@ mod tests {
         assert!(problem(|r| r.syncer_type = "Database".into()).contains("\"Database\""));
         assert!(problem(|r| r.syncer_type = "dingtalk".into()).contains("DingTalk"));
         assert!(problem(|r| r.organization = " ".into()).contains("organization"));
+        assert!(problem(|r| r.organization = "built-in".into()).contains("global administrator"));
         assert!(problem(|r| r.app_key = String::new()).contains("App Key"));
         assert!(problem(|r| r.app_secret = Secret::new("")).contains("App Secret"));
         assert!(problem(|r| r.table_columns = "{".into()).contains("table_columns"));

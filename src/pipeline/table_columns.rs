@@ -36,7 +36,8 @@ pub enum MappingError {
     )]
     UnknownSource { entry: usize, name: String },
     #[error(
-        "syncer.table_columns entry #{entry}: `{casdoor_name}` is not a Casdoor user field syncerd knows; use the Go field name, e.g. DisplayName"
+        "syncer.table_columns entry #{entry}: `{casdoor_name}` is not a Casdoor user field syncerd can write; use the Go field name of one of: {}",
+        accepted_casdoor_names()
     )]
     UnknownCasdoorField { entry: usize, casdoor_name: String },
     #[error(
@@ -51,6 +52,15 @@ pub enum MappingError {
         "syncer.table_columns entry #{entry} is the key column but cannot identify users: {reason}; mark an identifying text column (such as userid → Id) with isKey"
     )]
     UnusableKey { entry: usize, reason: &'static str },
+}
+
+/// The `casdoorName`s a mapping may target, comma-separated, for error messages.
+pub fn accepted_casdoor_names() -> String {
+    WRITABLE_USER_COLUMNS
+        .iter()
+        .map(|c| c.casdoor_name)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// One entry of `table_columns`, as stored (before validation).
@@ -172,7 +182,9 @@ const fn int(casdoor_name: &'static str, column: &'static str) -> ColumnSpec {
 /// MySQL TEXT holds at most 65,535 bytes.
 pub const TEXT_BYTES: usize = 65_535;
 
-/// The writable user columns, with the MySQL sizes of the spec's Appendix A.
+/// The writable user columns, with the MySQL sizes of the spec's Appendix A (Casdoor's `user`
+/// DDL, which `syncerd migrate` creates too). No privilege flag is here: a DingTalk field must
+/// never make anyone an administrator.
 pub const WRITABLE_USER_COLUMNS: &[ColumnSpec] = &[
     text("Id", "id", 100),
     text("Name", "name", 255),
@@ -186,6 +198,7 @@ pub const WRITABLE_USER_COLUMNS: &[ColumnSpec] = &[
         kind: ColumnKind::Text,
         limit: Limit::Bytes(TEXT_BYTES),
     },
+    text("AvatarType", "avatar_type", 100),
     text("Email", "email", 100),
     text("Phone", "phone", 100),
     text("CountryCode", "country_code", 6),
@@ -204,25 +217,74 @@ pub const WRITABLE_USER_COLUMNS: &[ColumnSpec] = &[
     text("Birthday", "birthday", 100),
     text("Education", "education", 100),
     int("Score", "score"),
-    int("Karma", "karma"),
     int("Ranking", "ranking"),
+    flag("IsDefaultAvatar", "is_default_avatar"),
     flag("IsForbidden", "is_forbidden"),
-    flag("IsAdmin", "is_admin"),
     flag("EmailVerified", "email_verified"),
     flag("IsVerified", "is_verified"),
+    text("SignupApplication", "signup_application", 100),
+    text("CreatedIp", "created_ip", 100),
+    text("PreferredMfaType", "preferred_mfa_type", 100),
+    text("Invitation", "invitation", 100),
+    text("InvitationCode", "invitation_code", 100),
+    text("Ldap", "ldap", 100),
+    int("UidNumber", "uid_number"),
+];
+
+/// Fields Casdoor's UI offers that Casdoor's DingTalk syncer ignores when it maps a user: a
+/// mapping naming them still runs, they are left out, and each run warns once.
+pub const IGNORED_USER_FIELDS: &[&str] = &["Owner", "Currency", "BalanceCurrency", "Groups"];
+
+/// The Casdoor fields whose value Casdoor's syncer hash renders (its `getMapFromOriginalUser`);
+/// every other field of a hashed column contributes `''` to the hash, whatever its value. Only
+/// with the same holes does a row syncerd wrote look in sync to Casdoor's own syncer.
+pub const CASDOOR_HASHED_FIELDS: &[&str] = &[
+    "Id",
+    "Name",
+    "DisplayName",
+    "Avatar",
+    "Email",
+    "Phone",
+    "Location",
+    "Affiliation",
+    "Title",
+    "IdCardType",
+    "IdCard",
+    "Homepage",
+    "Bio",
+    "Tag",
+    "Region",
+    "Language",
+    "Gender",
+    "Birthday",
+    "Education",
+    "Score",
+    "Ranking",
+    "IsDefaultAvatar",
+    "IsForbidden",
+    "CreatedIp",
+    "PreferredMfaType",
+    "SignupApplication",
 ];
 
 /// Casdoor user fields that exist but that a DingTalk mapping must not target, and why.
 const REFUSED_USER_FIELDS: &[(&str, &str)] = &[
-    ("Owner", "the organization is fixed by the syncer"),
     ("Password", "syncerd never writes credentials"),
     ("PasswordSalt", "syncerd never writes credentials"),
     ("PasswordType", "syncerd never writes credentials"),
     ("Hash", "syncerd computes the content hash itself"),
     ("PreHash", "syncerd computes the content hash itself"),
     (
-        "Groups",
-        "department memberships are kept by the group sync",
+        "IsAdmin",
+        "a privilege flag; a DingTalk field must never grant administrator rights",
+    ),
+    (
+        "IsGlobalAdmin",
+        "a privilege flag; a DingTalk field must never grant administrator rights",
+    ),
+    (
+        "Karma",
+        "Casdoor's syncer never writes it on insert and zeroes it on update",
     ),
     (
         "IsDeleted",
@@ -261,6 +323,15 @@ const REFUSED_USER_FIELDS: &[(&str, &str)] = &[
         "LastSigninTime",
         "sign-in security state, not directory data",
     ),
+    (
+        "NeedUpdatePassword",
+        "sign-in security state, not directory data",
+    ),
+    ("MfaPhoneEnabled", "a sign-in security setting"),
+    ("MfaEmailEnabled", "a sign-in security setting"),
+    ("MfaRadiusEnabled", "a sign-in security setting"),
+    ("MfaPushEnabled", "a sign-in security setting"),
+    ("IpWhitelist", "a sign-in security setting"),
     ("AccessToken", "a credential"),
     ("TotpSecret", "a credential"),
     ("RecoveryCodes", "a credential"),
@@ -376,17 +447,39 @@ pub struct MappedColumn {
     pub is_hashed: bool,
 }
 
-/// Validates parsed columns; returns them with the index of the key column.
-pub fn validate_columns(
-    columns: &[TableColumn],
-) -> Result<(Vec<MappedColumn>, usize), MappingError> {
+/// A validated `table_columns`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidatedColumns {
+    /// The columns written, in `table_columns` order; ignored fields are left out.
+    pub columns: Vec<MappedColumn>,
+    /// Position of the key column in `columns`.
+    pub key: usize,
+    /// The ignored fields ([`IGNORED_USER_FIELDS`]) the mapping names, in order, once each.
+    pub ignored: Vec<&'static str>,
+    /// Casdoor's hash recipe: one slot per hashed entry, in `table_columns` order, holding the
+    /// column whose value is hashed there, or `None` where Casdoor hashes `''`.
+    pub hash_slots: Vec<Option<&'static ColumnSpec>>,
+}
+
+/// Validates parsed columns.
+pub fn validate_columns(columns: &[TableColumn]) -> Result<ValidatedColumns, MappingError> {
     let mut mapped = Vec::with_capacity(columns.len());
+    // Per table entry: its written column, `None` for an ignored field.
+    let mut targets: Vec<Option<&'static ColumnSpec>> = Vec::with_capacity(columns.len());
+    let mut ignored: Vec<&'static str> = Vec::new();
     for (i, col) in columns.iter().enumerate() {
         let entry = i + 1;
         let source = SourceField::parse(&col.name).ok_or_else(|| MappingError::UnknownSource {
             entry,
             name: col.name.clone(),
         })?;
+        if let Some(field) = IGNORED_USER_FIELDS.iter().find(|f| **f == col.casdoor_name) {
+            if !ignored.contains(field) {
+                ignored.push(field);
+            }
+            targets.push(None);
+            continue;
+        }
         let target = match column_by_casdoor_name(&col.casdoor_name) {
             Some(spec) => spec,
             None => {
@@ -408,6 +501,7 @@ pub fn validate_columns(
                 );
             }
         };
+        targets.push(Some(target));
         mapped.push(MappedColumn {
             source,
             target,
@@ -418,7 +512,15 @@ pub fn validate_columns(
         entry: 0,
         reason: "the mapping has no columns",
     })?;
-    let key_col = mapped.get(key).ok_or(MappingError::UnusableKey {
+    if targets.get(key).copied().flatten().is_none() {
+        return Err(MappingError::UnusableKey {
+            entry: key + 1,
+            reason: "Casdoor ignores its field",
+        });
+    }
+    // The key's position among the written columns: the written entries before it.
+    let mapped_key = targets.iter().take(key).filter(|t| t.is_some()).count();
+    let key_col = mapped.get(mapped_key).ok_or(MappingError::UnusableKey {
         entry: key + 1,
         reason: "the mapping has no columns",
     })?;
@@ -434,7 +536,25 @@ pub fn validate_columns(
             reason: "its DingTalk field does not identify a person",
         });
     }
-    Ok((mapped, key))
+    // Casdoor renders a user into a map keyed by DingTalk field name, so a hashed entry reads
+    // the field of the last entry with its DingTalk name; fields its renderer leaves out are ''.
+    let hash_slots = columns
+        .iter()
+        .filter(|c| c.is_hashed)
+        .map(|c| {
+            let last = columns.iter().rposition(|o| o.name == c.name)?;
+            let target = targets.get(last).copied().flatten()?;
+            CASDOOR_HASHED_FIELDS
+                .contains(&target.casdoor_name)
+                .then_some(target)
+        })
+        .collect();
+    Ok(ValidatedColumns {
+        columns: mapped,
+        key: mapped_key,
+        ignored,
+        hash_slots,
+    })
 }
 
 #[cfg(test)]
@@ -556,7 +676,7 @@ mod tests {
                 name: "nickname".into()
             })
         );
-        let err = validate_columns(&[col("userid", "Id", false), col("title", "Groups", false)]);
+        let err = validate_columns(&[col("userid", "Id", false), col("title", "Hash", false)]);
         assert!(matches!(
             err,
             Err(MappingError::UnwritableCasdoorField { entry: 2, .. })
@@ -589,9 +709,148 @@ mod tests {
             err,
             Err(MappingError::UnusableKey { entry: 1, .. })
         ));
-        let (cols, key) =
+        let v =
             validate_columns(&[col("userid", "Id", false), col("unionid", "Name", true)]).unwrap();
-        assert_eq!(key, 1);
-        assert_eq!(cols[key].target.column, "name");
+        assert_eq!(v.key, 1);
+        assert_eq!(v.columns[v.key].target.column, "name");
+        let err = validate_columns(&[col("userid", "Id", false), col("title", "Owner", true)]);
+        assert!(matches!(
+            err,
+            Err(MappingError::UnusableKey { entry: 2, .. })
+        ));
+    }
+
+    #[test]
+    fn privilege_flags_and_karma_are_refused_with_their_reason() {
+        for (field, reason) in [
+            ("IsAdmin", "privilege flag"),
+            ("IsGlobalAdmin", "privilege flag"),
+            ("Karma", "zeroes it on update"),
+        ] {
+            let err = validate_columns(&[col("userid", "Id", false), col("active", field, false)])
+                .unwrap_err();
+            assert!(
+                matches!(&err, MappingError::UnwritableCasdoorField { entry: 2, casdoor_name, .. } if casdoor_name == field),
+                "{err}"
+            );
+            assert!(err.to_string().contains(reason), "{err}");
+            assert!(column_by_casdoor_name(field).is_none());
+        }
+        assert!(
+            WRITABLE_USER_COLUMNS
+                .iter()
+                .all(|c| !c.column.starts_with("is_") || !c.column.contains("admin"))
+        );
+    }
+
+    #[test]
+    fn fields_casdoor_ignores_are_left_out_and_listed_once() {
+        let v = validate_columns(&[
+            col("userid", "Id", false),
+            col("title", "Groups", false),
+            col("name", "Owner", true),
+            col("email", "Currency", false),
+            col("mobile", "BalanceCurrency", false),
+            col("avatar", "Groups", false),
+        ]);
+        // The key may not be an ignored field; move it back to Id.
+        assert!(matches!(v, Err(MappingError::UnusableKey { entry: 3, .. })));
+        let v = validate_columns(&[
+            col("userid", "Id", false),
+            col("title", "Groups", false),
+            col("name", "Owner", false),
+            col("email", "Currency", false),
+            col("mobile", "BalanceCurrency", false),
+            col("avatar", "Groups", false),
+        ])
+        .unwrap();
+        assert_eq!(v.columns.len(), 1);
+        assert_eq!(v.key, 0);
+        assert_eq!(
+            v.ignored,
+            ["Groups", "Owner", "Currency", "BalanceCurrency"]
+        );
+        // Ignored hashed entries still take their place in the hash, as ''.
+        assert_eq!(v.hash_slots.len(), 6);
+        assert!(v.hash_slots[1..].iter().all(Option::is_none));
+    }
+
+    #[test]
+    fn fields_casdoors_ui_offers_are_writable_with_casdoors_column_types() {
+        let expected = [
+            (
+                "AvatarType",
+                "avatar_type",
+                ColumnKind::Text,
+                Limit::Chars(100),
+            ),
+            (
+                "SignupApplication",
+                "signup_application",
+                ColumnKind::Text,
+                Limit::Chars(100),
+            ),
+            (
+                "CreatedIp",
+                "created_ip",
+                ColumnKind::Text,
+                Limit::Chars(100),
+            ),
+            ("UidNumber", "uid_number", ColumnKind::Int, Limit::None),
+            (
+                "IsDefaultAvatar",
+                "is_default_avatar",
+                ColumnKind::Bool,
+                Limit::None,
+            ),
+            ("Ldap", "ldap", ColumnKind::Text, Limit::Chars(100)),
+            (
+                "Invitation",
+                "invitation",
+                ColumnKind::Text,
+                Limit::Chars(100),
+            ),
+            (
+                "InvitationCode",
+                "invitation_code",
+                ColumnKind::Text,
+                Limit::Chars(100),
+            ),
+            (
+                "PreferredMfaType",
+                "preferred_mfa_type",
+                ColumnKind::Text,
+                Limit::Chars(100),
+            ),
+        ];
+        for (field, column, kind, limit) in expected {
+            let spec = column_by_casdoor_name(field).unwrap_or_else(|| panic!("{field}"));
+            assert_eq!((spec.column, spec.kind, spec.limit), (column, kind, limit));
+        }
+    }
+
+    #[test]
+    fn an_unknown_field_is_named_with_the_accepted_ones() {
+        let err = validate_columns(&[col("userid", "Id", false), col("title", "Nickname", false)])
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("`Nickname`"), "{text}");
+        for spec in WRITABLE_USER_COLUMNS {
+            assert!(text.contains(spec.casdoor_name), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_hashed_entry_reads_the_field_of_the_last_entry_with_its_dingtalk_name() {
+        // Casdoor keys its rendered user by DingTalk field name: `userid` hashes Tag's value in
+        // both slots, and FirstName (not rendered by Casdoor) hashes as ''.
+        let v = validate_columns(&[
+            col("userid", "Id", false),
+            col("name", "FirstName", false),
+            col("userid", "Tag", false),
+        ])
+        .unwrap();
+        let slots: Vec<Option<&str>> = v.hash_slots.iter().map(|s| s.map(|c| c.column)).collect();
+        assert_eq!(slots, [Some("tag"), None, Some("tag")]);
     }
 }

@@ -42,14 +42,26 @@ pub fn init_test_log() {
     }
 }
 
-/// Adds the stock DingTalk syncer `SYNCER` for `ORG` and returns its row.
+/// Adds the DingTalk syncer `SYNCER` for `ORG` with Casdoor's UI mapping (names from the
+/// unionid, as these suites were written against) and returns its row.
 pub async fn add_syncer(db: &Db) -> SyncerRow {
     add_named_syncer(db, SYNCER, ORG).await
 }
 
+/// A syncer with Casdoor's UI mapping (names from the unionid).
 pub async fn add_named_syncer(db: &Db, name: &str, organization: &str) -> SyncerRow {
+    add_syncer_named_from(db, name, organization, db::NameFrom::Unionid).await
+}
+
+/// A syncer whose users are named from `name_from`.
+pub async fn add_syncer_named_from(
+    db: &Db,
+    name: &str,
+    organization: &str,
+    name_from: db::NameFrom,
+) -> SyncerRow {
     init_test_log();
-    db::add_syncer(
+    db::add_syncer_named_from(
         db,
         NewSyncer {
             name: name.to_owned(),
@@ -59,6 +71,7 @@ pub async fn add_named_syncer(db: &Db, name: &str, organization: &str) -> Syncer
             sync_interval: 600,
             enabled: true,
         },
+        name_from,
     )
     .await
     .expect("add syncer");
@@ -76,6 +89,7 @@ pub fn sync_settings(batch_size: usize) -> SyncSettings {
         max_removals: 100,
         max_removal_percent: 50.0,
         adopt_existing: false,
+        ..SyncSettings::default()
     }
 }
 

@@ -298,7 +298,12 @@ impl Org {
                 .then(|| format!("1{}{:09}", 3 + rng.below(7), rng.below(1_000_000_000))),
             hide_mobile: Some(rng.chance(0.05)),
             telephone: None,
-            job_number: rng.chance(0.9).then(|| format!("A{:05}", no)),
+            // One in ten has no job number: DingTalk sends it empty or leaves it out.
+            job_number: if rng.chance(0.9) {
+                Some(format!("A{no:05}"))
+            } else {
+                no.is_multiple_of(2).then(String::new)
+            },
             title: rng
                 .chance(0.9)
                 .then(|| rng.pick(TITLES).copied().unwrap_or("工程师").to_owned()),
@@ -688,7 +693,9 @@ mod tests {
         let count = |f: &dyn Fn(&User) -> bool| snap.users.iter().filter(|u| f(&u.profile)).count();
         assert!(count(&|u| u.email.is_none()) > 100);
         assert!(count(&|u| u.mobile.is_none()) > 100);
-        assert!(count(&|u| u.job_number.is_none()) > 100);
+        assert!(count(&|u| u.job_number.as_deref().is_none_or(str::is_empty)) > 100);
+        assert!(count(&|u| u.job_number.is_none()) > 30);
+        assert!(count(&|u| u.job_number.as_deref() == Some("")) > 30);
         assert!(count(&|u| u.active == Some(false)) > 50);
         assert!(count(&|u| u.name.as_deref().is_some_and(|n| n.chars().count() >= 40)) > 5);
         assert!(

@@ -1266,7 +1266,7 @@ const MAPPINGS: &[Option<&str>] = &[
     ),
     Some(
         r#"[{"name":"userid","casdoorName":"Id","isHashed":true},{"name":"mobile","casdoorName":"Score"},
-            {"name":"email","casdoorName":"EmailVerified","isHashed":true},{"name":"active","casdoorName":"IsAdmin"}]"#,
+            {"name":"email","casdoorName":"EmailVerified","isHashed":true},{"name":"active","casdoorName":"IsVerified"}]"#,
     ),
 ];
 
