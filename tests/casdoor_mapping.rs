@@ -161,6 +161,32 @@ async fn syncer_add_writes_the_documented_mapping_and_names_users_by_job_number_
 }
 
 #[tokio::test]
+async fn an_empty_table_columns_is_the_documented_mapping() {
+    on_every_engine(async |t: &TestDb| {
+        let db = t.migrated().await;
+        add_syncer_named_from(&db, SYNCER, ORG, NameFrom::Unionid).await;
+        for empty in ["''", "NULL", "'[]'", "'null'"] {
+            let syncer = set_syncer(t, &db, &format!("table_columns = {empty}")).await;
+            let dir = directory_with_missing_job_numbers(5);
+            let report = run_with(&db, &syncer, &dir, sync_settings(10)).await;
+            assert_status(t, &report, RunStatus::Succeeded);
+            let want: Vec<(String, String)> = (0..5)
+                .map(|i| {
+                    let name = if (1..=3).contains(&i) {
+                        userid(i)
+                    } else {
+                        format!("A{i:05}")
+                    };
+                    (userid(i), name)
+                })
+                .collect();
+            assert_eq!(names(&db).await, want, "{} {empty}", t.label());
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn name_from_unionid_or_userid_names_the_users_of_a_new_syncer() {
     on_every_engine(async |t: &TestDb| {
         for (name_from, expected) in [
