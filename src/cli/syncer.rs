@@ -14,7 +14,7 @@ use super::output::{one_line, table};
 
 #[derive(Debug, Subcommand)]
 pub enum SyncerCommand {
-    /// Add a DingTalk syncer row, exactly as Casdoor's UI would write it.
+    /// Add a DingTalk syncer row, shaped as Casdoor's UI writes one.
     ///
     /// The row gets owner `admin`, type `DingTalk`, the App Key in `user`, the App Secret in
     /// `password`, `is_read_only = 1` (syncerd never writes to DingTalk), and in `table_columns`
