@@ -160,8 +160,12 @@ impl Drop for InFlight {
     }
 }
 
-/// A socket that records when it last read or wrote a byte.
+/// A socket that records when it last read or wrote a byte, and holds the connection's slot
+/// under `http.max_connections`. The slot is given back before the socket is shut down or
+/// closed (fields drop in order), so a client that saw the close and connects again finds it
+/// free.
 struct ActivityIo {
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
     inner: TcpStream,
     activity: Arc<Activity>,
 }
@@ -199,6 +203,7 @@ impl AsyncWrite for ActivityIo {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.slot = None;
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
@@ -207,21 +212,24 @@ impl AsyncWrite for ActivityIo {
 async fn idle(activity: &Activity, idle: Duration) {
     loop {
         let quiet = activity.idle_for();
-        if activity.in_flight.load(Ordering::Relaxed) == 0 && quiet >= idle {
+        let busy = activity.in_flight.load(Ordering::Relaxed) > 0;
+        if !busy && quiet >= idle {
             return;
         }
-        tokio::time::sleep(idle.saturating_sub(quiet).max(Duration::from_millis(20))).await;
+        // A request in flight touches the activity when it ends: look again a full period on.
+        let wait = if busy { idle } else { idle - quiet };
+        tokio::time::sleep(wait.max(Duration::from_millis(20))).await;
     }
 }
 
-/// Serves one connection (HTTP/1.1 with keep-alive) within `limits`; holds `_slot` until the
+/// Serves one connection (HTTP/1.1 with keep-alive) within `limits`; `slot` is held until the
 /// connection closes.
 async fn serve_connection(
     stream: TcpStream,
     app: Router,
     limits: ServeLimits,
     stop: CancellationToken,
-    _slot: tokio::sync::OwnedSemaphorePermit,
+    slot: tokio::sync::OwnedSemaphorePermit,
 ) {
     let activity = Arc::new(Activity {
         start: Instant::now(),
@@ -229,6 +237,7 @@ async fn serve_connection(
         in_flight: AtomicUsize::new(0),
     });
     let io = TokioIo::new(ActivityIo {
+        slot: Some(slot),
         inner: stream,
         activity: activity.clone(),
     });
@@ -249,19 +258,21 @@ async fn serve_connection(
         .keep_alive(true)
         .serve_connection(io, service);
     let mut connection = std::pin::pin!(connection);
-    tokio::select! {
+    let stopping = tokio::select! {
         result = connection.as_mut() => {
             if let Err(e) = result {
                 tracing::debug!("HTTP connection ended: {e}");
             }
-            return;
+            false
         }
-        () = idle(&activity, limits.idle_timeout) => return,
-        () = stop.cancelled() => {}
+        () = idle(&activity, limits.idle_timeout) => false,
+        () = stop.cancelled() => true,
+    };
+    if stopping {
+        // Finish the answer in flight, then close.
+        connection.as_mut().graceful_shutdown();
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, connection).await;
     }
-    // Stopping: finish the answer in flight, then close.
-    connection.as_mut().graceful_shutdown();
-    let _ = tokio::time::timeout(DRAIN_TIMEOUT, connection).await;
 }
 
 fn router(shared: Arc<Shared>) -> Router {

@@ -286,8 +286,8 @@ pub enum TriggerError {
     AlreadyRunning(String),
     /// A manual run within `scheduler.min_interval` of the syncer's last start.
     #[error(
-        "syncer `{name}` started a run less than scheduler.min_interval ago; retry in \
-         {retry_after:?}"
+        "syncer `{name}` started a run less than scheduler.min_interval ago; retry in {} s",
+        retry_after.as_millis().div_ceil(1000).max(1)
     )]
     TooSoon { name: String, retry_after: Duration },
     #[error("syncerd is shutting down")]
