@@ -323,8 +323,7 @@ async fn manual_runs_are_rate_limited_and_a_disabled_syncer_needs_force() {
             async move {
                 let response = http
                     .post(format!("http://127.0.0.1:{port}{path}"))
-                    // The scheme in lower case, as HTTP allows.
-                    .header("Authorization", format!("bearer {TOKEN}"))
+                    .bearer_auth(TOKEN)
                     .send()
                     .await
                     .unwrap();
@@ -378,6 +377,17 @@ async fn manual_runs_are_rate_limited_and_a_disabled_syncer_needs_force() {
         let seconds: u64 = retry_after.unwrap().parse().unwrap();
         assert!((1..=60).contains(&seconds), "{seconds}");
         eprintln!("{}: {started} started, {limited} answered 429", t.label());
+
+        // The scheme in any case, as HTTP allows.
+        for scheme in ["bearer", "BEARER"] {
+            let response = http
+                .get(format!("http://127.0.0.1:{port}/api/v1/syncers"))
+                .header("Authorization", format!("{scheme} {TOKEN}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status().as_u16(), 200, "{scheme}");
+        }
 
         let (status, _, body) = post("/api/v1/syncers/off/run".into()).await;
         assert_eq!(status, 409, "{body}");
