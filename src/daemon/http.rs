@@ -4,7 +4,9 @@
 //!
 //! The admin API is off (404) unless `http.admin_token` is set; the token is compared in
 //! constant time and never echoed. Answers never carry a secret: syncer rows are shown by name,
-//! organization and schedule only.
+//! organization and schedule only; the probes name no database host or user. "Sync now" is
+//! limited to one run start per syncer and `scheduler.min_interval` (429), and runs a disabled
+//! syncer only with `?force=true`. Connections are bounded in time and number (`serve`).
 
 use std::pin::Pin;
 use std::sync::Arc;
