@@ -435,6 +435,53 @@ async fn an_admin_token_shorter_than_16_bytes_is_refused_at_start_up() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_with_a_short_admin_token_keeps_the_running_one() {
+    let t = TestDb::sqlite().await;
+    t.migrated().await.close().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("admin-token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let config = dir.path().join("syncerd.toml");
+    std::fs::write(
+        &config,
+        format!("[http]\nadmin_token_file = \"{}\"\n", token_file.display()),
+    )
+    .unwrap();
+    let config_arg = config.to_string_lossy().into_owned();
+    let mut d = Syncerd::daemon(t.url(), &["--config", &config_arg], &[]);
+    let list = |token: &'static str| {
+        let port = d.port;
+        async move {
+            reqwest::Client::new()
+                .get(format!("http://127.0.0.1:{port}/api/v1/syncers"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        }
+    };
+    eventually(Duration::from_secs(10), "the admin API", || async {
+        list(TOKEN).await == 200
+    })
+    .await;
+    std::fs::write(&token_file, "short-tok-15byt\n").unwrap();
+    d.signal("HUP");
+    d.wait_for_log(
+        "reload: keeping the running configuration",
+        Duration::from_secs(5),
+    )
+    .await;
+    let log = d.stderr();
+    assert!(log.contains("at least 16"), "{log}");
+    assert!(!log.contains("short-tok-15byt"), "{log}");
+    assert_eq!(list(TOKEN).await, 200);
+    assert_eq!(list("short-tok-15byt").await, 401);
+    d.signal("TERM");
+    assert!(d.exit_within(Duration::from_secs(10)).await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_newline_in_a_syncer_name_cannot_forge_a_log_line() {
     on_every_engine(async |t: &TestDb| {
         let db = t.migrated().await;
