@@ -28,10 +28,16 @@ pub const DEFAULT_CONFIG_PATHS: &[&str] = &["/etc/syncerd/syncerd.toml", "./sync
 /// The embedded default database.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://syncerd.db?mode=rwc";
 
-/// A database URL. It may hold a password, so `Debug`, `Display` and `Serialize` show it with
-/// the password redacted; [`DatabaseUrl::expose`] gives the real URL to the driver.
+/// A database URL. It may hold a user name, a password and secret options, so it is never
+/// printed: `Debug`, `Display` and `Serialize` show only the engine, host, port and database
+/// taken from it (see [`DatabaseUrl::target`]), or "unparseable database URL (hidden)".
+/// [`DatabaseUrl::expose`] gives the real URL to the driver.
 #[derive(Clone, PartialEq, Eq)]
 pub struct DatabaseUrl(Secret);
+
+/// Shown in place of a database URL that cannot be taken apart safely (for example a password
+/// holding an unescaped `#`, `/`, `?` or `@`, which would otherwise pass for the host).
+pub const UNPARSEABLE_DATABASE_URL: &str = "unparseable database URL (hidden)";
 
 impl DatabaseUrl {
     pub fn new(url: impl Into<String>) -> Self {
@@ -43,9 +49,20 @@ impl DatabaseUrl {
         self.0.expose()
     }
 
-    /// The URL with any password or secret query value replaced by `[redacted]`.
+    /// What may be printed of the URL: `PostgreSQL database `casdoor` on db:5432`. Never the
+    /// URL itself, its user, password or options.
     pub fn redacted(&self) -> String {
-        redact_url(self.0.expose())
+        match (self.engine(), describe_target(self.0.expose())) {
+            (Some(engine), Some(target)) => format!("{engine} database {target}"),
+            _ => UNPARSEABLE_DATABASE_URL.to_owned(),
+        }
+    }
+
+    /// The database the URL names, without the engine: `` `casdoor` on db:5432 `` or the SQLite
+    /// file path; "(unparseable database URL, hidden)" when it cannot be taken apart safely.
+    pub fn target(&self) -> String {
+        describe_target(self.0.expose())
+            .unwrap_or_else(|| "(unparseable database URL, hidden)".to_owned())
     }
 
     /// Which engine the URL names, from its scheme.
@@ -58,6 +75,74 @@ impl DatabaseUrl {
             "postgres" | "postgresql" => Some(Engine::Postgres),
             _ => None,
         }
+    }
+}
+
+/// Host, port and database of a server URL, or the file of a SQLite URL; `None` when the URL
+/// cannot be split by the URL rules without guessing. Where a password holds a reserved
+/// character, the authority ends early and part of the password would pass for the host or
+/// port: any `@` after the authority, or a host or port that is not one, means "do not guess".
+fn describe_target(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once(':')?;
+    if scheme == "sqlite" {
+        let path = rest.strip_prefix("//").unwrap_or(rest);
+        let path = path.split(['?', '#']).next().unwrap_or_default();
+        if path.is_empty() || path == ":memory:" || rest.contains("mode=memory") {
+            return Some("in memory".to_owned());
+        }
+        if path.chars().any(char::is_control) {
+            return None;
+        }
+        return Some(path.to_owned());
+    }
+    let default_port = match scheme {
+        "mysql" | "mariadb" => 3306,
+        "postgres" | "postgresql" => 5432,
+        _ => return None,
+    };
+    let rest = rest.strip_prefix("//")?;
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, after) = rest.split_at(authority_end);
+    if after.contains('@') {
+        return None;
+    }
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (host, port) = if let Some(v6) = host_port.strip_prefix('[') {
+        let (inner, tail) = v6.split_once(']')?;
+        if !inner
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.')
+        {
+            return None;
+        }
+        (format!("[{inner}]"), tail.strip_prefix(':'))
+    } else {
+        match host_port.split_once(':') {
+            Some((h, p)) => (h.to_owned(), Some(p)),
+            None => (host_port.to_owned(), None),
+        }
+    };
+    let host_ok = !host.is_empty()
+        && (host.starts_with('[')
+            || host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')));
+    if !host_ok {
+        return None;
+    }
+    let port = match port {
+        None => default_port,
+        Some(p) => p.parse::<u16>().ok()?,
+    };
+    let path = after.split(['?', '#']).next().unwrap_or_default();
+    let database = path.trim_start_matches('/');
+    if database.chars().any(|c| c.is_control() || c == '`') {
+        return None;
+    }
+    if database.is_empty() {
+        Some(format!("on {host}:{port} (no database named)"))
+    } else {
+        Some(format!("`{database}` on {host}:{port}"))
     }
 }
 
@@ -300,6 +385,17 @@ pub struct HttpSettings {
     pub admin_token: Option<Secret>,
     /// Path of a file holding `admin_token` (wins over `admin_token` when set).
     pub admin_token_file: Option<PathBuf>,
+    /// How long a client may take to send a request's headers, counted from when the
+    /// connection opens or the previous answer went out (so it also ends waiting keep-alives).
+    #[serde(with = "duration_text")]
+    pub header_read_timeout: Duration,
+    /// A connection with no request going on that moves no byte for this long is closed.
+    #[serde(with = "duration_text")]
+    pub idle_timeout: Duration,
+    /// Connections served at once; more are answered 503 and closed at once, so stalled
+    /// clients cannot take every file descriptor the database needs.
+    #[serde(deserialize_with = "lenient_number")]
+    pub max_connections: usize,
 }
 
 impl Default for HttpSettings {
@@ -308,6 +404,31 @@ impl Default for HttpSettings {
             listen: "127.0.0.1:9464".to_owned(),
             admin_token: None,
             admin_token_file: None,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(5),
+            max_connections: 64,
+        }
+    }
+}
+
+/// The shortest admin token the daemon accepts: a short token falls to guessing.
+pub const MIN_ADMIN_TOKEN_BYTES: usize = 16;
+
+impl HttpSettings {
+    /// Refuses an admin token shorter than [`MIN_ADMIN_TOKEN_BYTES`]; the daemon checks this
+    /// before it serves (other commands never use the token).
+    pub fn check_admin_token(&self) -> Result<(), ConfigError> {
+        match &self.admin_token {
+            Some(token) if token.expose().len() < MIN_ADMIN_TOKEN_BYTES => {
+                Err(ConfigError::Invalid(format!(
+                    "http.admin_token is {} bytes long; use at least {MIN_ADMIN_TOKEN_BYTES} \
+                     random bytes (for example `openssl rand -hex 32`), set through \
+                     http.admin_token_file / SYNCERD_HTTP__ADMIN_TOKEN_FILE, or unset it to turn \
+                     the admin API off",
+                    token.expose().len()
+                )))
+            }
+            _ => Ok(()),
         }
     }
 }
@@ -458,7 +579,9 @@ impl Settings {
                 .find(|p| p.is_file()),
         };
 
-        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        // The default database URL goes in as text: `DatabaseUrl` serializes to a description.
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()))
+            .merge(Serialized::default("database.url", DEFAULT_DATABASE_URL));
         if let Some(path) = &file {
             // Parse the file up front so a syntax error names the file, line and column.
             let text = std::fs::read_to_string(path).map_err(|e| ConfigError::BadFile {
@@ -506,10 +629,11 @@ impl Settings {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |msg: String| Err(ConfigError::Invalid(msg));
         if self.database.url.engine().is_none() {
-            return invalid(format!(
-                "database.url `{}` is not a sqlite://, mysql:// or postgres:// URL (SYNCERD_DATABASE__URL)",
-                self.database.url.redacted()
-            ));
+            return invalid(
+                "database.url (not shown: it may hold a password) is not a sqlite://, mysql:// \
+                 or postgres:// URL (SYNCERD_DATABASE__URL)"
+                    .to_owned(),
+            );
         }
         if self.database.max_connections == 0 {
             return invalid("database.max_connections must be at least 1".into());
@@ -554,6 +678,14 @@ impl Settings {
                 "http.listen `{}` is not an address like 127.0.0.1:9464",
                 self.http.listen
             ));
+        }
+        if self.http.header_read_timeout.is_zero() || self.http.idle_timeout.is_zero() {
+            return invalid(
+                "http.header_read_timeout and http.idle_timeout must be more than 0".into(),
+            );
+        }
+        if self.http.max_connections == 0 {
+            return invalid("http.max_connections must be at least 1".into());
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return invalid(format!(
@@ -1157,10 +1289,48 @@ mod tests {
         assert!(!text.contains("Pg-Pa55"), "{text}");
         assert!(!text.contains("admin-tok-xyz"), "{text}");
         assert!(
-            text.contains("postgres://syncerd:[redacted]@db/casdoor"),
+            text.contains("url = \"PostgreSQL database `casdoor` on db:5432\""),
             "{text}"
         );
+        assert!(
+            !text.contains("syncerd:"),
+            "the user name is not shown: {text}"
+        );
         assert!(!format!("{s:?}").contains("Pg-Pa55"));
+    }
+
+    #[test]
+    fn database_urls_print_as_engine_host_port_and_database_only() {
+        let shown = |url: &str| DatabaseUrl::new(url).to_string();
+        assert_eq!(
+            shown("mysql://u:pw@db.local:3307/casdoor?ssl-mode=required&Password=x"),
+            "MySQL/MariaDB database `casdoor` on db.local:3307"
+        );
+        assert_eq!(
+            shown("postgresql://u@[::1]/casdoor"),
+            "PostgreSQL database `casdoor` on [::1]:5432"
+        );
+        assert_eq!(
+            shown("sqlite:///var/lib/syncerd/x.db?mode=rwc"),
+            "SQLite database /var/lib/syncerd/x.db"
+        );
+        // Reserved characters in a password: the authority ends early, so part of the password
+        // would pass for the host or port. Hidden instead.
+        for url in [
+            "mysql://u:Sup3r#Secret@host/db",
+            "mysql://u:Sup/3r@host/db",
+            "mysql://u:Sup?3r@host/db",
+            "mysql://Sup3rSecret#@host/db",
+            "postgres://u:pw@host:notaport/db",
+            "oracle://scott:tiger@db/orcl",
+        ] {
+            let text = shown(url);
+            assert!(
+                text.ends_with(UNPARSEABLE_DATABASE_URL),
+                "{url} showed as {text}"
+            );
+            assert!(!text.contains("Sup") && !text.contains("tiger"), "{text}");
+        }
     }
 
     #[test]

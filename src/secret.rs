@@ -70,15 +70,15 @@ impl<'de> Deserialize<'de> for Secret {
     }
 }
 
-/// Query parameters whose values are secret wherever they appear.
-const SECRET_QUERY_KEYS: &[&str] = &[
-    "access_token",
-    "appsecret",
-    "app_secret",
-    "secret",
-    "password",
-    "token",
-];
+/// Query parameters whose values are secret wherever they appear, compared without case.
+const SECRET_QUERY_KEYS: &[&str] = &["appsecret", "app_secret", "secret", "pwd", "passwd"];
+
+/// Whether a query key names a secret: one of [`SECRET_QUERY_KEYS`], or any key holding
+/// `password` or `token` (`Password`, `sslpassword`, `access_token`), in any case.
+fn is_secret_query_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    SECRET_QUERY_KEYS.contains(&key.as_str()) || key.contains("password") || key.contains("token")
+}
 
 /// Returns `url` with the values of secret query parameters and any password in the userinfo
 /// part replaced by `[redacted]`. Works on anything URL-shaped, including text that is not a valid
@@ -96,39 +96,30 @@ pub fn redact_text(text: &str) -> String {
 fn redact_query_values(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
-    'scan: while !rest.is_empty() {
-        for key in SECRET_QUERY_KEYS {
-            // A query key starts after '?' or '&' (or ';' in some DSNs) and is followed by '='.
-            if let Some(stripped) = rest.strip_prefix(key) {
-                let preceded_by_separator = out
-                    .chars()
-                    .last()
-                    .is_some_and(|c| c == '?' || c == '&' || c == ';');
-                if preceded_by_separator && let Some(after_eq) = stripped.strip_prefix('=') {
-                    out.push_str(key);
-                    out.push('=');
-                    out.push_str(REDACTED);
-                    let end = after_eq
-                        .find(|c: char| {
-                            c == '&'
-                                || c == '#'
-                                || c == ';'
-                                || c.is_whitespace()
-                                || c == '"'
-                                || c == '\''
-                                || c == ')'
-                        })
-                        .unwrap_or(after_eq.len());
-                    rest = &after_eq[end..];
-                    continue 'scan;
-                }
-            }
+    while let Some(c) = rest.chars().next() {
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+        // A query key starts after '?' or '&' (or ';' in some DSNs) and is followed by '='.
+        if !matches!(c, '?' | '&' | ';') {
+            continue;
         }
-        let mut chars = rest.chars();
-        if let Some(c) = chars.next() {
-            out.push(c);
+        let key_len = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.'))
+            .unwrap_or(rest.len());
+        let (key, after_key) = rest.split_at(key_len);
+        let Some(value) = after_key.strip_prefix('=') else {
+            continue;
+        };
+        if key.is_empty() || !is_secret_query_key(key) {
+            continue;
         }
-        rest = chars.as_str();
+        out.push_str(key);
+        out.push('=');
+        out.push_str(REDACTED);
+        let end = value
+            .find(|c: char| matches!(c, '&' | '#' | ';' | '"' | '\'' | ')') || c.is_whitespace())
+            .unwrap_or(value.len());
+        rest = &value[end..];
     }
     out
 }
@@ -216,6 +207,18 @@ mod tests {
         assert_eq!(
             redact_url("postgres://postgres@127.0.0.1:5432"),
             "postgres://postgres@127.0.0.1:5432"
+        );
+    }
+
+    #[test]
+    fn secret_query_keys_are_redacted_in_any_case() {
+        assert_eq!(
+            redact_url("postgres://h/db?sslmode=require&Password=Pw1&sslpassword=Pw2&PWD=Pw3"),
+            "postgres://h/db?sslmode=require&Password=[redacted]&sslpassword=[redacted]&PWD=[redacted]"
+        );
+        assert_eq!(
+            redact_url("x?ACCESS_TOKEN=t1;AppSecret=s1"),
+            "x?ACCESS_TOKEN=[redacted];AppSecret=[redacted]"
         );
     }
 

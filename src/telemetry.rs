@@ -36,6 +36,11 @@ pub fn filter_for(level: &str) -> EnvFilter {
             directives.push_str(&format!(",{noisy}=warn"));
         }
     }
+    // sqlx's PostgreSQL URL parser warns about every query parameter it does not know, with
+    // its value: `Password=...` (any case but lower) or `sslpassword=...` would be logged.
+    if !level.contains("sqlx_postgres::options") {
+        directives.push_str(",sqlx_postgres::options=off");
+    }
     EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info"))
 }
 
@@ -68,6 +73,71 @@ pub fn set_level(level: &str) -> Result<(), String> {
     handle.reload(filter_for(level)).map_err(|e| e.to_string())
 }
 
+/// A writer of text log lines that escapes control characters inside each line, so a syncer
+/// name, a DingTalk department name or a driver message holding a newline cannot forge a log
+/// line of its own (or, on a terminal, an escape sequence). The formatter hands over one whole
+/// line per write; only its final newline stays a newline. JSON lines need none of this: JSON
+/// escapes control characters itself.
+#[derive(Clone)]
+struct EscapeControls<M> {
+    inner: M,
+    /// Keep ESC when the formatter colours the line itself.
+    keep_escape: bool,
+}
+
+impl<'a, M: fmt::MakeWriter<'a>> fmt::MakeWriter<'a> for EscapeControls<M> {
+    type Writer = EscapedLine<M::Writer>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        EscapedLine {
+            inner: self.inner.make_writer(),
+            keep_escape: self.keep_escape,
+        }
+    }
+}
+
+struct EscapedLine<W> {
+    inner: W,
+    keep_escape: bool,
+}
+
+/// `line` with its control characters (but the trailing newline) written as `\n`, `\r`,
+/// `\u{..}`; tabs stay.
+fn escape_controls(line: &[u8], keep_escape: bool) -> std::borrow::Cow<'_, [u8]> {
+    let (body, newline) = match line.strip_suffix(b"\n") {
+        Some(body) => (body, "\n"),
+        None => (line, ""),
+    };
+    let text = String::from_utf8_lossy(body);
+    let needs = |c: char| c.is_control() && c != '\t' && !(keep_escape && c == '\x1b');
+    if !text.chars().any(needs) {
+        return std::borrow::Cow::Borrowed(line);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c if needs(c) => out.push_str(&format!("\\u{{{:x}}}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push_str(newline);
+    std::borrow::Cow::Owned(out.into_bytes())
+}
+
+impl<W: std::io::Write> std::io::Write for EscapedLine<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.inner
+            .write_all(&escape_controls(buf, self.keep_escape))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 type BoxedLayer = Box<dyn Layer<Registry> + Send + Sync>;
 /// The output layers (stderr, files) under the level filter.
 type Outputs = Layered<Vec<BoxedLayer>, Registry>;
@@ -76,14 +146,22 @@ fn stderr_layer(format: LogFormat) -> BoxedLayer {
     let under_journald = std::env::var_os("JOURNAL_STREAM").is_some();
     let ansi = std::io::stderr().is_terminal() && !under_journald;
     let base = fmt::layer().with_writer(std::io::stderr).with_target(false);
+    let escaped = |keep_escape| EscapeControls {
+        inner: std::io::stderr,
+        keep_escape,
+    };
     match (format, under_journald) {
         (LogFormat::Json, _) => base
             .json()
             .flatten_event(true)
             .with_current_span(true)
             .boxed(),
-        (LogFormat::Text, true) => base.without_time().with_ansi(false).boxed(),
-        (LogFormat::Text, false) => base.with_ansi(ansi).boxed(),
+        (LogFormat::Text, true) => base
+            .with_writer(escaped(false))
+            .without_time()
+            .with_ansi(false)
+            .boxed(),
+        (LogFormat::Text, false) => base.with_writer(escaped(ansi)).with_ansi(ansi).boxed(),
     }
 }
 
@@ -108,17 +186,20 @@ fn file_layer(
         .build(dir)
         .map_err(|e| err(e.to_string()))?;
     let (writer, guard) = tracing_appender::non_blocking(appender);
-    let base = fmt::layer()
-        .with_writer(writer)
-        .with_ansi(false)
-        .with_target(false);
+    let base = fmt::layer().with_ansi(false).with_target(false);
     let layer = match settings.format {
         LogFormat::Json => base
+            .with_writer(writer)
             .json()
             .flatten_event(true)
             .with_current_span(true)
             .boxed(),
-        LogFormat::Text => base.boxed(),
+        LogFormat::Text => base
+            .with_writer(EscapeControls {
+                inner: writer,
+                keep_escape: false,
+            })
+            .boxed(),
     };
     Ok((layer, guard))
 }
@@ -141,4 +222,20 @@ pub fn init(settings: &LogSettings) -> Result<LogGuard, TelemetryError> {
     Ok(LogGuard {
         _file_writer: guard,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_inside_a_line_are_escaped_and_the_line_end_stays() {
+        let line = "INFO syncer a\nFAKE LINE\r\x07 x\tok\n".as_bytes();
+        let out = String::from_utf8(escape_controls(line, false).into_owned()).unwrap_or_default();
+        assert_eq!(out, "INFO syncer a\\nFAKE LINE\\r\\u{7} x\tok\n");
+        assert_eq!(out.lines().count(), 1);
+        let coloured = "\x1b[32mINFO\x1b[0m plain\n".as_bytes();
+        assert_eq!(escape_controls(coloured, true).as_ref(), coloured);
+        assert!(!escape_controls(coloured, false).contains(&0x1b));
+    }
 }

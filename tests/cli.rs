@@ -133,7 +133,7 @@ fn config_show_redacts_every_secret_and_warns_about_unknown_keys() {
         "{all}"
     );
     assert!(
-        stdout.contains("postgres://syncerd:[redacted]@db:5432/casdoor"),
+        stdout.contains("url = \"PostgreSQL database `casdoor` on db:5432\""),
         "{stdout}"
     );
     assert!(stdout.contains("admin_token = \"[redacted]\""), "{stdout}");

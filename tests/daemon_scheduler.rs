@@ -27,7 +27,7 @@ use syncerd::secret::Secret;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-const TOKEN: &str = "adm-Tok-3141";
+const TOKEN: &str = "adm-Tok-3141-5926-53";
 const APP_SECRET: &str = "Daemon-S3cret-77";
 
 fn init_logs() {
@@ -850,10 +850,17 @@ async fn http_endpoints_answer_and_the_admin_api_wants_the_token() {
         "{body}"
     );
 
-    // "Sync now" works on a disabled syncer, once at a time.
+    // "Sync now" works on a disabled syncer when forced, once at a time.
     let (status, body) = d.post("/api/v1/syncers/manual/run", Some(TOKEN)).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("force=true"), "{body}");
+    let (status, body) = d
+        .post("/api/v1/syncers/manual/run?force=true", Some(TOKEN))
+        .await;
     assert_eq!(status, 202, "{body}");
-    let (status, body) = d.post("/api/v1/syncers/manual/run", Some(TOKEN)).await;
+    let (status, body) = d
+        .post("/api/v1/syncers/manual/run?force=true", Some(TOKEN))
+        .await;
     assert_eq!(status, 409, "{body}");
     assert!(body.contains("already"), "{body}");
     let (status, _) = d.post("/api/v1/syncers/nope/run", Some(TOKEN)).await;

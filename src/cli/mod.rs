@@ -232,7 +232,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let db = open_db(settings, true).await?;
             let report = db::migrate(&db).await?;
             db::check_schema(&db).await?;
-            println!("{}: {report}", db.redacted_url());
+            println!("{} database {}: {report}", db.engine(), db.redacted_url());
             db.close().await?;
             Ok(ExitCode::SUCCESS)
         }),

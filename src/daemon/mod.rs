@@ -132,6 +132,8 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     #[error("cannot start the job scheduler: {0}")]
     Scheduler(String),
     #[error(transparent)]
@@ -162,6 +164,7 @@ pub struct BoundDaemon {
 
 /// Binds `http.listen` (the only start-up step that may fail) and prepares the scheduler.
 pub async fn bind(options: DaemonOptions) -> Result<BoundDaemon, DaemonError> {
+    options.settings.http.check_admin_token()?;
     let listen = options.settings.http.listen.clone();
     let listener = TcpListener::bind(&listen)
         .await
@@ -204,7 +207,12 @@ impl BoundDaemon {
             database = %settings.database.url,
             "syncerd daemon starting"
         );
-        let http_task = tokio::spawn(http::serve(listener, shared.clone(), root.child_token()));
+        let http_task = tokio::spawn(http::serve(
+            listener,
+            shared.clone(),
+            http::ServeLimits::from(&settings.http),
+            root.child_token(),
+        ));
 
         // Connect, retrying with back-off; a stop request meanwhile ends the daemon.
         let db = tokio::select! {
@@ -343,6 +351,10 @@ fn reload(shared: &Shared, current: &mut Settings, loader: Option<&ConfigLoader>
             return;
         }
     };
+    if let Err(e) = new.http.check_admin_token() {
+        tracing::error!("reload: keeping the running configuration: {e}");
+        return;
+    }
     let mut applied = Vec::new();
     let mut restart = Vec::new();
     if new.log.level != current.log.level {
@@ -393,7 +405,13 @@ fn reload(shared: &Shared, current: &mut Settings, loader: Option<&ConfigLoader>
     shared.apply_settings(&new);
     for (key, changed) in [
         ("database", new.database != current.database),
-        ("http.listen", new.http.listen != current.http.listen),
+        (
+            "http.listen/header_read_timeout/idle_timeout/max_connections",
+            new.http.listen != current.http.listen
+                || new.http.header_read_timeout != current.http.header_read_timeout
+                || new.http.idle_timeout != current.http.idle_timeout
+                || new.http.max_connections != current.http.max_connections,
+        ),
         ("dingtalk", new.dingtalk != current.dingtalk),
         ("sync", new.sync != current.sync),
         (
@@ -423,6 +441,9 @@ fn reload(shared: &Shared, current: &mut Settings, loader: Option<&ConfigLoader>
     let mut next = new;
     next.database = current.database.clone();
     next.http.listen = current.http.listen.clone();
+    next.http.header_read_timeout = current.http.header_read_timeout;
+    next.http.idle_timeout = current.http.idle_timeout;
+    next.http.max_connections = current.http.max_connections;
     next.dingtalk = current.dingtalk.clone();
     next.sync = current.sync.clone();
     next.log = crate::config::LogSettings {

@@ -290,6 +290,12 @@ pub enum TriggerError {
     Disabled(String),
     #[error("a run of syncer `{0}` is already going in this process")]
     AlreadyRunning(String),
+    /// A manual run within `scheduler.min_interval` of the syncer's last start.
+    #[error(
+        "syncer `{name}` started a run less than scheduler.min_interval ago; retry in {} s",
+        retry_after.as_millis().div_ceil(1000).max(1)
+    )]
+    TooSoon { name: String, retry_after: Duration },
     #[error("syncerd is shutting down")]
     ShuttingDown,
     #[error("the database is not connected yet")]
@@ -316,6 +322,8 @@ pub struct Shared {
     jobs_started: tokio::sync::Mutex<bool>,
     reconcile_now: Notify,
     admin_token: RwLock<Option<Secret>>,
+    /// When each syncer last started a run here: manual runs wait `min_interval` after it.
+    last_started: std::sync::Mutex<HashMap<String, Instant>>,
 }
 
 impl Shared {
@@ -349,6 +357,7 @@ impl Shared {
             jobs_started: tokio::sync::Mutex::new(false),
             reconcile_now: Notify::new(),
             admin_token: RwLock::new(settings.http.admin_token.clone()),
+            last_started: std::sync::Mutex::new(HashMap::new()),
         }))
     }
 
@@ -440,7 +449,9 @@ impl Shared {
         }
         match result {
             Ok(scheduled) => Ok(format!("ready: {scheduled} syncer(s) scheduled")),
-            Err(e) => Err(format!("the last pass over the syncer table failed: {e}")),
+            // The error may quote the driver, which can name the database user; /readyz
+            // answers anyone, and the log has it.
+            Err(_) => Err("the last pass over the syncer table failed (the log says why)".into()),
         }
     }
 
@@ -793,6 +804,21 @@ impl Shared {
             );
             return Err(TriggerError::AlreadyRunning(name.to_owned()));
         };
+        // Checked and recorded under the syncer's guard, so a burst of requests starts one run.
+        {
+            let mut started = self.last_started.lock().unwrap_or_else(|e| e.into_inner());
+            let min_interval = self.live().min_interval;
+            if trigger == RunTrigger::Manual
+                && let Some(at) = started.get(name)
+                && at.elapsed() < min_interval
+            {
+                return Err(TriggerError::TooSoon {
+                    name: name.to_owned(),
+                    retry_after: min_interval.saturating_sub(at.elapsed()),
+                });
+            }
+            started.insert(name.to_owned(), Instant::now());
+        }
         let Some(me) = self.me.upgrade() else {
             return Err(TriggerError::ShuttingDown);
         };

@@ -12,7 +12,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
 
 use crate::config::DatabaseSettings;
-use crate::db::{self, Db};
+use crate::db::{self, Db, DbError};
 
 use super::scheduler::Shared;
 
@@ -103,11 +103,17 @@ pub fn backoff_delay(attempt: u32) -> Duration {
 }
 
 /// Connects to the database and checks its schema, retrying with back-off for as long as it
-/// takes; each failure is logged at warn and shown by `/readyz`.
+/// takes; each failure is logged at warn and summed up by `/readyz`. `/readyz` answers anyone,
+/// so its summary names the engine only: the log line, for the operator, also names the host
+/// and database (never the URL), and the driver's message, which may name the user.
 pub(crate) async fn connect_with_backoff(settings: &DatabaseSettings, shared: &Arc<Shared>) -> Db {
     let mut attempt = 0_u32;
+    let engine = settings
+        .url
+        .engine()
+        .map_or_else(|| "configured".to_owned(), |e| e.to_string());
     loop {
-        let problem = match db::connect(settings).await {
+        let (problem, probe) = match db::connect(settings).await {
             Ok(db) => {
                 match tokio::time::timeout(settings.connect_timeout, db::check_schema(&db)).await {
                     Ok(Ok(())) => {
@@ -120,25 +126,44 @@ pub(crate) async fn connect_with_backoff(settings: &DatabaseSettings, shared: &A
                     }
                     Ok(Err(e)) => {
                         let _ = tokio::time::timeout(Duration::from_secs(2), db.close()).await;
-                        e.to_string()
+                        (
+                            e.to_string(),
+                            format!("the {engine} database lacks tables or columns syncerd needs"),
+                        )
                     }
                     Err(_) => {
                         let _ = tokio::time::timeout(Duration::from_secs(2), db.close()).await;
-                        format!(
+                        let took = format!(
                             "checking the schema took longer than {:?}",
                             settings.connect_timeout
-                        )
+                        );
+                        (took.clone(), format!("the {engine} database: {took}"))
                     }
                 }
             }
-            Err(e) => e.to_string(),
+            Err(e) => {
+                let probe = match &e {
+                    DbError::Connect { .. } => format!("cannot connect to the {engine} database"),
+                    DbError::ConnectTimeout { timeout, .. } => {
+                        format!("no answer from the {engine} database within {timeout:?}")
+                    }
+                    DbError::UnsupportedUrl { .. } => {
+                        "database.url names no supported database".to_owned()
+                    }
+                    DbError::NoDatabaseSelected { .. } => {
+                        format!("the {engine} database.url names no database")
+                    }
+                    _ => format!("the {engine} database failed"),
+                };
+                (e.to_string(), probe)
+            }
         };
         let wait = backoff_delay(attempt);
         tracing::warn!(
             "database not available (attempt {}): {problem}; retrying in {wait:?}",
             attempt + 1
         );
-        shared.set_db_problem(problem);
+        shared.set_db_problem(format!("{probe} (the log says why)"));
         tokio::time::sleep(wait).await;
         attempt = attempt.saturating_add(1);
     }

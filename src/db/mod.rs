@@ -97,7 +97,8 @@ impl Db {
         self.engine
     }
 
-    /// The database URL with its password redacted, for messages.
+    /// What messages may show of the database URL: host, port and database, or the SQLite
+    /// file (see [`crate::config::DatabaseUrl::target`]); never the URL or its credentials.
     pub fn redacted_url(&self) -> &str {
         &self.url
     }
@@ -195,7 +196,7 @@ impl fmt::Debug for Db {
 /// Opens a connection pool for `settings`, failing within `connect_timeout` when the database
 /// cannot be reached.
 pub async fn connect(settings: &DatabaseSettings) -> Result<Db, DbError> {
-    let url = settings.url.redacted();
+    let url = settings.url.target();
     let engine = settings
         .url
         .engine()
@@ -262,7 +263,7 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<Db, DbError> {
             return Err(DbError::Connect {
                 engine,
                 url,
-                message: redact_text(&cause),
+                message: scrub_connect_message(&cause, settings.url.expose(), &driver_url),
             });
         }
         Ok(Ok(conn)) => conn,
@@ -291,6 +292,71 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<Db, DbError> {
         url,
         sqlite_writers,
     })
+}
+
+/// A driver's message about connecting, without the URL or any part of its password: sqlx
+/// quotes the whole URL when it cannot parse it ("The connection string '...' cannot be
+/// parsed"), and a password holding `#`, `/` or `?` is exactly what it cannot parse.
+fn scrub_connect_message(message: &str, url: &str, driver_url: &str) -> String {
+    if message.contains("cannot be parsed") {
+        return "the URL cannot be parsed; characters such as # / ? @ : in the user name or \
+                password must be percent-encoded (%23 %2F %3F %40 %3A)"
+            .to_owned();
+    }
+    let mut text = message
+        .replace(driver_url, "(the database URL)")
+        .replace(url, "(the database URL)");
+    for part in url_password_parts(url) {
+        // Shorter strings would garble the message; the URL itself is gone already.
+        if part.chars().count() >= 3 {
+            text = text.replace(&part, crate::secret::REDACTED);
+        }
+    }
+    redact_text(&text)
+}
+
+/// The password of a URL as written and percent-decoded, found leniently: everything between
+/// the user name's `:` and the last `@`, so reserved characters inside it do not hide it.
+fn url_password_parts(url: &str) -> Vec<String> {
+    let Some((_, rest)) = url.split_once("://") else {
+        return Vec::new();
+    };
+    let Some((userinfo, _)) = rest.rsplit_once('@') else {
+        return Vec::new();
+    };
+    let Some((_, password)) = userinfo.split_once(':') else {
+        return Vec::new();
+    };
+    let mut parts = vec![password.to_owned()];
+    let decoded = percent_decode(password);
+    if decoded != password {
+        parts.push(decoded);
+    }
+    parts
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes.get(i), hex) {
+            (Some(b'%'), Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (Some(&b), _) => {
+                out.push(b);
+                i += 1;
+            }
+            (None, _) => break,
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The error of one connection attempt outside the pool, if it fails.
@@ -457,6 +523,22 @@ mod tests {
         assert!(!err.contains("Pg-S3cret"), "{err}");
         assert!(err.contains("127.0.0.1:1"), "{err}");
         assert!(err.contains("SYNCERD_DATABASE__URL"), "{err}");
+    }
+
+    #[test]
+    fn connect_messages_lose_the_url_and_the_password() {
+        let url = "mysql://u:Sup3r%23Secret@h/db";
+        let msg = format!("error with '{url}': auth failed for Sup3r#Secret and Sup3r%23Secret");
+        let text = scrub_connect_message(&msg, url, url);
+        assert!(!text.contains("Sup3r"), "{text}");
+        assert!(text.contains("(the database URL)"), "{text}");
+        let parse =
+            "Connection Error: The connection string 'mysql://u:a#b@h/db' cannot be parsed.";
+        let text = scrub_connect_message(parse, "mysql://u:a#b@h/db", "mysql://u:a#b@h/db");
+        assert!(
+            !text.contains("a#b") && text.contains("percent-encoded"),
+            "{text}"
+        );
     }
 
     #[tokio::test]
