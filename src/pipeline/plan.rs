@@ -317,16 +317,22 @@ pub struct Hold {
     pub owned: usize,
     pub max_removals: u64,
     pub max_removal_percent: f64,
+    pub min_removals_allowed: u64,
 }
 
 impl fmt::Display for Hold {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "held {} leaver removals of {} owned users (limits: sync.max_removals = {}, sync.max_removal_percent = {}%); \
-             everything else was applied. If these people really left, raise sync.max_removals / \
-             sync.max_removal_percent or run once with `syncerd sync {} --allow-removals`",
-            self.removals, self.owned, self.max_removals, self.max_removal_percent, self.syncer
+            "held {} leaver removals of {} owned users (limits: sync.max_removals = {}, sync.max_removal_percent = {}% \
+             beyond sync.min_removals_allowed = {}); everything else was applied. If these people really left, raise \
+             sync.max_removals / sync.max_removal_percent or run once with `syncerd sync {} --allow-removals`",
+            self.removals,
+            self.owned,
+            self.max_removals,
+            self.max_removal_percent,
+            self.min_removals_allowed,
+            self.syncer
         )
     }
 }
@@ -1431,6 +1437,7 @@ fn plan_leavers(
             owned,
             max_removals: opts.max_removals,
             max_removal_percent: opts.max_removal_percent,
+            min_removals_allowed: opts.min_removals_allowed,
         });
         return;
     }

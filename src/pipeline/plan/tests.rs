@@ -2306,6 +2306,11 @@ fn a_few_removals_are_always_allowed_before_the_percentage_holds() {
     assert!(three.held.is_none() && three.leavers.len() == 3);
     let four = plan(without(&state, &["u1", "u2", "u3", "u4"]));
     assert!(four.held.is_some() && four.leavers.is_empty());
+    let message = four.held.map(|h| h.to_string()).unwrap_or_default();
+    assert!(
+        message.contains("sync.min_removals_allowed = 3"),
+        "{message}"
+    );
 
     // The absolute limit still holds.
     state.options.max_removals = 0;
