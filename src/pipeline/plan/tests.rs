@@ -1726,7 +1726,16 @@ fn build_input(
             deleted_time: if r.deleted_time { NOW } else { "" }.to_owned(),
             groups: r.groups.map(str::to_owned),
             dingtalk: r.dingtalk.to_owned(),
-            ..ExistingUser::default()
+            // Drawn from choices already made, so that recorded failures stay reproducible.
+            id: format!("id-{}", r.key.index(3)),
+            created_time: if r.pre_hash.index(5) == 3 {
+                "2020-01-01"
+            } else {
+                NOW
+            }
+            .to_owned(),
+            is_admin: r.pre_hash.index(5) == 1,
+            has_password: r.pre_hash.index(5) == 2,
         });
     }
 
@@ -1746,15 +1755,29 @@ fn build_input(
         .zip(&raw.user_links)
         .filter_map(|(userid, link)| {
             let link = link.as_ref()?;
+            let casdoor_name = link.name.get(&link_names).clone();
+            // Unknown, the linked row's own, or another row's identity.
+            let row = match link.hash.index(4) {
+                0 => None,
+                1 => existing_users
+                    .iter()
+                    .find(|e| e.owner == ORG && e.name == casdoor_name)
+                    .map(RowIdentity::of),
+                2 => Some(RowIdentity {
+                    id: "id-0".into(),
+                    created_time: NOW.into(),
+                }),
+                _ => Some(RowIdentity::default()),
+            };
             Some(OwnershipLink {
                 kind: LinkKind::User,
                 external_id: (*userid).to_owned(),
-                casdoor_name: link.name.get(&link_names).clone(),
+                casdoor_name,
                 content_hash: link.hash.get(&hashes).clone(),
                 state: link.state,
                 left_action: link.left_action,
-                row: None,
-                adopted: false,
+                row,
+                adopted: link.name.index(3) == 0,
             })
         })
         .collect();
