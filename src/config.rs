@@ -359,6 +359,13 @@ pub struct SyncSettings {
     /// does; existing names are never rewritten.
     #[serde(deserialize_with = "lenient_bool")]
     pub lowercase_names: bool,
+    /// User names that may be adopted although they are admins, have a password or are bound to
+    /// another DingTalk account (such rows are never adopted otherwise).
+    #[serde(deserialize_with = "lenient_string_list")]
+    pub adopt_only: Vec<String>,
+    /// Up to this many leaver removals never hold a run on `max_removal_percent` alone.
+    #[serde(deserialize_with = "lenient_number")]
+    pub min_removals_allowed: u64,
 }
 
 impl Default for SyncSettings {
@@ -370,6 +377,8 @@ impl Default for SyncSettings {
             max_removal_percent: 10.0,
             adopt_existing: false,
             lowercase_names: false,
+            adopt_only: Vec::new(),
+            min_removals_allowed: 3,
         }
     }
 }
@@ -672,6 +681,16 @@ impl Settings {
         }
         if !(0.0..=100.0).contains(&self.sync.max_removal_percent) {
             return invalid("sync.max_removal_percent must be between 0 and 100".into());
+        }
+        if let Some(name) = self
+            .sync
+            .adopt_only
+            .iter()
+            .find(|n| n.trim().is_empty() || n.chars().count() > 255)
+        {
+            return invalid(format!(
+                "sync.adopt_only holds {name:?}; list Casdoor user names (1 to 255 characters)"
+            ));
         }
         if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
             return invalid(format!(
@@ -1247,6 +1266,36 @@ mod tests {
             err.contains("database.url") && !err.contains("tiger"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn adoption_allow_list_and_removal_allowance_load_and_are_checked() {
+        let s = load(&ConfigSources::default()).settings;
+        assert_eq!(
+            (s.sync.adopt_only.len(), s.sync.min_removals_allowed),
+            (0, 3)
+        );
+        let sources = ConfigSources {
+            env: env(&[
+                ("SYNCERD_SYNC__ADOPT_ONLY", "ops-admin, 张三"),
+                ("SYNCERD_SYNC__MIN_REMOVALS_ALLOWED", "0"),
+            ]),
+            ..Default::default()
+        };
+        let s = load(&sources).settings;
+        assert_eq!(s.sync.adopt_only, ["ops-admin", "张三"]);
+        assert_eq!(s.sync.min_removals_allowed, 0);
+
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let file = write_file(&dir, "s.toml", "[sync]\nadopt_only = [\"ops\", \" \"]\n");
+        let err = Settings::load(&ConfigSources {
+            file: Some(file),
+            ..Default::default()
+        })
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(err.contains("sync.adopt_only"), "{err}");
     }
 
     #[test]

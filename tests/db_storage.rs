@@ -52,7 +52,8 @@ async fn migrate_creates_everything_once_and_a_second_run_is_a_noop() {
             first.applied,
             [
                 "m20261125_000001_casdoor_tables",
-                "m20261125_000002_syncerd_tables"
+                "m20261125_000002_syncerd_tables",
+                "m20261207_000003_link_row_identity"
             ],
             "{}",
             t.label()
@@ -153,7 +154,7 @@ async fn migrate_leaves_an_existing_casdoor_database_untouched_and_reads_its_nul
 
         let before = t.dump_tables(&db, &CASDOOR_TABLES).await;
         let report = db::migrate(&db).await.unwrap();
-        assert_eq!(report.applied.len(), 2, "{}", t.label());
+        assert_eq!(report.applied.len(), 3, "{}", t.label());
         assert!(report.created_casdoor_tables.is_empty(), "{report:?}");
         db::check_schema(&db).await.unwrap();
 
@@ -783,7 +784,7 @@ async fn check_schema_names_missing_tables_and_columns_and_says_what_to_do() {
             matches!(&found[0], SchemaProblem::MissingSyncerdTables { tables } if tables.len() == 3)
         );
         assert!(
-            matches!(&found[1], SchemaProblem::PendingMigrations { names } if names.len() == 2)
+            matches!(&found[1], SchemaProblem::PendingMigrations { names } if names.len() == 3)
         );
         assert!(
             message.contains("syncer_run") && message.contains("run `syncerd migrate`"),

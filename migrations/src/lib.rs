@@ -6,6 +6,7 @@ pub use sea_orm_migration::prelude::*;
 pub mod casdoor;
 mod m20261125_000001_casdoor_tables;
 mod m20261125_000002_syncerd_tables;
+mod m20261207_000003_link_row_identity;
 
 /// Name of the table recording which migrations ran.
 pub const MIGRATION_TABLE: &str = "syncerd_migrations";
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261125_000001_casdoor_tables::Migration),
             Box::new(m20261125_000002_syncerd_tables::Migration),
+            Box::new(m20261207_000003_link_row_identity::Migration),
         ]
     }
 

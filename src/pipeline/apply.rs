@@ -917,6 +917,9 @@ impl<'a> Writer<'a> {
             L::LastSeenRun,
             L::CreatedAt,
             L::UpdatedAt,
+            L::CasdoorId,
+            L::CasdoorCreatedTime,
+            L::Adopted,
         ];
         for state in [LinkState::Present, LinkState::Left] {
             let of_state: Vec<&&OwnershipLink> =
@@ -928,6 +931,9 @@ impl<'a> Writer<'a> {
                 L::State,
                 L::LeftAction,
                 L::UpdatedAt,
+                L::CasdoorId,
+                L::CasdoorCreatedTime,
+                L::Adopted,
             ];
             if state == LinkState::Present {
                 update.push(L::LastSeenRun);
@@ -960,6 +966,9 @@ impl<'a> Writer<'a> {
                         Value::BigInt(last_seen).into(),
                         text(&self.now_utc).into(),
                         text(&self.now_utc).into(),
+                        Value::String(link.row.as_ref().map(|r| r.id.clone())).into(),
+                        Value::String(link.row.as_ref().map(|r| r.created_time.clone())).into(),
+                        Value::Bool((link.kind == LinkKind::User).then_some(link.adopted)).into(),
                     ];
                     values_row(&mut stmt, row)?;
                 }
@@ -1242,6 +1251,8 @@ mod tests {
             content_hash: ContentHash::Empty,
             state: LinkState::Present,
             left_action: None,
+            row: None,
+            adopted: false,
         }
     }
 

@@ -195,6 +195,8 @@ pub fn plan_groups(input: &GroupInput<'_>) -> GroupPlan {
             content_hash: ContentHash::Empty,
             state: LinkState::Present,
             left_action: None,
+            row: None,
+            adopted: false,
         };
         let link_is_current = own_by_dept.get(dept).is_some_and(|l| **l == link);
         let Some(current) = existing.get(dept) else {

@@ -22,7 +22,9 @@ use super::columns::Columns;
 use super::groups::{CasbinGrouping, ExistingGroup};
 use super::hash::ContentHash;
 use super::map::{FieldValue, Mapping};
-use super::plan::{ExistingUser, ForeignClaim, LeftAction, LinkKind, LinkState, OwnershipLink};
+use super::plan::{
+    ExistingUser, ForeignClaim, LeftAction, LinkKind, LinkState, OwnershipLink, RowIdentity,
+};
 use super::table_columns::{ColumnKind, column_spec};
 
 /// Casbin's `ptype` of a user-group membership.
@@ -177,6 +179,9 @@ pub fn user_columns_to_read(mapping: &Mapping) -> Vec<user::Column> {
         "deleted_time",
         "groups",
         "dingtalk",
+        "id",
+        "created_time",
+        "is_admin",
     ];
     wanted.extend(mapping.target_columns());
     let mut seen = BTreeSet::new();
@@ -213,6 +218,11 @@ fn field(row: &QueryResult, column: &str) -> Result<FieldValue, DbErr> {
     })
 }
 
+/// Alias of the "has a password" flag: the password (hash) itself is never read.
+const HAS_PASSWORD: &str = "syncerd_has_password";
+/// Alias of `is_global_admin`, read only where the column exists (older Casdoor).
+const GLOBAL_ADMIN: &str = "syncerd_is_global_admin";
+
 async fn load_users(
     db: &Db,
     organization: &str,
@@ -220,11 +230,32 @@ async fn load_users(
 ) -> Result<Vec<ExistingUser>, DbError> {
     let context = || format!("reading the users of organization {organization} (table user)");
     let columns = user_columns_to_read(mapping);
-    let stmt = Query::select()
+    let global_admin_column = table_columns(db, "user")
+        .await?
+        .iter()
+        .any(|c| c.eq_ignore_ascii_case("is_global_admin"));
+    let mut stmt = Query::select()
         .columns(columns)
         .from(user::Entity)
         .and_where(Expr::col(user::Column::Owner).eq(organization))
         .to_owned();
+    // Text, not a number: engines disagree on the integer type of a CASE.
+    stmt.expr_as(
+        Expr::case(
+            Expr::col(user::Column::Password)
+                .is_not_null()
+                .and(Expr::col(user::Column::Password).ne("")),
+            "y",
+        )
+        .finally(""),
+        Alias::new(HAS_PASSWORD),
+    );
+    if global_admin_column {
+        stmt.expr_as(
+            Expr::col(Alias::new("is_global_admin")),
+            Alias::new(GLOBAL_ADMIN),
+        );
+    }
     let key_column = mapping.key_column();
     let targets = mapping.target_columns();
     let read = |row: &QueryResult| -> Result<ExistingUser, DbErr> {
@@ -249,6 +280,10 @@ async fn load_users(
             deleted_time: text(row, "deleted_time")?,
             groups: row.try_get::<Option<String>>("", "groups")?,
             dingtalk: text(row, "dingtalk")?,
+            id: text(row, "id")?,
+            created_time: text(row, "created_time")?,
+            is_admin: flag(row, "is_admin")? || (global_admin_column && flag(row, GLOBAL_ADMIN)?),
+            has_password: !text(row, HAS_PASSWORD)?.is_empty(),
             name,
         })
     };
@@ -311,6 +346,11 @@ async fn load_links(
                 content_hash: ContentHash::from(row.content_hash),
                 state,
                 left_action: row.left_action.as_deref().and_then(LeftAction::parse),
+                row: match (row.casdoor_id, row.casdoor_created_time) {
+                    (Some(id), Some(created_time)) => Some(RowIdentity { id, created_time }),
+                    _ => None,
+                },
+                adopted: row.adopted.unwrap_or_default(),
             });
             Ok(())
         },

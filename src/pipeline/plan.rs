@@ -10,6 +10,8 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
+use unicode_normalization::UnicodeNormalization as _;
+
 use crate::config::{LeaverPolicy, SyncSettings};
 use crate::dingtalk::types::Department;
 
@@ -80,6 +82,39 @@ pub struct OwnershipLink {
     /// What this syncer did to the user when it left (`None` while present). Undone when the
     /// user re-appears.
     pub left_action: Option<LeftAction>,
+    /// Which user row the link was made for (`None` for groups, and for links written before
+    /// it was recorded: filled from the row on the next run). A row of the same name but another
+    /// identity is a different person's: the link never writes to it.
+    pub row: Option<RowIdentity>,
+    /// The user row was adopted, not created: its e-mail and phone, the channels Casdoor's
+    /// password recovery uses, stay as they were found.
+    pub adopted: bool,
+}
+
+/// What tells one user row from a later row of the same name: Casdoor's `id` and
+/// `created_time`, neither of which syncerd rewrites on an existing row.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RowIdentity {
+    pub id: String,
+    pub created_time: String,
+}
+
+impl RowIdentity {
+    pub fn of(row: &ExistingUser) -> Self {
+        Self {
+            id: row.id.clone(),
+            created_time: row.created_time.clone(),
+        }
+    }
+}
+
+impl OwnershipLink {
+    /// Whether `row` is the row this link was made for (unknown identities match).
+    fn holds(&self, row: &ExistingUser) -> bool {
+        self.row
+            .as_ref()
+            .is_none_or(|r| r.id == row.id && r.created_time == row.created_time)
+    }
 }
 
 /// A Casdoor row owned by another syncer (from the other syncers' links of this organization).
@@ -109,6 +144,13 @@ pub struct ExistingUser {
     /// `user.groups` as stored (JSON text), `None` for NULL.
     pub groups: Option<String>,
     pub dingtalk: String,
+    /// Casdoor's `id` and `created_time`: the row's identity for ownership links.
+    pub id: String,
+    pub created_time: String,
+    /// `is_admin` (or `is_global_admin`, where that column exists) is set.
+    pub is_admin: bool,
+    /// `password` is not empty. Only this is read, never the password (hash) itself.
+    pub has_password: bool,
 }
 
 impl ExistingUser {
@@ -140,6 +182,12 @@ pub struct PlanOptions {
     pub allow_removals: bool,
     /// Whether unowned users and groups matching a DingTalk object may be taken over.
     pub adopt_existing: bool,
+    /// User names that may be adopted although they are admins, have a password or carry
+    /// another DingTalk identity (`sync.adopt_only`).
+    pub adopt_only: BTreeSet<String>,
+    /// Up to this many removals never trip `max_removal_percent` (`sync.min_removals_allowed`),
+    /// so one leaver of a small team is acted on.
+    pub min_removals_allowed: u64,
 }
 
 impl PlanOptions {
@@ -150,6 +198,8 @@ impl PlanOptions {
             max_removal_percent: sync.max_removal_percent,
             allow_removals,
             adopt_existing,
+            adopt_only: sync.adopt_only.iter().cloned().collect(),
+            min_removals_allowed: sync.min_removals_allowed,
         }
     }
 }
@@ -267,16 +317,22 @@ pub struct Hold {
     pub owned: usize,
     pub max_removals: u64,
     pub max_removal_percent: f64,
+    pub min_removals_allowed: u64,
 }
 
 impl fmt::Display for Hold {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "held {} leaver removals of {} owned users (limits: sync.max_removals = {}, sync.max_removal_percent = {}%); \
-             everything else was applied. If these people really left, raise sync.max_removals / \
-             sync.max_removal_percent or run once with `syncerd sync {} --allow-removals`",
-            self.removals, self.owned, self.max_removals, self.max_removal_percent, self.syncer
+            "held {} leaver removals of {} owned users (limits: sync.max_removals = {}, sync.max_removal_percent = {}% \
+             beyond sync.min_removals_allowed = {}); everything else was applied. If these people really left, raise \
+             sync.max_removals / sync.max_removal_percent or run once with `syncerd sync {} --allow-removals`",
+            self.removals,
+            self.owned,
+            self.max_removals,
+            self.max_removal_percent,
+            self.min_removals_allowed,
+            self.syncer
         )
     }
 }
@@ -358,6 +414,53 @@ pub enum Conflict {
     GroupDisplayNameUnusable {
         dept_id: i64,
     },
+    /// The unowned matching user is not adopted: taking it over would hand a privileged or
+    /// password-protected account to whoever controls the DingTalk entry.
+    AdoptionRefused {
+        userid: String,
+        name: String,
+        reason: AdoptionRisk,
+    },
+    /// The user this syncer kept for the DingTalk user was replaced by another row of the same
+    /// name (other `id` or `created_time`): nothing is written to it and it is never a leaver.
+    LinkedRowReplaced {
+        userid: String,
+        name: String,
+    },
+}
+
+/// Why an unowned user is not adopted without `sync.adopt_only`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum AdoptionRisk {
+    Admin,
+    Password,
+    /// `user.dingtalk` holds another DingTalk identity than the userid.
+    OtherDingtalk,
+}
+
+impl AdoptionRisk {
+    /// What makes `row` unsafe to adopt for DingTalk user `userid`, if anything.
+    fn of(row: &ExistingUser, userid: &str) -> Option<Self> {
+        if row.is_admin {
+            Some(Self::Admin)
+        } else if row.has_password {
+            Some(Self::Password)
+        } else if !row.dingtalk.is_empty() && row.dingtalk != userid {
+            Some(Self::OtherDingtalk)
+        } else {
+            None
+        }
+    }
+}
+
+impl fmt::Display for AdoptionRisk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Admin => "is an administrator",
+            Self::Password => "has a password",
+            Self::OtherDingtalk => "is bound to another DingTalk account",
+        })
+    }
 }
 
 impl fmt::Display for Conflict {
@@ -450,6 +553,20 @@ impl fmt::Display for Conflict {
             Self::GroupDisplayNameUnusable { dept_id } => write!(
                 f,
                 "the name of department {dept_id} is longer than 100 characters or holds a NUL byte; its group is not written"
+            ),
+            Self::AdoptionRefused {
+                userid,
+                name,
+                reason,
+            } => write!(
+                f,
+                "DingTalk user {userid:?} matches the existing user {name:?}, which {reason}; it is not adopted, \
+                 so that the DingTalk entry cannot take the account over (list {name:?} in sync.adopt_only to adopt it on purpose)"
+            ),
+            Self::LinkedRowReplaced { userid, name } => write!(
+                f,
+                "the user {name:?} kept for DingTalk user {userid:?} was deleted and a different user now has that name; \
+                 it is left alone (rename or remove one of them in Casdoor)"
             ),
         }
     }
@@ -744,7 +861,9 @@ pub fn plan(input: PlanInput) -> Plan {
             continue;
         }
         if let Some(link) = link_by_userid.get(u.userid.as_str())
-            && by_name.contains_key(link.casdoor_name.as_str())
+            && by_name
+                .get(link.casdoor_name.as_str())
+                .is_some_and(|row| link.holds(row))
         {
             link_claims
                 .entry(link.casdoor_name.as_str())
@@ -787,6 +906,13 @@ pub fn plan(input: PlanInput) -> Plan {
         let link = link_by_userid.get(u.userid.as_str()).copied();
         if let Some(link) = link {
             if let Some(row) = by_name.get(link.casdoor_name.as_str()) {
+                if !link.holds(row) {
+                    out.conflicts.push(Conflict::LinkedRowReplaced {
+                        userid: u.userid.clone(),
+                        name: row.name.clone(),
+                    });
+                    continue;
+                }
                 resolved.push((
                     u,
                     Target::Existing {
@@ -806,7 +932,12 @@ pub fn plan(input: PlanInput) -> Plan {
             [] => resolved.push((u, Target::New { index })),
             [(_, row)] => {
                 if let Some(own) = owner_of_row.get(row.name.as_str()) {
-                    if own.external_id == u.userid {
+                    if own.external_id == u.userid && !own.holds(row) {
+                        out.conflicts.push(Conflict::LinkedRowReplaced {
+                            userid: u.userid.clone(),
+                            name: row.name.clone(),
+                        });
+                    } else if own.external_id == u.userid {
                         resolved.push((
                             u,
                             Target::Existing {
@@ -827,6 +958,14 @@ pub fn plan(input: PlanInput) -> Plan {
                         userid: u.userid.clone(),
                         name: row.name.clone(),
                         syncer: (*syncer).to_owned(),
+                    });
+                } else if let Some(reason) = AdoptionRisk::of(row, &u.userid)
+                    .filter(|_| opts.adopt_existing && !opts.adopt_only.contains(&row.name))
+                {
+                    out.conflicts.push(Conflict::AdoptionRefused {
+                        userid: u.userid.clone(),
+                        name: row.name.clone(),
+                        reason,
                     });
                 } else if opts.adopt_existing {
                     resolved.push((
@@ -981,6 +1120,8 @@ pub fn plan(input: PlanInput) -> Plan {
             content_hash: u.hash.clone(),
             state: LinkState::Present,
             left_action: None,
+            row: None,
+            adopted: false,
         };
         let current_link = link_by_userid.get(u.userid.as_str()).copied();
         match target {
@@ -988,6 +1129,16 @@ pub fn plan(input: PlanInput) -> Plan {
                 let groups_json =
                     membership(&u.name, None, u, &mut out).unwrap_or_else(|| encode_groups(&[]));
                 new_user_columns.push((out.creates.len(), *index));
+                // The identity apply gives the new row: the mapped `id` (never rewritten later)
+                // and the run's time as `created_time`.
+                let identity = RowIdentity {
+                    id: u
+                        .fields
+                        .value("id")
+                        .map(|v| v.to_value().canonical())
+                        .unwrap_or_default(),
+                    created_time: input.now.clone(),
+                };
                 out.creates.push(NewUser {
                     name: u.name.clone(),
                     userid: u.userid.clone(),
@@ -998,6 +1149,7 @@ pub fn plan(input: PlanInput) -> Plan {
                 });
                 let link = OwnershipLink {
                     casdoor_name: u.name.clone(),
+                    row: Some(identity),
                     ..desired_link
                 };
                 if current_link != Some(&link) {
@@ -1006,10 +1158,14 @@ pub fn plan(input: PlanInput) -> Plan {
             }
             Target::Existing { row, adopt, link } => {
                 claimed_rows.insert(row.name.as_str());
+                // An adopted row keeps the e-mail and phone it was found with: they recover its
+                // password, and the person who set them may not be the DingTalk entry's.
+                let adopted = *adopt || link.is_some_and(|l| l.adopted);
                 let mut changes: Vec<FieldChange> = u
                     .fields
                     .iter()
                     .filter(|(column, _)| *column != "id")
+                    .filter(|(column, _)| !(adopted && matches!(*column, "email" | "phone")))
                     .filter_map(|(column, value)| {
                         let new = value?;
                         let old = row.current_ref(column);
@@ -1088,6 +1244,8 @@ pub fn plan(input: PlanInput) -> Plan {
                 }
                 let link = OwnershipLink {
                     casdoor_name: row.name.clone(),
+                    row: Some(RowIdentity::of(row)),
+                    adopted,
                     ..desired_link
                 };
                 if current_link != Some(&link) {
@@ -1103,7 +1261,12 @@ pub fn plan(input: PlanInput) -> Plan {
     // adoptions and returns are done, so a held run and its re-run judge the same way.
     let mut owned_after: Vec<&str> = user_links
         .iter()
-        .filter(|l| l.state == LinkState::Present && by_name.contains_key(l.casdoor_name.as_str()))
+        .filter(|l| {
+            l.state == LinkState::Present
+                && by_name
+                    .get(l.casdoor_name.as_str())
+                    .is_some_and(|row| l.holds(row))
+        })
         .map(|l| l.external_id.as_str())
         .chain(resolved.iter().map(|(u, _)| u.userid.as_str()))
         .collect();
@@ -1206,6 +1369,15 @@ fn plan_leavers(
             continue;
         }
         let name = link.casdoor_name.as_str();
+        if let Some(row) = by_name.get(name)
+            && !link.holds(row)
+        {
+            out.conflicts.push(Conflict::LinkedRowReplaced {
+                userid: link.external_id.clone(),
+                name: name.to_owned(),
+            });
+            continue;
+        }
         let row = by_name
             .get(name)
             .filter(|_| !claimed_rows.contains(name) && acted_rows.insert(name));
@@ -1238,6 +1410,10 @@ fn plan_leavers(
         links.push(OwnershipLink {
             state: LinkState::Left,
             left_action: Some(action),
+            row: link
+                .row
+                .clone()
+                .or_else(|| by_name.get(name).map(|r| RowIdentity::of(r))),
             ..(*link).clone()
         });
         actions.push(LeaverAction {
@@ -1249,8 +1425,9 @@ fn plan_leavers(
     }
     let removals = actions.iter().filter(|a| !a.changes.is_empty()).count();
     let over_count = u64::try_from(removals).unwrap_or(u64::MAX) > opts.max_removals;
-    let over_percent =
-        owned > 0 && (removals as f64) * 100.0 / (owned as f64) > opts.max_removal_percent;
+    let over_percent = u64::try_from(removals).unwrap_or(u64::MAX) > opts.min_removals_allowed
+        && owned > 0
+        && (removals as f64) * 100.0 / (owned as f64) > opts.max_removal_percent;
     if removals > 0 && (over_count || over_percent) && !opts.allow_removals {
         actions.sort();
         out.held = Some(Hold {
@@ -1260,6 +1437,7 @@ fn plan_leavers(
             owned,
             max_removals: opts.max_removals,
             max_removal_percent: opts.max_removal_percent,
+            min_removals_allowed: opts.min_removals_allowed,
         });
         return;
     }
@@ -1277,8 +1455,12 @@ fn rewritten_key(row: &ExistingUser, user: &MappedUser, key_column: &str) -> Opt
     (row.current_ref(key_column) != new).then(|| new.to_value().canonical())
 }
 
-fn fold(name: &str) -> String {
-    name.to_lowercase()
+/// The form two names are compared in for collisions: Unicode NFKC with case folded (and
+/// normalized again, as folding can undo NFKC), so that `ａｄｍｉｎ`, `ADMIN` and `admin` are one
+/// name, as a case-insensitive collation or a person reading the name would take them.
+pub(crate) fn fold(name: &str) -> String {
+    let compatible: String = name.nfkc().collect();
+    compatible.to_lowercase().nfkc().collect()
 }
 
 #[cfg(test)]

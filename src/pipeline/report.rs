@@ -143,7 +143,9 @@ impl ReportError {
             | Conflict::OwnedForAnotherUserid { userid, .. }
             | Conflict::UserClaimedTwice { userid, .. }
             | Conflict::GroupsNotAList { userid, .. }
-            | Conflict::MembershipTooLong { userid, .. } => (Some(userid.clone()), None),
+            | Conflict::MembershipTooLong { userid, .. }
+            | Conflict::AdoptionRefused { userid, .. }
+            | Conflict::LinkedRowReplaced { userid, .. } => (Some(userid.clone()), None),
             Conflict::GroupNotDepartment { dept_id, .. }
             | Conflict::GroupNotOwned { dept_id, .. }
             | Conflict::GroupOwnedByAnotherSyncer { dept_id, .. }

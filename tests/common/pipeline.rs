@@ -89,6 +89,9 @@ pub fn sync_settings(batch_size: usize) -> SyncSettings {
         max_removals: 100,
         max_removal_percent: 50.0,
         adopt_existing: false,
+        adopt_only: Vec::new(),
+        // Existing tests judge holds on the percentage alone.
+        min_removals_allowed: 0,
         ..SyncSettings::default()
     }
 }

@@ -29,6 +29,12 @@ pub struct Model {
     pub created_at: String,
     /// RFC 3339 UTC with milliseconds.
     pub updated_at: String,
+    /// `user.id` of the linked row when the link was made (users; NULL until recorded).
+    pub casdoor_id: Option<String>,
+    /// `user.created_time` of the linked row (users; NULL until recorded).
+    pub casdoor_created_time: Option<String>,
+    /// The user row was adopted rather than created (NULL: not recorded, read as created).
+    pub adopted: Option<bool>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

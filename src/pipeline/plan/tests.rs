@@ -47,6 +47,8 @@ fn options() -> PlanOptions {
         max_removal_percent: 100.0,
         allow_removals: false,
         adopt_existing: false,
+        adopt_only: BTreeSet::new(),
+        min_removals_allowed: 0,
     }
 }
 
@@ -136,6 +138,14 @@ fn apply_to_state(state: &PlanInput, plan: &Plan) -> PlanInput {
             deleted_time: String::new(),
             groups: Some(c.groups.clone()),
             dingtalk: c.dingtalk.clone(),
+            id: c
+                .values
+                .value("id")
+                .map(|v| v.to_value().canonical())
+                .unwrap_or_default(),
+            created_time: state.now.clone(),
+            is_admin: false,
+            has_password: false,
         });
     }
     for u in &plan.updates {
@@ -277,6 +287,11 @@ fn new_users_get_every_mapped_column_the_hash_and_their_memberships() {
             content_hash: user.hash.clone(),
             state: LinkState::Present,
             left_action: None,
+            row: Some(RowIdentity {
+                id: "u1".into(),
+                created_time: NOW.into(),
+            }),
+            adopted: false,
         }]
     );
 }
@@ -1544,6 +1559,8 @@ fn raw_state() -> impl Strategy<Value = RawState> {
                     max_removal_percent,
                     allow_removals,
                     adopt_existing,
+                    adopt_only: BTreeSet::new(),
+                    min_removals_allowed: 0,
                 }
             },
         );
@@ -1709,6 +1726,16 @@ fn build_input(
             deleted_time: if r.deleted_time { NOW } else { "" }.to_owned(),
             groups: r.groups.map(str::to_owned),
             dingtalk: r.dingtalk.to_owned(),
+            // Drawn from choices already made, so that recorded failures stay reproducible.
+            id: format!("id-{}", r.key.index(3)),
+            created_time: if r.pre_hash.index(5) == 3 {
+                "2020-01-01"
+            } else {
+                NOW
+            }
+            .to_owned(),
+            is_admin: r.pre_hash.index(5) == 1,
+            has_password: r.pre_hash.index(5) == 2,
         });
     }
 
@@ -1728,13 +1755,29 @@ fn build_input(
         .zip(&raw.user_links)
         .filter_map(|(userid, link)| {
             let link = link.as_ref()?;
+            let casdoor_name = link.name.get(&link_names).clone();
+            // Unknown, the linked row's own, or another row's identity.
+            let row = match link.hash.index(4) {
+                0 => None,
+                1 => existing_users
+                    .iter()
+                    .find(|e| e.owner == ORG && e.name == casdoor_name)
+                    .map(RowIdentity::of),
+                2 => Some(RowIdentity {
+                    id: "id-0".into(),
+                    created_time: NOW.into(),
+                }),
+                _ => Some(RowIdentity::default()),
+            };
             Some(OwnershipLink {
                 kind: LinkKind::User,
                 external_id: (*userid).to_owned(),
-                casdoor_name: link.name.get(&link_names).clone(),
+                casdoor_name,
                 content_hash: link.hash.get(&hashes).clone(),
                 state: link.state,
                 left_action: link.left_action,
+                row,
+                adopted: link.name.index(3) == 0,
             })
         })
         .collect();
@@ -1751,6 +1794,8 @@ fn build_input(
             content_hash: ContentHash::Empty,
             state: LinkState::Present,
             left_action: None,
+            row: None,
+            adopted: false,
         });
     }
     let foreign_claims = row_names
@@ -1993,4 +2038,380 @@ proptest! {
         };
         let _ = plan(state.clone()).summary();
     }
+}
+
+fn risky_row(name: &str, key: &str, risk: AdoptionRisk) -> ExistingUser {
+    let mut row = ExistingUser {
+        values: [
+            ("title", text("Old")),
+            ("email", text("boss@corp.example")),
+            ("phone", text("13900000000")),
+        ]
+        .into(),
+        ..unowned_row(name, key)
+    };
+    match risk {
+        AdoptionRisk::Admin => row.is_admin = true,
+        AdoptionRisk::Password => row.has_password = true,
+        AdoptionRisk::OtherDingtalk => row.dingtalk = "openid-of-someone".into(),
+    }
+    row
+}
+
+#[test]
+fn admins_password_holders_and_other_dingtalk_accounts_are_never_adopted() {
+    for risk in [
+        AdoptionRisk::Admin,
+        AdoptionRisk::Password,
+        AdoptionRisk::OtherDingtalk,
+    ] {
+        let mut state = input(vec![mapped(profile("u1"))]);
+        state.options.adopt_existing = true;
+        state
+            .existing_users
+            .push(risky_row("root-admin", "u1", risk));
+        let p = plan(state.clone());
+        assert_eq!(
+            p.conflicts,
+            [Conflict::AdoptionRefused {
+                userid: "u1".into(),
+                name: "root-admin".into(),
+                reason: risk,
+            }],
+            "{risk:?}"
+        );
+        assert!(p.adopted.is_empty() && p.updates.is_empty() && p.creates.is_empty());
+        assert!(p.link_writes.iter().all(|l| l.kind != LinkKind::User));
+        let message = p.conflicts[0].to_string();
+        assert!(
+            message.contains("\"root-admin\"") && message.contains("sync.adopt_only"),
+            "{message}"
+        );
+        assert!(!message.contains("boss@corp.example"), "{message}");
+        assert!(!message.contains("openid-of-someone"), "{message}");
+
+        // Without adoption the plain "not owned" conflict stays.
+        state.options.adopt_existing = false;
+        assert!(matches!(
+            plan(state).conflicts[..],
+            [Conflict::NotOwned { .. }]
+        ));
+    }
+}
+
+#[test]
+fn a_row_bound_to_the_same_dingtalk_userid_is_adopted() {
+    let mut state = input(vec![mapped(profile("u1"))]);
+    state.options.adopt_existing = true;
+    let mut row = unowned_row("legacy-u1", "u1");
+    row.dingtalk = "u1".into();
+    state.existing_users.push(row);
+    let p = plan(state);
+    assert!(p.conflicts.is_empty(), "{:?}", p.conflicts);
+    assert_eq!(p.adopted.len(), 1);
+}
+
+#[test]
+fn adopt_only_names_the_privileged_rows_that_may_be_adopted() {
+    let mut state = input(vec![mapped(profile("u1")), mapped(profile("u2"))]);
+    state.options.adopt_existing = true;
+    state.options.adopt_only = ["ops-admin".to_owned()].into();
+    state
+        .existing_users
+        .push(risky_row("ops-admin", "u1", AdoptionRisk::Admin));
+    state
+        .existing_users
+        .push(risky_row("root-admin", "u2", AdoptionRisk::Password));
+    let p = plan(state.clone());
+    assert_eq!(
+        p.adopted,
+        [Adoption {
+            name: "ops-admin".into(),
+            userid: "u1".into()
+        }]
+    );
+    assert_eq!(
+        p.conflicts,
+        [Conflict::AdoptionRefused {
+            userid: "u2".into(),
+            name: "root-admin".into(),
+            reason: AdoptionRisk::Password,
+        }]
+    );
+    // The allow-list alone adopts nothing.
+    state.options.adopt_existing = false;
+    assert!(plan(state).adopted.is_empty());
+}
+
+#[test]
+fn adoption_never_rewrites_email_or_phone_then_or_later() {
+    let mut state = input(vec![mapped(profile("u1"))]);
+    state.options.adopt_existing = true;
+    state.options.adopt_only = ["ops-admin".to_owned()].into();
+    state
+        .existing_users
+        .push(risky_row("ops-admin", "u1", AdoptionRisk::Admin));
+    let p = plan(state.clone());
+    let update = &p.updates[0];
+    assert!(
+        update
+            .changes
+            .contains(&change("title", text("Old"), text("Engineer"))),
+        "{:?}",
+        update.changes
+    );
+    assert!(
+        update
+            .changes
+            .iter()
+            .all(|c| c.column != "email" && c.column != "phone"),
+        "{:?}",
+        update.changes
+    );
+    let link = p
+        .link_writes
+        .iter()
+        .find(|l| l.external_id == "u1")
+        .unwrap();
+    assert!(link.adopted);
+
+    // The next runs follow the link: still no e-mail or phone write, even when DingTalk's
+    // values change.
+    let mut next = apply_to_state(&state, &p);
+    next.options.adopt_existing = false;
+    assert!(!plan(next.clone()).has_writes());
+    next.users = vec![mapped(User {
+        email: Some("new@example.com".into()),
+        mobile: Some("13700000000".into()),
+        title: Some("Lead".into()),
+        ..profile("u1")
+    })];
+    let later = plan(next.clone());
+    assert_eq!(
+        later.updates[0].changes,
+        [change("title", text("Engineer"), text("Lead"))]
+    );
+    assert_eq!(
+        row(&next, "ops-admin").current("email"),
+        text("boss@corp.example")
+    );
+
+    // A user the syncer created is kept in step as before.
+    let created = owned_population(1);
+    let mut changed = created.clone();
+    changed.users = vec![mapped(User {
+        email: Some("new@example.com".into()),
+        ..profile("u1")
+    })];
+    assert!(
+        plan(changed).updates[0]
+            .changes
+            .iter()
+            .any(|c| c.column == "email")
+    );
+}
+
+/// The state after `owned_population`, with `name`'s row deleted in Casdoor and a different
+/// person's row created under the same name.
+fn replaced(state: &PlanInput, name: &str) -> PlanInput {
+    let mut next = state.clone();
+    let row = row_mut(&mut next, name);
+    *row = ExistingUser {
+        owner: ORG.into(),
+        name: name.into(),
+        key_value: "3f1b-uuid-of-a-new-person".into(),
+        id: "3f1b-uuid-of-a-new-person".into(),
+        created_time: "2026-12-01T09:00:00+08:00".into(),
+        values: [
+            ("email", text("newcomer@corp.example")),
+            ("phone", text("13911112222")),
+        ]
+        .into(),
+        ..ExistingUser::default()
+    };
+    next
+}
+
+#[test]
+fn a_row_replaced_under_the_same_name_is_never_written_nor_forbidden() {
+    let state = owned_population(3);
+    assert_eq!(
+        link_of(&state, "u2").row,
+        Some(RowIdentity {
+            id: "u2".into(),
+            created_time: NOW.into()
+        })
+    );
+    let next = replaced(&state, "Ju2");
+    let p = plan(next.clone());
+    assert_eq!(
+        p.conflicts,
+        [Conflict::LinkedRowReplaced {
+            userid: "u2".into(),
+            name: "Ju2".into()
+        }]
+    );
+    assert!(p.updates.iter().all(|u| u.name != "Ju2"), "{:?}", p.updates);
+    assert!(p.link_writes.iter().all(|l| l.external_id != "u2"));
+    assert!(p.link_deletes.is_empty());
+
+    // Gone from DingTalk as well: still no leaver action on the newcomer.
+    let mut gone = without(&next, &["u2"]);
+    gone.options.max_removal_percent = 100.0;
+    let p = plan(gone);
+    assert!(p.leavers.is_empty() && p.held.is_none(), "{:?}", p.leavers);
+    assert_eq!(
+        p.conflicts,
+        [Conflict::LinkedRowReplaced {
+            userid: "u2".into(),
+            name: "Ju2".into()
+        }]
+    );
+
+    // A changed created_time alone is another row too.
+    let mut recreated = state.clone();
+    row_mut(&mut recreated, "Ju3").created_time = "2026-12-02T00:00:00Z".into();
+    assert!(matches!(
+        plan(recreated).conflicts[..],
+        [Conflict::LinkedRowReplaced { .. }]
+    ));
+}
+
+#[test]
+fn links_without_a_recorded_row_are_filled_once_from_the_row() {
+    let state = owned_population(2);
+    let mut old = state.clone();
+    for l in &mut old.links {
+        l.row = None;
+    }
+    for u in &mut old.existing_users {
+        u.created_time = "2025-01-01T00:00:00Z".into();
+    }
+    let p = plan(old.clone());
+    let user_links: Vec<&OwnershipLink> = p
+        .link_writes
+        .iter()
+        .filter(|l| l.kind == LinkKind::User)
+        .collect();
+    assert_eq!(user_links.len(), 2);
+    for l in user_links {
+        assert_eq!(
+            l.row,
+            Some(RowIdentity {
+                id: l.external_id.clone(),
+                created_time: "2025-01-01T00:00:00Z".into()
+            })
+        );
+    }
+    assert!(p.updates.is_empty() && p.conflicts.is_empty());
+    let next = apply_to_state(&old, &p);
+    assert!(!plan(next.clone()).has_writes());
+    // Once recorded, a replacement is seen.
+    assert!(matches!(
+        plan(replaced(&next, "Ju1")).conflicts[..],
+        [Conflict::LinkedRowReplaced { .. }]
+    ));
+}
+
+#[test]
+fn a_few_removals_are_always_allowed_before_the_percentage_holds() {
+    let mut state = owned_population(9);
+    state.options.max_removal_percent = 10.0;
+    state.options.min_removals_allowed = 0;
+    assert!(plan(without(&state, &["u1"])).held.is_some());
+
+    state.options.min_removals_allowed = 3;
+    let one = plan(without(&state, &["u1"]));
+    assert!(one.held.is_none());
+    assert_eq!(one.leavers.len(), 1);
+    assert_eq!(one.leavers[0].action, LeftAction::Forbid);
+    let three = plan(without(&state, &["u1", "u2", "u3"]));
+    assert!(three.held.is_none() && three.leavers.len() == 3);
+    let four = plan(without(&state, &["u1", "u2", "u3", "u4"]));
+    assert!(four.held.is_some() && four.leavers.is_empty());
+    let message = four.held.map(|h| h.to_string()).unwrap_or_default();
+    assert!(
+        message.contains("sync.min_removals_allowed = 3"),
+        "{message}"
+    );
+
+    // The absolute limit still holds.
+    state.options.max_removals = 0;
+    assert!(plan(without(&state, &["u1"])).held.is_some());
+}
+
+#[test]
+fn sync_settings_default_to_three_removals_always_allowed() {
+    let settings = SyncSettings::default();
+    assert_eq!(settings.min_removals_allowed, 3);
+    let o = PlanOptions::from_settings(
+        &SyncSettings {
+            adopt_only: vec!["a".into(), "b".into()],
+            ..settings
+        },
+        false,
+        false,
+    );
+    assert_eq!(o.min_removals_allowed, 3);
+    assert_eq!(o.adopt_only, ["a".to_owned(), "b".to_owned()].into());
+}
+
+#[test]
+fn names_fold_compatibility_forms_and_case() {
+    for (a, b) in [
+        ("ａｄｍｉｎ", "admin"),
+        ("ＡＤＭＩＮ", "admin"),
+        ("Admin", "aDMIN"),
+        ("ﬁnance", "finance"),
+        ("user²", "user2"),
+        ("ſam", "SAM"),
+        ("Ⅻ", "xii"),
+        ("ｶﾀｶﾅ", "カタカナ"),
+        ("café", "cafe\u{301}"),
+    ] {
+        assert_eq!(fold(a), fold(b), "{a} / {b}");
+    }
+    assert_ne!(fold("admin"), fold("admins"));
+}
+
+#[test]
+fn full_width_and_compatibility_names_collide_with_existing_users() {
+    for (existing, wanted) in [("admin", "ａｄｍｉｎ"), ("ﬁnance", "FINANCE")] {
+        let user = mapped(User {
+            job_number: Some(wanted.into()),
+            ..profile("u1")
+        });
+        let mut state = input(vec![user]);
+        state.existing_users.push(ExistingUser {
+            owner: ORG.into(),
+            name: existing.into(),
+            key_value: "other".into(),
+            ..ExistingUser::default()
+        });
+        let p = plan(state);
+        assert!(p.creates.is_empty(), "{wanted}");
+        assert_eq!(
+            p.conflicts,
+            [Conflict::NameTaken {
+                userid: "u1".into(),
+                name: wanted.into()
+            }]
+        );
+    }
+    // Two new users differing only in width are both conflicts.
+    let a = mapped(User {
+        job_number: Some("ｂｏｂ".into()),
+        ..profile("u1")
+    });
+    let b = mapped(User {
+        job_number: Some("Bob".into()),
+        ..profile("u2")
+    });
+    let p = plan(input(vec![a, b]));
+    assert!(p.creates.is_empty());
+    assert!(
+        p.conflicts
+            .iter()
+            .all(|c| matches!(c, Conflict::SameNameInDirectory { .. }))
+    );
 }
