@@ -217,7 +217,9 @@ impl Walk {
             self.incomplete.push(format!(
                 "members of department {dept_id} not fully listed: DingTalk still said more \
                  members follow after {pages} pages (`dingtalk.max_pages_per_department`); paging \
-                 stopped"
+                 stopped. Raise the setting only if the department really has more than {} \
+                 members",
+                pages.saturating_mul(u64::from(super::client::USER_PAGE_SIZE))
             ));
             return;
         }
