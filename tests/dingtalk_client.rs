@@ -855,12 +855,13 @@ async fn secrets_never_appear_in_logs_or_error_messages() {
     }
 
     // 1. The simulator with every fault and a department error: a complete run of all paths.
+    // Scheduled faults: the ~50 calls of this organization meet every kind, whatever the timing.
     let sim = start_simulator(SimulatorConfig {
         app_secret: Secret::new(APP_SECRET),
-        throttle_rate: 0.1,
-        busy_rate: 0.05,
-        bad_gateway_rate: 0.05,
-        malformed_rate: 0.05,
+        throttle_every: Some(10),
+        busy_every: Some(19),
+        bad_gateway_every: Some(17),
+        malformed_every: Some(18),
         invalidate_token_every: Some(25),
         ..org_config(300, 20)
     })
@@ -875,6 +876,19 @@ async fn secrets_never_appear_in_logs_or_error_messages() {
     let good = creds(sim.app_key(), APP_SECRET);
     let dir = sim_client.fetch_directory(&good).await.unwrap();
     assert!(!dir.complete);
+    let stats = sim.stats();
+    type Served = fn(&syncerd::dingtalk::simulator::SimEndpointStats) -> u64;
+    let kinds: [Served; 5] = [
+        |s| s.injected_throttle,
+        |s| s.injected_busy,
+        |s| s.injected_bad_gateway,
+        |s| s.injected_malformed,
+        |s| s.token_rejected,
+    ];
+    for kind in kinds {
+        let served: u64 = stats.endpoints.values().map(kind).sum();
+        assert!(served > 0, "every fault kind is served: {stats:?}");
+    }
     texts.extend(dir.incomplete_reasons.iter().cloned());
     texts.push(format!("{dir:?}"));
     texts.push(format!("{sim_client:?} {good:?} {sim:?}"));
