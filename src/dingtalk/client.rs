@@ -8,7 +8,7 @@
 //! transport errors are stripped of their URL and every server or library text is scrubbed of
 //! the secret values before it is logged or stored in an error.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -170,6 +170,32 @@ pub(crate) struct AppState {
     limiters: HashMap<Endpoint, RateLimiter>,
     ban: PauseGate,
     rng: Mutex<SplitMix64>,
+    /// The last few tokens DingTalk accepted a call with. A token rejected after it was
+    /// accepted was revoked (another refresh helps); one never accepted points at the app.
+    accepted: Mutex<VecDeque<Secret>>,
+}
+
+/// Accepted tokens remembered per App Key.
+const ACCEPTED_TOKENS_KEPT: usize = 4;
+
+impl AppState {
+    fn note_accepted(&self, token: &Secret) {
+        let mut accepted = self.accepted.lock().unwrap_or_else(PoisonError::into_inner);
+        if accepted.contains(token) {
+            return;
+        }
+        if accepted.len() >= ACCEPTED_TOKENS_KEPT {
+            accepted.pop_front();
+        }
+        accepted.push_back(token.clone());
+    }
+
+    fn was_accepted(&self, token: &Secret) -> bool {
+        self.accepted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(token)
+    }
 }
 
 struct CachedToken {
@@ -314,6 +340,7 @@ impl Client {
                         .collect(),
                     ban: PauseGate::default(),
                     rng: Mutex::new(SplitMix64::from_entropy()),
+                    accepted: Mutex::new(VecDeque::new()),
                 })
             })
             .clone()
@@ -458,9 +485,10 @@ impl Client {
     /// Sends one `/topapi` call with every safeguard: token, IP-ban gate, rate limiter, retries
     /// with back-off, and a replay with a new token when DingTalk rejects the token. The request
     /// fails as [`DingTalkError::TokenRejected`] when a token it fetched itself after a
-    /// rejection is rejected too (the app is disabled or its secret rotated), or after
-    /// [`MAX_TOKEN_REFRESHES`] refreshes. A replacement token another caller had fetched may be
-    /// stale as well (revoked in the meantime); that earns one more refresh, not a failure.
+    /// rejection is rejected too before DingTalk ever accepted it (the app is disabled or its
+    /// secret rotated), or after [`MAX_TOKEN_REFRESHES`] refreshes. A replacement token that
+    /// another caller had fetched, or that other calls already used, may have been revoked in
+    /// the meantime; that earns one more refresh, not a failure.
     /// The answer's `result` is decoded into `T`; a mistyped one fails as
     /// [`DingTalkError::Malformed`] without a retry (the request itself succeeded).
     async fn execute<T: DeserializeOwned>(
@@ -474,6 +502,7 @@ impl Client {
             let (token, fetched_here) = self.token_and_origin(ctx).await?;
             match self.with_retries(ctx, call, body, Some(&token)).await? {
                 Attempted::Answer(answer) => {
+                    ctx.app.note_accepted(&token);
                     let secrets = [ctx.creds.app_secret.expose(), token.expose()];
                     return decode_result(answer, &secrets).map_err(|failure| {
                         ctx.stats.record_failure(call.endpoint, &failure);
@@ -482,7 +511,10 @@ impl Client {
                 }
                 Attempted::TokenRejected(failure) => {
                     self.invalidate_token(ctx, &token).await;
-                    if (fetched_here && refreshes > 0) || refreshes >= MAX_TOKEN_REFRESHES {
+                    let never_accepted = !ctx.app.was_accepted(&token);
+                    if (fetched_here && refreshes > 0 && never_accepted)
+                        || refreshes >= MAX_TOKEN_REFRESHES
+                    {
                         return Err(self.error_of(ctx, call, failure, 1));
                     }
                     refreshes += 1;
@@ -1004,6 +1036,20 @@ mod tests {
             detail.to_lowercase().contains("connect"),
             "keeps the cause: {detail}"
         );
+    }
+
+    #[test]
+    fn accepted_tokens_are_remembered_a_few_at_a_time() {
+        let client = Client::new(ClientConfig::default()).unwrap();
+        let app = client.app("k");
+        let tok = |n: u32| Secret::new(format!("tok-{n}"));
+        assert!(!app.was_accepted(&tok(1)));
+        for n in 1..=5 {
+            app.note_accepted(&tok(n));
+            app.note_accepted(&tok(n));
+        }
+        assert!(!app.was_accepted(&tok(1)), "only the last four are kept");
+        assert!((2..=5).all(|n| app.was_accepted(&tok(n))));
     }
 
     #[test]
