@@ -256,6 +256,18 @@ pub struct DingTalkSettings {
     /// How long every call of an app pauses after DingTalk's IP-ban answer.
     #[serde(with = "duration_text")]
     pub ip_ban_pause: Duration,
+    /// Largest answer body read, in bytes; a longer answer fails the run unread.
+    #[serde(deserialize_with = "lenient_number")]
+    pub max_response_bytes: u64,
+    /// Member pages read per department at most (100 members a page).
+    #[serde(deserialize_with = "lenient_number")]
+    pub max_pages_per_department: u64,
+    /// Departments one fetch walks at most, the root included.
+    #[serde(deserialize_with = "lenient_number")]
+    pub max_departments: usize,
+    /// Longest a whole fetch (every call of one run) may take.
+    #[serde(with = "duration_text")]
+    pub fetch_timeout: Duration,
 }
 
 impl Default for DingTalkSettings {
@@ -267,6 +279,10 @@ impl Default for DingTalkSettings {
             request_timeout: Duration::from_secs(30),
             max_attempts: 6,
             ip_ban_pause: Duration::from_secs(300),
+            max_response_bytes: 32 * 1024 * 1024,
+            max_pages_per_department: 2_000,
+            max_departments: 50_000,
+            fetch_timeout: Duration::from_secs(3600),
         }
     }
 }
@@ -669,6 +685,18 @@ impl Settings {
         }
         if self.dingtalk.request_timeout.is_zero() {
             return invalid("dingtalk.request_timeout must be more than 0".into());
+        }
+        if self.dingtalk.max_response_bytes < 1024 {
+            return invalid("dingtalk.max_response_bytes must be at least 1024".into());
+        }
+        if self.dingtalk.max_pages_per_department == 0 {
+            return invalid("dingtalk.max_pages_per_department must be at least 1".into());
+        }
+        if self.dingtalk.max_departments == 0 {
+            return invalid("dingtalk.max_departments must be at least 1".into());
+        }
+        if self.dingtalk.fetch_timeout.is_zero() {
+            return invalid("dingtalk.fetch_timeout must be more than 0".into());
         }
         if self.scheduler.max_concurrent_runs == 0 {
             return invalid("scheduler.max_concurrent_runs must be at least 1".into());

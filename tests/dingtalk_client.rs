@@ -855,12 +855,13 @@ async fn secrets_never_appear_in_logs_or_error_messages() {
     }
 
     // 1. The simulator with every fault and a department error: a complete run of all paths.
+    // Scheduled faults: the ~50 calls of this organization meet every kind, whatever the timing.
     let sim = start_simulator(SimulatorConfig {
         app_secret: Secret::new(APP_SECRET),
-        throttle_rate: 0.1,
-        busy_rate: 0.05,
-        bad_gateway_rate: 0.05,
-        malformed_rate: 0.05,
+        throttle_every: Some(10),
+        busy_every: Some(19),
+        bad_gateway_every: Some(17),
+        malformed_every: Some(18),
         invalidate_token_every: Some(25),
         ..org_config(300, 20)
     })
@@ -875,6 +876,19 @@ async fn secrets_never_appear_in_logs_or_error_messages() {
     let good = creds(sim.app_key(), APP_SECRET);
     let dir = sim_client.fetch_directory(&good).await.unwrap();
     assert!(!dir.complete);
+    let stats = sim.stats();
+    type Served = fn(&syncerd::dingtalk::simulator::SimEndpointStats) -> u64;
+    let kinds: [Served; 5] = [
+        |s| s.injected_throttle,
+        |s| s.injected_busy,
+        |s| s.injected_bad_gateway,
+        |s| s.injected_malformed,
+        |s| s.token_rejected,
+    ];
+    for kind in kinds {
+        let served: u64 = stats.endpoints.values().map(kind).sum();
+        assert!(served > 0, "every fault kind is served: {stats:?}");
+    }
     texts.extend(dir.incomplete_reasons.iter().cloned());
     texts.push(format!("{dir:?}"));
     texts.push(format!("{sim_client:?} {good:?} {sim:?}"));
@@ -1025,4 +1039,54 @@ async fn a_mistyped_result_echoing_the_access_token_is_reported_without_it() {
         assert!(text.contains("unexpected `result`"), "{text}");
         assert!(!text.contains(TOKEN), "the access token leaks: {text}");
     }
+}
+
+#[tokio::test]
+async fn an_answer_longer_than_max_response_bytes_is_refused_by_its_length_unread_and_not_retried()
+{
+    let server = MockServer::start_async().await;
+    token_mock(&server, "tok-1").await;
+    listsub_mock(&server, "tok-1", 1, ok_body(json!([])), None).await;
+    // A well-formed page, padded past the cap; its Content-Length tells before any byte is read.
+    let padded = format!(
+        r#"{{"errcode":0,"errmsg":"ok","result":{{"has_more":false,"list":[]}},"pad":"{}"}}"#,
+        "x".repeat(300 * 1024)
+    );
+    let big = server
+        .mock_async(|when, then| {
+            when.method(POST).path("/topapi/v2/user/list");
+            then.status(200)
+                .header("content-type", "application/json")
+                .body(padded);
+        })
+        .await;
+    let client = Client::new(ClientConfig {
+        max_response_bytes: 256 * 1024,
+        ..fast_config(&server.base_url())
+    })
+    .unwrap();
+    let err = client.fetch_directory(&test_creds()).await.unwrap_err();
+    assert!(
+        matches!(
+            err.error,
+            DingTalkError::ResponseTooLarge {
+                limit_bytes: 262_144,
+                ..
+            }
+        ),
+        "{:?}",
+        err.error
+    );
+    let text = err.error.to_string();
+    assert!(text.contains("dingtalk.max_response_bytes"), "{text}");
+    assert!(text.contains("/topapi/v2/user/list"), "{text}");
+    big.assert_calls_async(1).await;
+    let list = &err.stats["/topapi/v2/user/list"];
+    assert_eq!((list.calls, list.bytes), (1, 0), "{list:?}");
+    assert_eq!(list.other_errors.get("answer too large"), Some(&1));
+
+    // The same answer under a cap it fits passes.
+    let roomy = Client::new(fast_config(&server.base_url())).unwrap();
+    let dir = roomy.fetch_directory(&test_creds()).await.unwrap();
+    assert!(dir.complete);
 }

@@ -28,6 +28,7 @@ fn expected_calls(org: &syncerd::dingtalk::simulator::OrgSnapshot) -> BTreeMap<&
         .sum();
     BTreeMap::from([
         (Endpoint::GetToken.path(), 1),
+        (Endpoint::DepartmentGet.path(), 1),
         (
             Endpoint::DepartmentListSub.path(),
             org.departments.len() as u64,
@@ -136,9 +137,10 @@ async fn throttled_and_busy_answers_still_produce_an_identical_directory() {
     init_test_log();
     let shape = big_org();
     let clean_sim = start_simulator(shape.clone()).await;
+    // Scheduled faults: every 10th call throttled, every 20th busy, whatever the timing.
     let faulty_sim = start_simulator(SimulatorConfig {
-        throttle_rate: 0.10,
-        busy_rate: 0.05,
+        throttle_every: Some(10),
+        busy_every: Some(20),
         ..shape
     })
     .await;
@@ -190,8 +192,8 @@ async fn gateway_pages_garbled_bodies_and_revoked_tokens_do_not_change_the_resul
     let shape = org_config(1_000, 60);
     let clean_sim = start_simulator(shape.clone()).await;
     let faulty_sim = start_simulator(SimulatorConfig {
-        bad_gateway_rate: 0.04,
-        malformed_rate: 0.04,
+        bad_gateway_every: Some(25),
+        malformed_every: Some(25),
         invalidate_token_every: Some(40),
         ..shape
     })
@@ -654,7 +656,8 @@ async fn check_against_the_simulator_passes_and_sees_mobile_and_email() {
 #[tokio::test]
 async fn an_ip_ban_pauses_the_fetch_and_it_then_completes() {
     let sim = start_simulator(org_config(100, 8)).await;
-    sim.ban_ip_for(Duration::from_millis(500), BanStyle::Json);
+    // The next two calls, however late they come (a time span could pass before the first).
+    sim.ban_ip_next_calls(2, BanStyle::Json);
     let client = Client::new(ClientConfig {
         ip_ban_pause: Duration::from_millis(400),
         ..fast_config(&sim.base_url())
@@ -690,6 +693,10 @@ async fn run_simulate_serves_until_shutdown() {
         malformed_rate: 0.0,
         throttle_rate: 0.0,
         invalidate_token_every: None,
+        busy_every: None,
+        bad_gateway_every: None,
+        malformed_every: None,
+        throttle_every: None,
         family_school: false,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -715,4 +722,70 @@ async fn run_simulate_serves_until_shutdown() {
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
     assert!(reqwest::get(format!("{base}/_sim/stats")).await.is_err());
+}
+
+#[tokio::test]
+async fn scheduled_faults_are_served_at_every_nth_call_whatever_the_timing() {
+    let sim = start_simulator(SimulatorConfig {
+        busy_every: Some(3),
+        ..org_config(10, 2)
+    })
+    .await;
+    let base = sim.base_url();
+    let http = reqwest::Client::new();
+    let token_errcode = || async {
+        let answer: Value = http
+            .get(format!(
+                "{base}/gettoken?appkey=sim-app-key&appsecret=sim-app-secret"
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap_or(Value::Null);
+        answer
+            .get("errcode")
+            .and_then(Value::as_i64)
+            .unwrap_or(1111)
+    };
+    let mut codes = Vec::new();
+    for _ in 0..7 {
+        codes.push(token_errcode().await);
+    }
+    assert_eq!(codes, [0, 0, -1, 0, 0, -1, 0]);
+
+    // New settings start the count over; the IP ban by calls comes first, counted apart.
+    let (status, body) = {
+        let r = http
+            .put(format!("{base}/_sim/faults"))
+            .json(&json!({"busy_every": 2}))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+    assert_eq!(status, 200, "{body}");
+    let r = http
+        .post(format!("{base}/_sim/ip-ban"))
+        .json(&json!({"calls": 2, "style": "json"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let mut codes = Vec::new();
+    for _ in 0..6 {
+        codes.push(token_errcode().await);
+    }
+    assert_eq!(codes, [1111, 1111, 0, -1, 0, -1]);
+    let stats = sim.stats().endpoint(Endpoint::GetToken);
+    assert_eq!((stats.injected_busy, stats.ip_banned), (4, 2));
+
+    let r = http
+        .put(format!("{base}/_sim/faults"))
+        .json(&json!({"throttle_every": 0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400, "a schedule of 0 is refused");
 }

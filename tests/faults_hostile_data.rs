@@ -42,6 +42,7 @@ async fn full_run(db: &Db, syncer: &SyncerRow, sim: &SimulatorHandle) -> RunRepo
         ip_ban_pause: Duration::from_millis(300),
         backoff_base: Duration::from_millis(10),
         backoff_max: Duration::from_millis(100),
+        ..ClientConfig::default()
     })
     .unwrap();
     let credentials = sim.credentials();

@@ -157,7 +157,8 @@ pub async fn run(settings: &Settings, args: SyncArgs) -> anyhow::Result<ExitCode
         sync: settings.sync.clone(),
         instance: instance.clone(),
     };
-    let fetch = client.fetch_directory_with_progress(&credentials, Some(fetch_tx));
+    let fetch =
+        client.fetch_directory_counted(&credentials, Some(fetch_tx), options.api_calls.clone());
     let run = run_once(&ctx, &syncer, fetch, options);
     tokio::pin!(run);
 

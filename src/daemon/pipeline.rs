@@ -32,7 +32,8 @@ pub fn pipeline_run_fn(sync: SyncSettings, client: Client) -> RunFn {
                 app_key: syncer.app_key.clone(),
                 app_secret: syncer.app_secret.clone(),
             };
-            let fetch = client.fetch_directory(&credentials);
+            let fetch =
+                client.fetch_directory_counted(&credentials, None, options.api_calls.clone());
             let report = run_once(&ctx, &syncer, fetch, options).await;
             // The daemon idles for most of an interval: free what the run left cached.
             ctx.db.release_idle_memory().await;

@@ -8,8 +8,9 @@
 //! transport errors are stripped of their URL and every server or library text is scrubbed of
 //! the secret values before it is logged or stored in an error.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -58,6 +59,14 @@ pub struct ClientConfig {
     pub backoff_base: Duration,
     /// Longest retry delay.
     pub backoff_max: Duration,
+    /// Largest answer body read; a longer one is abandoned unread, never buffered whole.
+    pub max_response_bytes: u64,
+    /// Member pages read per department; a listing that goes on makes the fetch incomplete.
+    pub max_pages_per_department: u64,
+    /// Departments one walk reaches at most (the root included); beyond it the fetch fails.
+    pub max_departments: usize,
+    /// Longest one whole fetch may take, every call included.
+    pub fetch_timeout: Duration,
 }
 
 impl Default for ClientConfig {
@@ -78,6 +87,10 @@ impl From<&DingTalkSettings> for ClientConfig {
             // DingTalk's advice after a QPS answer is to wait about a second.
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(30),
+            max_response_bytes: s.max_response_bytes,
+            max_pages_per_department: s.max_pages_per_department,
+            max_departments: s.max_departments,
+            fetch_timeout: s.fetch_timeout,
         }
     }
 }
@@ -111,6 +124,22 @@ impl ClientConfig {
                 "dingtalk.request_timeout must be longer than zero".into(),
             ));
         }
+        if self.max_response_bytes == 0 {
+            return Err(DingTalkError::Config(
+                "dingtalk.max_response_bytes must be at least 1".into(),
+            ));
+        }
+        if self.max_pages_per_department == 0 || self.max_departments == 0 {
+            return Err(DingTalkError::Config(
+                "dingtalk.max_pages_per_department and dingtalk.max_departments must be at least 1"
+                    .into(),
+            ));
+        }
+        if self.fetch_timeout.is_zero() {
+            return Err(DingTalkError::Config(
+                "dingtalk.fetch_timeout must be longer than zero".into(),
+            ));
+        }
         Ok(())
     }
 }
@@ -141,6 +170,32 @@ pub(crate) struct AppState {
     limiters: HashMap<Endpoint, RateLimiter>,
     ban: PauseGate,
     rng: Mutex<SplitMix64>,
+    /// The last few tokens DingTalk accepted a call with. A token rejected after it was
+    /// accepted was revoked (another refresh helps); one never accepted points at the app.
+    accepted: Mutex<VecDeque<Secret>>,
+}
+
+/// Accepted tokens remembered per App Key.
+const ACCEPTED_TOKENS_KEPT: usize = 4;
+
+impl AppState {
+    fn note_accepted(&self, token: &Secret) {
+        let mut accepted = self.accepted.lock().unwrap_or_else(PoisonError::into_inner);
+        if accepted.contains(token) {
+            return;
+        }
+        if accepted.len() >= ACCEPTED_TOKENS_KEPT {
+            accepted.pop_front();
+        }
+        accepted.push_back(token.clone());
+    }
+
+    fn was_accepted(&self, token: &Secret) -> bool {
+        self.accepted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(token)
+    }
 }
 
 struct CachedToken {
@@ -167,13 +222,45 @@ pub(crate) struct CallCtx<'a> {
     pub stats: &'a StatsRecorder,
 }
 
+/// A running count of the API calls of one fetch, readable while the fetch is under way and
+/// after it was dropped: a run cancelled mid-fetch still records the calls it spent.
+#[derive(Debug, Clone, Default)]
+pub struct CallCounter(Arc<AtomicU64>);
+
+impl CallCounter {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Calls sent so far (a call counts once its request is on its way).
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// Collects [`FetchStats`] of one fetch or check.
 #[derive(Debug, Default)]
 pub(crate) struct StatsRecorder {
     stats: Mutex<FetchStats>,
+    counter: CallCounter,
 }
 
 impl StatsRecorder {
+    /// A recorder that also counts every call into `counter`.
+    pub(crate) fn counting(counter: CallCounter) -> Self {
+        Self {
+            stats: Mutex::default(),
+            counter,
+        }
+    }
+
+    /// One call is about to be sent: counted before its answer, so that a fetch dropped while
+    /// the call is in flight still accounts for it.
+    fn count_call(&self, endpoint: Endpoint) {
+        self.counter.0.fetch_add(1, Ordering::Relaxed);
+        self.with(endpoint, |s| s.calls += 1);
+    }
+
     fn with(&self, endpoint: Endpoint, f: impl FnOnce(&mut EndpointStats)) {
         let mut stats = self.stats.lock().unwrap_or_else(PoisonError::into_inner);
         f(stats.entry(endpoint.path().to_owned()).or_default());
@@ -253,6 +340,7 @@ impl Client {
                         .collect(),
                     ban: PauseGate::default(),
                     rng: Mutex::new(SplitMix64::from_entropy()),
+                    accepted: Mutex::new(VecDeque::new()),
                 })
             })
             .clone()
@@ -304,6 +392,17 @@ impl Client {
         dept_id: i64,
     ) -> Result<Vec<DepartmentPayload>, DingTalkError> {
         let call = Call::for_department(Endpoint::DepartmentListSub, dept_id);
+        let body = serde_json::json!({ "dept_id": dept_id });
+        self.execute(ctx, call, Some(&body)).await
+    }
+
+    /// One department's details (`department/get`); the fetch reads the root's name with it.
+    pub(crate) async fn department_get(
+        &self,
+        ctx: &CallCtx<'_>,
+        dept_id: i64,
+    ) -> Result<DepartmentPayload, DingTalkError> {
+        let call = Call::for_department(Endpoint::DepartmentGet, dept_id);
         let body = serde_json::json!({ "dept_id": dept_id });
         self.execute(ctx, call, Some(&body)).await
     }
@@ -386,9 +485,10 @@ impl Client {
     /// Sends one `/topapi` call with every safeguard: token, IP-ban gate, rate limiter, retries
     /// with back-off, and a replay with a new token when DingTalk rejects the token. The request
     /// fails as [`DingTalkError::TokenRejected`] when a token it fetched itself after a
-    /// rejection is rejected too (the app is disabled or its secret rotated), or after
-    /// [`MAX_TOKEN_REFRESHES`] refreshes. A replacement token another caller had fetched may be
-    /// stale as well (revoked in the meantime); that earns one more refresh, not a failure.
+    /// rejection is rejected too before DingTalk ever accepted it (the app is disabled or its
+    /// secret rotated), or after [`MAX_TOKEN_REFRESHES`] refreshes. A replacement token that
+    /// another caller had fetched, or that other calls already used, may have been revoked in
+    /// the meantime; that earns one more refresh, not a failure.
     /// The answer's `result` is decoded into `T`; a mistyped one fails as
     /// [`DingTalkError::Malformed`] without a retry (the request itself succeeded).
     async fn execute<T: DeserializeOwned>(
@@ -402,6 +502,7 @@ impl Client {
             let (token, fetched_here) = self.token_and_origin(ctx).await?;
             match self.with_retries(ctx, call, body, Some(&token)).await? {
                 Attempted::Answer(answer) => {
+                    ctx.app.note_accepted(&token);
                     let secrets = [ctx.creds.app_secret.expose(), token.expose()];
                     return decode_result(answer, &secrets).map_err(|failure| {
                         ctx.stats.record_failure(call.endpoint, &failure);
@@ -410,7 +511,10 @@ impl Client {
                 }
                 Attempted::TokenRejected(failure) => {
                     self.invalidate_token(ctx, &token).await;
-                    if (fetched_here && refreshes > 0) || refreshes >= MAX_TOKEN_REFRESHES {
+                    let never_accepted = !ctx.app.was_accepted(&token);
+                    if (fetched_here && refreshes > 0 && never_accepted)
+                        || refreshes >= MAX_TOKEN_REFRESHES
+                    {
                         return Err(self.error_of(ctx, call, failure, 1));
                     }
                     refreshes += 1;
@@ -467,11 +571,9 @@ impl Client {
             }
             let request = self.build_request(ctx, endpoint, token, body);
             let started = Instant::now();
+            ctx.stats.count_call(endpoint);
             let (outcome, bytes) = self.send(endpoint, request).await;
-            ctx.stats.with(endpoint, |s| {
-                s.calls += 1;
-                s.bytes += bytes;
-            });
+            ctx.stats.with(endpoint, |s| s.bytes += bytes);
             let failure = match outcome {
                 Ok(answer) => {
                     debug!(
@@ -561,13 +663,13 @@ impl Client {
         }
     }
 
-    /// One HTTP exchange. Returns the decoded answer or the failure, and the body size.
+    /// One HTTP exchange. Returns the decoded answer or the failure, and the body bytes read.
     async fn send(
         &self,
         endpoint: Endpoint,
         request: reqwest::RequestBuilder,
     ) -> (Result<Value, Failure>, u64) {
-        let response = match request.send().await {
+        let mut response = match request.send().await {
             Ok(r) => r,
             Err(e) => return (Err(failure_of(e)), 0),
         };
@@ -577,12 +679,44 @@ impl Client {
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        match response.bytes().await {
+        match read_capped(&mut response, self.inner.config.max_response_bytes).await {
             Ok(body) => (
                 decode_answer(endpoint, status, content_type.as_deref(), &body),
                 body.len() as u64,
             ),
-            Err(e) => (Err(failure_of(e)), 0),
+            Err((failure, read)) => (Err(failure), read),
+        }
+    }
+}
+
+/// Reads a response body chunk by chunk, holding at most `limit` bytes: a longer body (by its
+/// `Content-Length` or as it streams in) is abandoned as [`Failure::TooLarge`]. The buffer
+/// never grows past `limit` either. On failure, also returns the bytes read until then.
+async fn read_capped(
+    response: &mut reqwest::Response,
+    limit: u64,
+) -> Result<Vec<u8>, (Failure, u64)> {
+    let too_large = Failure::TooLarge { limit_bytes: limit };
+    if response.content_length().is_some_and(|n| n > limit) {
+        return Err((too_large, 0));
+    }
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let mut body: Vec<u8> = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                let needed = body.len().saturating_add(chunk.len());
+                if needed > limit {
+                    return Err((too_large, needed as u64));
+                }
+                if needed > body.capacity() {
+                    let target = needed.max(body.capacity().saturating_mul(2)).min(limit);
+                    body.reserve_exact(target - body.len());
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(e) => return Err((failure_of(e), body.len() as u64)),
         }
     }
 }
@@ -902,6 +1036,20 @@ mod tests {
             detail.to_lowercase().contains("connect"),
             "keeps the cause: {detail}"
         );
+    }
+
+    #[test]
+    fn accepted_tokens_are_remembered_a_few_at_a_time() {
+        let client = Client::new(ClientConfig::default()).unwrap();
+        let app = client.app("k");
+        let tok = |n: u32| Secret::new(format!("tok-{n}"));
+        assert!(!app.was_accepted(&tok(1)));
+        for n in 1..=5 {
+            app.note_accepted(&tok(n));
+            app.note_accepted(&tok(n));
+        }
+        assert!(!app.was_accepted(&tok(1)), "only the last four are kept");
+        assert!((2..=5).all(|n| app.was_accepted(&tok(n))));
     }
 
     #[test]

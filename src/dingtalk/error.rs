@@ -263,6 +263,29 @@ pub enum DingTalkError {
         errmsg: String,
     },
 
+    #[error(
+        "{call}: DingTalk's answer is larger than {limit_bytes} bytes (`dingtalk.max_response_bytes`); \
+         it was not read to the end and the run stops. Check that `dingtalk.api_base` points at \
+         DingTalk (https://oapi.dingtalk.com) without a proxy that rewrites answers; raise the \
+         setting only if a real answer is that large."
+    )]
+    ResponseTooLarge { call: Call, limit_bytes: u64 },
+
+    #[error(
+        "the DingTalk fetch did not finish within {} (`dingtalk.fetch_timeout`) and was stopped \
+         after {calls} API calls. Look for throttling or IP-ban messages in the log; raise \
+         `dingtalk.fetch_timeout` only for an organization that really takes that long.",
+        crate::config::format_duration(*limit)
+    )]
+    FetchTimeout { limit: Duration, calls: u64 },
+
+    #[error(
+        "the department tree has more than {limit} departments (`dingtalk.max_departments`): the \
+         walk stopped. DingTalk (or whatever answers at `dingtalk.api_base`) keeps listing new \
+         departments; raise the setting only for an organization that really is that large."
+    )]
+    TooManyDepartments { limit: usize },
+
     #[error("invalid DingTalk client configuration: {0}")]
     Config(String),
 }
@@ -310,8 +333,11 @@ impl DingTalkError {
             | DingTalkError::Transport { call, .. }
             | DingTalkError::Malformed { call, .. }
             | DingTalkError::HttpStatus { call, .. }
-            | DingTalkError::Api { call, .. } => Some(*call),
-            DingTalkError::Config(_) => None,
+            | DingTalkError::Api { call, .. }
+            | DingTalkError::ResponseTooLarge { call, .. } => Some(*call),
+            DingTalkError::FetchTimeout { .. }
+            | DingTalkError::TooManyDepartments { .. }
+            | DingTalkError::Config(_) => None,
         }
     }
 
@@ -360,6 +386,10 @@ pub(crate) enum Failure {
     Transport(String),
     /// A 2xx body that is not the expected JSON.
     Malformed(String),
+    /// The body is longer than the configured cap (it was not read to the end).
+    TooLarge {
+        limit_bytes: u64,
+    },
 }
 
 impl Failure {
@@ -372,7 +402,8 @@ impl Failure {
             | Failure::Transport(_)
             | Failure::Malformed(_) => Disposition::Retry,
             Failure::OtherStatus(429) => Disposition::Retry,
-            Failure::OtherStatus(_) => Disposition::FailRun,
+            // The same request would bring the same oversized answer again.
+            Failure::OtherStatus(_) | Failure::TooLarge { .. } => Disposition::FailRun,
         }
     }
 
@@ -395,6 +426,7 @@ impl Failure {
             Failure::Timeout => "timeout".to_owned(),
             Failure::Transport(_) => "transport".to_owned(),
             Failure::Malformed(_) => "malformed answer".to_owned(),
+            Failure::TooLarge { .. } => "answer too large".to_owned(),
         }
     }
 
@@ -494,6 +526,9 @@ impl Failure {
                 detail,
                 attempts,
             },
+            Failure::TooLarge { limit_bytes } => {
+                DingTalkError::ResponseTooLarge { call, limit_bytes }
+            }
         }
     }
 }

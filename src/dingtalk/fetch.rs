@@ -8,6 +8,12 @@
 //! The result does not depend on timing: departments come in breadth-first order rebuilt from the
 //! listings, users are sorted by userid, and a user listed in several departments keeps the
 //! record from the department with the smallest id.
+//!
+//! Every input is bounded, so an answer that never ends cannot hold a run forever: a member
+//! listing stops at an empty page that claims more, at a repeated cursor and after
+//! `max_pages_per_department` pages (the directory is then incomplete: nobody is removed); the
+//! walk fails past `max_departments`; the whole fetch fails after `fetch_timeout`; and the client
+//! reads no answer longer than `max_response_bytes`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::future::Future;
@@ -20,7 +26,7 @@ use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::client::{Client, StatsRecorder};
+use super::client::{CallCounter, Client, StatsRecorder};
 use super::error::DingTalkError;
 use super::types::{
     Credentials, Department, DepartmentPayload, Directory, DirectoryUser, FetchStats, User,
@@ -69,6 +75,10 @@ enum Outcome {
         cursor: i64,
         result: Result<UserPage<User>, DingTalkError>,
     },
+    /// `department/get` of the root, for its name.
+    Root {
+        result: Result<DepartmentPayload, DingTalkError>,
+    },
 }
 
 type Pending<'a> = Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>;
@@ -81,7 +91,17 @@ struct Walk {
     visited: HashSet<i64>,
     /// Children of each listed department, in listing order, each department once.
     children: HashMap<i64, Vec<i64>>,
+    /// The department whose listing first showed each department. Parents come from the walk,
+    /// never from a payload's `parent_id`: every parent was reached before its child, so the
+    /// tree cannot hold a cycle whatever the answers claim.
+    parents: HashMap<i64, i64>,
     payloads: HashMap<i64, DepartmentPayload>,
+    /// The root's name from `department/get` (`listsub` names children only).
+    root_name: Option<String>,
+    /// Member pages read per department.
+    pages_of: HashMap<i64, u64>,
+    max_departments: usize,
+    max_pages: u64,
     /// userid → (record, department the record came from, departments it was listed in).
     users: BTreeMap<String, (User, i64, BTreeSet<i64>)>,
     /// Records without a userid; kept (the mapping stage reports them), never merged.
@@ -94,15 +114,25 @@ struct Walk {
 }
 
 impl Walk {
-    fn start() -> Self {
-        let mut walk = Walk::default();
+    fn start(max_departments: usize, max_pages: u64) -> Self {
+        let mut walk = Walk {
+            max_departments,
+            max_pages,
+            ..Walk::default()
+        };
         walk.visited.insert(ROOT_DEPT_ID);
         walk.walk_queue.push_back(ROOT_DEPT_ID);
         walk.page_queue.push_back((ROOT_DEPT_ID, 0));
         walk
     }
 
-    fn add_children(&mut self, parent: i64, listed: Vec<DepartmentPayload>) {
+    /// Records the children `parent`'s listing showed. Fails once the walk would pass
+    /// `max_departments`: a tree that keeps growing is not a directory to act on.
+    fn add_children(
+        &mut self,
+        parent: i64,
+        listed: Vec<DepartmentPayload>,
+    ) -> Result<(), DingTalkError> {
         self.departments_walked += 1;
         let mut kids = Vec::new();
         for child in listed {
@@ -116,23 +146,43 @@ impl Walk {
                 );
                 continue;
             }
-            if !self.visited.insert(id) {
+            if self.visited.contains(&id) {
                 debug!(
                     dept_id = id,
                     parent, "department listed twice; walking it once"
                 );
                 continue;
             }
+            if self.visited.len() >= self.max_departments {
+                return Err(DingTalkError::TooManyDepartments {
+                    limit: self.max_departments,
+                });
+            }
+            if child.parent_id.is_some_and(|claimed| claimed != parent) {
+                debug!(
+                    dept_id = id,
+                    parent,
+                    claimed = child.parent_id,
+                    "department's parent_id differs from the department that listed it; the listing wins"
+                );
+            }
+            self.visited.insert(id);
+            self.parents.insert(id, parent);
             self.payloads.insert(id, child);
             self.walk_queue.push_back(id);
             self.page_queue.push_back((id, 0));
             kids.push(id);
         }
         self.children.insert(parent, kids);
+        Ok(())
     }
 
     fn add_members(&mut self, dept_id: i64, cursor: i64, page: UserPage<User>) {
         self.pages_read += 1;
+        let pages = self.pages_of.entry(dept_id).or_default();
+        *pages += 1;
+        let pages = *pages;
+        let empty = page.list.is_empty();
         for user in page.list {
             if user.userid.is_empty() {
                 self.nameless.push((user, dept_id));
@@ -154,6 +204,23 @@ impl Walk {
             }
         }
         if !page.has_more {
+            return;
+        }
+        if empty {
+            self.incomplete.push(format!(
+                "members of department {dept_id} not fully listed: DingTalk said more members \
+                 follow but sent an empty page (cursor {cursor}); paging stopped to avoid a loop"
+            ));
+            return;
+        }
+        if pages >= self.max_pages {
+            self.incomplete.push(format!(
+                "members of department {dept_id} not fully listed: DingTalk still said more \
+                 members follow after {pages} pages (`dingtalk.max_pages_per_department`); paging \
+                 stopped. Raise the setting only if the department really has more than {} \
+                 members",
+                pages.saturating_mul(u64::from(super::client::USER_PAGE_SIZE))
+            ));
             return;
         }
         let seen = self.cursors.entry(dept_id).or_default();
@@ -188,27 +255,17 @@ impl Walk {
                 if id == ROOT_DEPT_ID {
                     return Department {
                         dept_id: id,
-                        name: None,
+                        name: self.root_name.clone(),
                         parent_id: None,
                     };
                 }
-                let payload = self.payloads.get(&id);
                 Department {
                     dept_id: id,
-                    name: payload.and_then(|p| p.name.clone()),
-                    parent_id: payload
-                        .and_then(|p| p.parent_id)
-                        .or_else(|| self.parent_of(id)),
+                    name: self.payloads.get(&id).and_then(|p| p.name.clone()),
+                    parent_id: self.parents.get(&id).copied(),
                 }
             })
             .collect()
-    }
-
-    fn parent_of(&self, id: i64) -> Option<i64> {
-        self.children
-            .iter()
-            .find(|(_, kids)| kids.contains(&id))
-            .map(|(parent, _)| *parent)
     }
 
     fn users(self) -> Vec<DirectoryUser> {
@@ -247,9 +304,36 @@ impl Client {
         creds: &Credentials,
         progress: Option<watch::Sender<FetchProgress>>,
     ) -> Result<Directory, FetchError> {
+        self.fetch_directory_counted(creds, progress, CallCounter::new())
+            .await
+    }
+
+    /// [`Client::fetch_directory_with_progress`], counting every call into `counter` as it is
+    /// sent, so that whoever drops the fetch (a cancelled run) still knows the calls it made.
+    /// The whole fetch is bounded by `fetch_timeout`.
+    pub async fn fetch_directory_counted(
+        &self,
+        creds: &Credentials,
+        progress: Option<watch::Sender<FetchProgress>>,
+        counter: CallCounter,
+    ) -> Result<Directory, FetchError> {
         let span = info_span!("dingtalk_fetch", app_key = %creds.app_key);
-        let stats = StatsRecorder::default();
-        let fetched = self.fetch(creds, progress, &stats).instrument(span).await;
+        let stats = StatsRecorder::counting(counter);
+        let limit = self.config().fetch_timeout;
+        let fetch = self.fetch(creds, progress, &stats).instrument(span);
+        let fetched = match tokio::time::timeout(limit, fetch).await {
+            Ok(fetched) => fetched,
+            Err(_) => {
+                let calls = stats.total_calls();
+                warn!(
+                    app_key = %creds.app_key,
+                    limit_s = limit.as_secs_f64(),
+                    calls,
+                    "DingTalk fetch stopped: dingtalk.fetch_timeout reached"
+                );
+                Err(DingTalkError::FetchTimeout { limit, calls })
+            }
+        };
         fetched.map_err(|error| FetchError {
             error,
             stats: stats.snapshot(),
@@ -274,8 +358,20 @@ impl Client {
 
         let max = self.config().max_concurrency.max(1);
         let half = max.div_ceil(2);
-        let mut walk = Walk::start();
+        let mut walk = Walk::start(
+            self.config().max_departments,
+            self.config().max_pages_per_department,
+        );
         let mut in_flight: FuturesUnordered<Pending<'_>> = FuturesUnordered::new();
+        // The root's own name, as Casdoor shows it on the root group: one call per fetch.
+        {
+            let ctx = &ctx;
+            in_flight.push(Box::pin(async move {
+                Outcome::Root {
+                    result: self.department_get(ctx, ROOT_DEPT_ID).await,
+                }
+            }));
+        }
         let (mut walking, mut paging) = (0usize, 0usize);
         let mut ticker = tokio::time::interval_at(started + PROGRESS_EVERY, PROGRESS_EVERY);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
@@ -333,7 +429,7 @@ impl Client {
                         Outcome::Children { dept_id, result } => {
                             walking -= 1;
                             match result {
-                                Ok(listed) => walk.add_children(dept_id, listed),
+                                Ok(listed) => walk.add_children(dept_id, listed)?,
                                 Err(e) if e.is_department_level() => {
                                     warn!(dept_id, error = %e, "department skipped: its sub-departments could not be listed");
                                     walk.incomplete.push(format!(
@@ -356,6 +452,17 @@ impl Client {
                                 Err(e) => return Err(e),
                             }
                         }
+                        Outcome::Root { result } => match result {
+                            Ok(root) => {
+                                walk.root_name = root.name.filter(|n| !n.trim().is_empty());
+                            }
+                            // A name only: the directory is whole without it, and the root
+                            // group keeps the organization's display name.
+                            Err(e) => warn!(
+                                error = %e,
+                                "the root department's name could not be read; the root group is named after the organization"
+                            ),
+                        },
                     }
                 }
                 _ = ticker.tick() => {
@@ -423,15 +530,21 @@ mod tests {
         }
     }
 
+    fn walk() -> Walk {
+        Walk::start(1_000, 100)
+    }
+
     #[test]
     fn walk_skips_negative_ids_and_cycles_and_orders_breadth_first() {
-        let mut w = Walk::start();
+        let mut w = walk();
         w.walk_queue.clear();
-        w.add_children(1, vec![dept(20, 1), dept(-1, 1), dept(10, 1)]);
-        w.add_children(20, vec![dept(30, 20), dept(1, 20)]);
-        w.add_children(10, vec![dept(40, 10), dept(30, 10)]);
-        w.add_children(30, vec![]);
-        w.add_children(40, vec![]);
+        w.add_children(1, vec![dept(20, 1), dept(-1, 1), dept(10, 1)])
+            .unwrap();
+        w.add_children(20, vec![dept(30, 20), dept(1, 20)]).unwrap();
+        w.add_children(10, vec![dept(40, 10), dept(30, 10)])
+            .unwrap();
+        w.add_children(30, vec![]).unwrap();
+        w.add_children(40, vec![]).unwrap();
         let order: Vec<i64> = w.departments().iter().map(|d| d.dept_id).collect();
         assert_eq!(order, vec![1, 20, 10, 30, 40]);
         assert_eq!(w.skipped_negative, 1);
@@ -441,8 +554,35 @@ mod tests {
     }
 
     #[test]
+    fn parents_come_from_the_listing_not_from_the_payload() {
+        let mut w = walk();
+        // 10 claims 20 as its parent and 20 claims 10: a cycle, if the payload were believed.
+        w.add_children(1, vec![dept(10, 20)]).unwrap();
+        w.add_children(10, vec![dept(20, 10), dept(30, 999)])
+            .unwrap();
+        let parents: Vec<(i64, Option<i64>)> = w
+            .departments()
+            .iter()
+            .map(|d| (d.dept_id, d.parent_id))
+            .collect();
+        assert_eq!(
+            parents,
+            vec![(1, None), (10, Some(1)), (20, Some(10)), (30, Some(10))]
+        );
+    }
+
+    #[test]
+    fn a_walk_past_max_departments_fails() {
+        let mut w = Walk::start(3, 100);
+        w.add_children(1, vec![dept(10, 1), dept(20, 1)]).unwrap();
+        let e = w.add_children(10, vec![dept(30, 10)]).unwrap_err();
+        assert_eq!(e, DingTalkError::TooManyDepartments { limit: 3 });
+        assert!(e.to_string().contains("dingtalk.max_departments"), "{e}");
+    }
+
+    #[test]
     fn users_are_merged_by_userid_deterministically() {
-        let mut w = Walk::start();
+        let mut w = walk();
         w.page_queue.clear();
         let page = |users: Vec<User>| UserPage {
             has_more: false,
@@ -463,12 +603,12 @@ mod tests {
 
     #[test]
     fn paging_follows_next_cursor_verbatim_and_stops_on_a_repeat() {
-        let mut w = Walk::start();
+        let mut w = walk();
         w.page_queue.clear();
         let more = |next| UserPage {
             has_more: true,
             next_cursor: next,
-            list: vec![],
+            list: vec![user("u", 1)],
         };
         w.add_members(5, 0, more(Some(4711)));
         assert_eq!(w.page_queue.pop_front(), Some((5, 4711)));
@@ -478,5 +618,35 @@ mod tests {
         w.add_members(6, 0, more(None));
         assert_eq!(w.incomplete.len(), 2);
         assert!(w.incomplete[1].contains("department 6"));
+    }
+
+    #[test]
+    fn paging_stops_on_an_empty_page_that_claims_more_and_after_max_pages() {
+        let mut w = Walk::start(1_000, 3);
+        w.page_queue.clear();
+        let empty = UserPage {
+            has_more: true,
+            next_cursor: Some(100),
+            list: vec![],
+        };
+        w.add_members(7, 0, empty);
+        assert!(w.page_queue.is_empty());
+        assert!(w.incomplete[0].contains("empty page"), "{:?}", w.incomplete);
+
+        let full = |next| UserPage {
+            has_more: true,
+            next_cursor: Some(next),
+            list: vec![user("u", 1)],
+        };
+        w.add_members(8, 0, full(100));
+        w.add_members(8, 100, full(200));
+        assert_eq!(w.page_queue.len(), 2);
+        w.add_members(8, 200, full(300));
+        assert_eq!(w.page_queue.len(), 2, "the third page is the last one read");
+        assert!(
+            w.incomplete[1].contains("dingtalk.max_pages_per_department"),
+            "{:?}",
+            w.incomplete
+        );
     }
 }

@@ -12,7 +12,7 @@ pub mod simulator;
 pub mod types;
 
 pub use check::{CheckReport, CheckStep, FieldSample, StepOutcome};
-pub use client::{Client, ClientConfig};
+pub use client::{CallCounter, Client, ClientConfig};
 pub use endpoint::{Call, Endpoint, Permission};
 pub use error::DingTalkError;
 pub use fetch::{FetchError, FetchProgress};

@@ -144,8 +144,10 @@ pub struct User {
     pub exclusive_account: Option<bool>,
 }
 
-/// A department of the fetched tree. The root (id 1) has no parent; its name is `None` because
-/// `listsub` only names children (the pipeline names the root after the organization).
+/// A department of the fetched tree. The root (id 1) has no parent; its name comes from
+/// `department/get` (`listsub` only names children) and is `None` when that call failed (the
+/// pipeline then names the root group after the organization). `parent_id` is the department
+/// whose listing showed this one, never the payload's claim.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Department {
     pub dept_id: i64,

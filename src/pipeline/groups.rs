@@ -119,6 +119,8 @@ pub fn desired_groups(
                 .parent_id
                 .filter(|p| by_id.contains_key(p) && *p != d.dept_id);
             let display_name = match (d.parent_id, d.name.as_deref().map(str::trim)) {
+                // The root is named as in DingTalk (as Casdoor names it), else after the org.
+                (None, Some(name)) if !name.is_empty() => name.to_owned(),
                 (None, _) => root_display_name.to_owned(),
                 (Some(_), Some(name)) if !name.is_empty() => name.to_owned(),
                 (Some(_), _) => {

@@ -22,8 +22,8 @@ use crate::db::{
     self, DINGTALK_TYPE, Db, DbError, NewRun, RunMode, RunOutcome, RunStatus, RunTrigger,
     SyncerRow, casdoor_timestamp, utc_millis,
 };
-use crate::dingtalk::FetchError;
 use crate::dingtalk::types::Directory;
+use crate::dingtalk::{CallCounter, FetchError};
 use crate::secret::redact_text;
 
 use super::apply::{ApplyError, ApplySettings, apply_plan};
@@ -77,6 +77,10 @@ pub struct RunOptions {
     /// Cancelling stops the run at the next safe point (between batches) as `interrupted`.
     pub cancel: CancellationToken,
     pub progress: Option<watch::Sender<Progress>>,
+    /// The calls of the fetch as they are sent (give it to
+    /// [`Client::fetch_directory_counted`](crate::dingtalk::Client::fetch_directory_counted)):
+    /// a run cancelled mid-fetch drops the fetch and records this count.
+    pub api_calls: CallCounter,
 }
 
 impl RunOptions {
@@ -89,6 +93,7 @@ impl RunOptions {
             adopt_existing: false,
             cancel: CancellationToken::new(),
             progress: None,
+            api_calls: CallCounter::new(),
         }
     }
 }
@@ -368,6 +373,7 @@ impl Runner<'_> {
         let fetched = tokio::select! {
             biased;
             () = self.opts.cancel.cancelled() => {
+                self.report.api_calls = self.opts.api_calls.get();
                 return self.interrupt("cancelled while fetching the DingTalk directory; nothing was written").await;
             }
             fetched = fetch => fetched,

@@ -36,6 +36,7 @@ pub fn fast_config(api_base: &str) -> ClientConfig {
         ip_ban_pause: Duration::from_millis(300),
         backoff_base: Duration::from_millis(10),
         backoff_max: Duration::from_millis(100),
+        ..ClientConfig::default()
     }
 }
 
@@ -63,13 +64,19 @@ pub fn org_config(users: usize, departments: usize) -> SimulatorConfig {
 }
 
 /// Asserts the fetched directory is exactly the simulator's organization: every department
-/// (root first, unnamed), every user once, `seen_in` = the user's departments.
+/// (root first, named by `department/get`), every user once, `seen_in` = the user's departments.
 pub fn assert_directory_matches(dir: &Directory, org: &OrgSnapshot) {
     assert!(dir.complete, "{:?}", dir.incomplete_reasons);
     let root = &dir.departments[0];
+    let root_name = org
+        .departments
+        .iter()
+        .find(|d| d.dept_id == 1)
+        .map(|d| d.name.as_str());
+    assert!(root_name.is_some_and(|n| !n.is_empty()));
     assert_eq!(
         (root.dept_id, root.name.as_deref(), root.parent_id),
-        (1, None, None)
+        (1, root_name, None)
     );
     let fetched: BTreeSet<(i64, Option<String>, Option<i64>)> = dir
         .departments

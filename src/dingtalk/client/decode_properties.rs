@@ -215,7 +215,7 @@ fn check_verdict(
         }
         Err(Failure::Malformed(_)) => prop_assert!(success, "malformed for HTTP {}", status),
         Err(Failure::IpBan) => {}
-        Err(other @ (Failure::Timeout | Failure::Transport(_))) => {
+        Err(other @ (Failure::Timeout | Failure::Transport(_) | Failure::TooLarge { .. })) => {
             return Err(TestCaseError::fail(format!(
                 "the decoder made a transport failure: {other:?}"
             )));

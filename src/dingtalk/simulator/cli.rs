@@ -78,6 +78,23 @@ pub struct SimulateArgs {
     #[arg(long)]
     pub invalidate_token_every: Option<u64>,
 
+    /// Answer every Nth call that gets past the earlier faults with errcode -1 (deterministic,
+    /// unlike --busy-rate: a run of N calls or more always meets it).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub busy_every: Option<u64>,
+
+    /// Answer every Nth call that gets past an IP ban with HTTP 502.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub bad_gateway_every: Option<u64>,
+
+    /// Answer every Nth call that gets past the 502 pages with truncated JSON.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub malformed_every: Option<u64>,
+
+    /// Answer every Nth call that gets past the busy answers with 88 / sub_code 90018.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub throttle_every: Option<u64>,
+
     /// Also list the family-school directory (department -1) under the root.
     #[arg(long)]
     pub family_school: bool,
@@ -112,6 +129,10 @@ impl From<&SimulateArgs> for SimulatorConfig {
             malformed_rate: a.malformed_rate,
             throttle_rate: a.throttle_rate,
             invalidate_token_every: a.invalidate_token_every,
+            busy_every: a.busy_every,
+            bad_gateway_every: a.bad_gateway_every,
+            malformed_every: a.malformed_every,
+            throttle_every: a.throttle_every,
             family_school_department: a.family_school,
             ..SimulatorConfig::default()
         }

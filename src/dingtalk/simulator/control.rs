@@ -13,7 +13,7 @@
 //! | `DELETE /_sim/departments/{id}` | | remove (must have no sub-departments) |
 //! | `PUT /_sim/departments/{id}/error` | `{"code": 60003}` or `{"code": null}` | make it fail / heal |
 //! | `GET`, `PUT /_sim/faults` | [`Faults`] | read / replace the fault settings |
-//! | `POST /_sim/ip-ban` | `{"seconds": 5, "style": "html"}` | serve the IP-ban signature |
+//! | `POST /_sim/ip-ban` | `{"seconds": 5, "style": "html"}` or `{"calls": 3}` | serve the IP-ban signature for a time, or to the next N calls |
 //! | `POST /_sim/token/invalidate` | | revoke the current access token |
 //!
 //! Errors come back as `{"error": "..."}` with 400 or 404.
@@ -82,6 +82,8 @@ pub struct DepartmentError {
 #[serde(default)]
 pub struct IpBan {
     pub seconds: f64,
+    /// Ban the next N calls instead of a time span (deterministic whatever the timing).
+    pub calls: Option<u64>,
     pub style: BanStyle,
 }
 
@@ -200,11 +202,15 @@ async fn set_faults(State(s): State<Arc<Shared>>, Json(faults): Json<Faults>) ->
     if let Err(e) = faults.validate() {
         return e.into_response();
     }
-    s.lock().faults = faults;
+    s.lock().set_faults(faults);
     Json(json!({"ok": true})).into_response()
 }
 
 async fn ip_ban(State(s): State<Arc<Shared>>, Json(ban): Json<IpBan>) -> Response {
+    if let Some(calls) = ban.calls {
+        s.lock().ban_calls = Some((calls, ban.style));
+        return Json(json!({"ok": true})).into_response();
+    }
     if !(ban.seconds.is_finite() && ban.seconds >= 0.0) {
         return SimulatorError::Invalid("seconds must be a non-negative number".into())
             .into_response();

@@ -3,10 +3,13 @@
 //! (busy, 502 pages, garbled bodies, throttling, token invalidation, IP ban, department errors).
 //!
 //! Used by the demo (`syncerd simulate`), the integration tests and benchmarks. The organization
-//! and the fault sequence are deterministic for a seed (the assignment of faults to requests
-//! depends on arrival order when requests are concurrent). A control API changes the
-//! organization between runs and reads call counters, in-process through [`SimulatorHandle`]
-//! or over HTTP under `/_sim/` (see [`control`]).
+//! is deterministic for a seed, and so is fault injection: each fault kind decides from its own
+//! count of the calls that reached it, never from the clock or from other kinds' draws.
+//! `*_every` schedules serve a kind at every Nth such call, so a run of at least N calls meets
+//! it whatever the timing; `*_rate` draws from a seeded stream of the kind's own (which request
+//! meets a fault still depends on arrival order when requests are concurrent, how many do not).
+//! A control API changes the organization between runs and reads call counters, in-process
+//! through [`SimulatorHandle`] or over HTTP under `/_sim/` (see [`control`]).
 
 pub mod cli;
 pub mod control;
@@ -66,6 +69,11 @@ pub struct SimulatorConfig {
     /// Revoke the current token every N authenticated calls (that call answers 88/40014, and so
     /// does the old token until a new `gettoken`).
     pub invalidate_token_every: Option<u64>,
+    /// Answer every Nth call that reaches each fault with it (see [`Faults`]).
+    pub busy_every: Option<u64>,
+    pub bad_gateway_every: Option<u64>,
+    pub malformed_every: Option<u64>,
+    pub throttle_every: Option<u64>,
     /// Root's `listsub` also shows the family-school directory (id -1).
     pub family_school_department: bool,
 }
@@ -88,6 +96,10 @@ impl Default for SimulatorConfig {
             malformed_rate: 0.0,
             throttle_rate: 0.0,
             invalidate_token_every: None,
+            busy_every: None,
+            bad_gateway_every: None,
+            malformed_every: None,
+            throttle_every: None,
             family_school_department: false,
         }
     }
@@ -104,6 +116,10 @@ impl SimulatorConfig {
             malformed_rate: self.malformed_rate,
             throttle_rate: self.throttle_rate,
             invalidate_token_every: self.invalidate_token_every,
+            busy_every: self.busy_every,
+            bad_gateway_every: self.bad_gateway_every,
+            malformed_every: self.malformed_every,
+            throttle_every: self.throttle_every,
         }
     }
 
@@ -121,7 +137,14 @@ impl SimulatorConfig {
     }
 }
 
-/// Fault settings that can change while the simulator runs (`PUT /_sim/faults`).
+/// Fault settings that can change while the simulator runs (`PUT /_sim/faults`). Setting them
+/// restarts every kind's call count and seeded stream, so the same settings on the same calls
+/// serve the same faults.
+///
+/// The faults are checked in this order, each over the calls the earlier ones let through: IP
+/// ban, 502 page, garbled body, (token checks), QPS window, busy, throttled. A kind is served
+/// when its `*_every` schedule says so (the Nth, 2Nth, ... call to reach it) or its `*_rate`
+/// draw does.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Faults {
@@ -132,6 +155,10 @@ pub struct Faults {
     pub malformed_rate: f64,
     pub throttle_rate: f64,
     pub invalidate_token_every: Option<u64>,
+    pub busy_every: Option<u64>,
+    pub bad_gateway_every: Option<u64>,
+    pub malformed_every: Option<u64>,
+    pub throttle_every: Option<u64>,
 }
 
 impl Faults {
@@ -145,6 +172,18 @@ impl Faults {
             if !(0.0..=1.0).contains(&rate) {
                 return Err(SimulatorError::Invalid(format!(
                     "{name} must be between 0 and 1, not {rate}"
+                )));
+            }
+        }
+        for (name, every) in [
+            ("busy_every", self.busy_every),
+            ("bad_gateway_every", self.bad_gateway_every),
+            ("malformed_every", self.malformed_every),
+            ("throttle_every", self.throttle_every),
+        ] {
+            if every == Some(0) {
+                return Err(SimulatorError::Invalid(format!(
+                    "{name} must be at least 1 (leave it unset for none)"
                 )));
             }
         }
@@ -353,13 +392,19 @@ impl SimulatorHandle {
 
     pub fn set_faults(&self, faults: Faults) -> Result<(), SimulatorError> {
         faults.validate()?;
-        self.shared.lock().faults = faults;
+        self.shared.lock().set_faults(faults);
         Ok(())
     }
 
     /// Answers every call with the IP-ban signature for `duration`.
     pub fn ban_ip_for(&self, duration: Duration, style: BanStyle) {
         self.shared.lock().ban = Some((tokio::time::Instant::now() + duration, style));
+    }
+
+    /// Answers the next `calls` calls with the IP-ban signature, however long they take to come
+    /// (deterministic, unlike [`SimulatorHandle::ban_ip_for`]).
+    pub fn ban_ip_next_calls(&self, calls: u64, style: BanStyle) {
+        self.shared.lock().ban_calls = Some((calls, style));
     }
 
     /// Revokes the current access token now (it answers 88/40014 until a new `gettoken`).

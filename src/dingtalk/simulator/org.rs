@@ -54,14 +54,15 @@ impl OrgSnapshot {
     }
 
     /// The fewest calls a complete fetch can make with pages of `page_size`: one token, one
-    /// `listsub` per department and `max(1, ⌈members/page_size⌉)` user pages per department.
+    /// `department/get` of the root (its name), one `listsub` per department and
+    /// `max(1, ⌈members/page_size⌉)` user pages per department.
     pub fn minimum_fetch_calls(&self, page_size: usize) -> u64 {
         let pages: usize = self
             .members_per_department()
             .values()
             .map(|m| m.div_ceil(page_size.max(1)).max(1))
             .sum();
-        1 + self.departments.len() as u64 + pages as u64
+        2 + self.departments.len() as u64 + pages as u64
     }
 }
 

@@ -75,6 +75,76 @@ impl SimStats {
     }
 }
 
+/// The injectable faults that have a rate and a schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FaultKind {
+    BadGateway,
+    Malformed,
+    Busy,
+    Throttle,
+}
+
+impl FaultKind {
+    const ALL: [FaultKind; 4] = [
+        FaultKind::BadGateway,
+        FaultKind::Malformed,
+        FaultKind::Busy,
+        FaultKind::Throttle,
+    ];
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    fn rate_and_every(self, f: &Faults) -> (f64, Option<u64>) {
+        match self {
+            FaultKind::BadGateway => (f.bad_gateway_rate, f.bad_gateway_every),
+            FaultKind::Malformed => (f.malformed_rate, f.malformed_every),
+            FaultKind::Busy => (f.busy_rate, f.busy_every),
+            FaultKind::Throttle => (f.throttle_rate, f.throttle_every),
+        }
+    }
+}
+
+/// Per fault kind: how many calls reached it and its own seeded stream of draws, so that one
+/// kind's decisions depend only on its own count, never on the clock, on other kinds or on the
+/// draws of request ids and tokens.
+struct FaultDice {
+    seed: u64,
+    reached: [u64; 4],
+    streams: [SplitMix64; 4],
+}
+
+impl FaultDice {
+    fn new(seed: u64) -> Self {
+        let stream = |k: FaultKind| {
+            SplitMix64::new(
+                seed ^ 0xFA17_0000_0000_0000 ^ (k.index() as u64 + 1).wrapping_mul(0x9E37_79B9),
+            )
+        };
+        Self {
+            seed,
+            reached: [0; 4],
+            streams: FaultKind::ALL.map(stream),
+        }
+    }
+
+    /// Restarts every count and stream (new fault settings).
+    fn restart(&mut self) {
+        *self = FaultDice::new(self.seed);
+    }
+
+    /// Counts one call reaching `kind` and says whether it is served.
+    fn roll(&mut self, kind: FaultKind, faults: &Faults) -> bool {
+        let (rate, every) = kind.rate_and_every(faults);
+        let i = kind.index();
+        self.reached[i] += 1;
+        let scheduled = every.is_some_and(|n| n > 0 && self.reached[i].is_multiple_of(n));
+        let drawn = self.streams[i].chance(rate);
+        scheduled || drawn
+    }
+}
+
 struct TokenState {
     current: Option<(String, Instant)>,
     issued: u64,
@@ -90,9 +160,12 @@ pub(crate) struct SimState {
     pub token_ttl: Duration,
     pub dept_errors: HashMap<i64, i64>,
     pub ban: Option<(Instant, BanStyle)>,
+    /// Calls still to be answered with the IP-ban signature, whatever the clock says.
+    pub ban_calls: Option<(u64, BanStyle)>,
     pub stats: SimStats,
     tokens: TokenState,
     rng: SplitMix64,
+    dice: FaultDice,
     accepted: HashMap<(String, Endpoint), VecDeque<Instant>>,
     arrivals: HashMap<Endpoint, VecDeque<Instant>>,
     authed_calls: u64,
@@ -120,12 +193,14 @@ impl Shared {
                 token_ttl,
                 dept_errors: HashMap::new(),
                 ban: None,
+                ban_calls: None,
                 stats: SimStats::default(),
                 tokens: TokenState {
                     current: None,
                     issued: 0,
                 },
                 rng: SplitMix64::new(seed ^ 0xD1A6_7A1C_0FFE_E000),
+                dice: FaultDice::new(seed),
                 accepted: HashMap::new(),
                 arrivals: HashMap::new(),
                 authed_calls: 0,
@@ -141,6 +216,12 @@ impl Shared {
 impl SimState {
     pub(crate) fn invalidate_token(&mut self) {
         self.tokens.current = None;
+    }
+
+    /// New fault settings; every fault kind's count and stream start over.
+    pub(crate) fn set_faults(&mut self, faults: Faults) {
+        self.faults = faults;
+        self.dice.restart();
     }
 
     pub(crate) fn reset_stats(&mut self) {
@@ -193,6 +274,12 @@ impl SimState {
     }
 
     fn banned(&mut self, now: Instant) -> Option<BanStyle> {
+        if let Some((left, style)) = self.ban_calls {
+            self.ban_calls = (left > 1).then_some((left - 1, style));
+            if left > 0 {
+                return Some(style);
+            }
+        }
         match self.ban {
             Some((until, style)) if now < until => Some(style),
             Some(_) => {
@@ -290,12 +377,11 @@ fn transport_faults(state: &mut SimState, endpoint: Endpoint, now: Instant) -> O
         state.count(endpoint, |s| s.ip_banned += 1);
         return Some(ban_response(style));
     }
-    let f = state.faults.clone();
-    if state.rng.chance(f.bad_gateway_rate) {
+    if state.dice.roll(FaultKind::BadGateway, &state.faults) {
         state.count(endpoint, |s| s.injected_bad_gateway += 1);
         return Some(bad_gateway());
     }
-    if state.rng.chance(f.malformed_rate) {
+    if state.dice.roll(FaultKind::Malformed, &state.faults) {
         state.count(endpoint, |s| s.injected_malformed += 1);
         return Some(malformed());
     }
@@ -319,12 +405,11 @@ fn flow_faults(
             &format!("触发了qps流控，当前应用调用该接口1秒内请求总次数超过 {qps} 次"),
         ));
     }
-    let f = state.faults.clone();
-    if state.rng.chance(f.busy_rate) {
+    if state.dice.roll(FaultKind::Busy, &state.faults) {
         state.count(endpoint, |s| s.injected_busy += 1);
         return Some(business_error(state, -1, "系统繁忙"));
     }
-    if state.rng.chance(f.throttle_rate) {
+    if state.dice.roll(FaultKind::Throttle, &state.faults) {
         state.count(endpoint, |s| s.injected_throttle += 1);
         return Some(platform_error(
             state,
