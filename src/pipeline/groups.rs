@@ -140,11 +140,31 @@ pub fn desired_groups(
     (groups, notices)
 }
 
+/// A root department whose name DingTalk did not give this run (its `department/get` failed)
+/// keeps the display name its group already has, so one failed call never renames the root
+/// group back and forth between runs. A new group still takes the organization's name.
+fn keep_unfetched_root_names(
+    desired: &mut [DesiredGroup],
+    departments: &[Department],
+    existing: &BTreeMap<&str, &ExistingGroup>,
+) {
+    let unnamed_roots: BTreeSet<i64> = departments
+        .iter()
+        .filter(|d| d.parent_id.is_none() && d.name.as_deref().is_none_or(|n| n.trim().is_empty()))
+        .map(|d| d.dept_id)
+        .collect();
+    for group in desired.iter_mut().filter(|g| unnamed_roots.contains(&g.dept_id)) {
+        if let Some(row) = existing.get(group.name.as_str()) {
+            group.display_name.clone_from(&row.display_name);
+        }
+    }
+}
+
 /// Decides creates, updates, adoptions and conflicts for department groups.
 pub fn plan_groups(input: &GroupInput<'_>) -> GroupPlan {
     let org = input.organization;
     let mut out = GroupPlan::default();
-    let (desired, notices) = desired_groups(org, input.root_display_name, input.departments);
+    let (mut desired, notices) = desired_groups(org, input.root_display_name, input.departments);
     out.notices.extend(notices);
 
     let existing: BTreeMap<&str, &ExistingGroup> = input
@@ -153,6 +173,7 @@ pub fn plan_groups(input: &GroupInput<'_>) -> GroupPlan {
         .filter(|g| g.owner == org)
         .map(|g| (g.name.as_str(), g))
         .collect();
+    keep_unfetched_root_names(&mut desired, input.departments, &existing);
     let mut own_links: Vec<&OwnershipLink> = input
         .links
         .iter()
@@ -501,6 +522,35 @@ mod tests {
                 ("12", "Orphan", "acme", true),
             ]
         );
+    }
+
+    #[test]
+    fn a_root_dingtalk_did_not_name_this_run_keeps_its_groups_display_name() {
+        let departments = [dept(1, None, None), dept(7, Some("研发"), Some(1))];
+        let (mut groups, _) = desired_groups("acme", "Acme Inc", &departments);
+        let row = |name: &str, display: &str| ExistingGroup {
+            owner: "acme".into(),
+            name: name.into(),
+            display_name: display.into(),
+            parent_id: "acme".into(),
+            is_top_group: true,
+            group_type: "Virtual".into(),
+        };
+        let (root, dept7) = (row("1", "钉钉根部门"), row("7", "Old name"));
+        let existing: BTreeMap<&str, &ExistingGroup> = [("1", &root), ("7", &dept7)].into();
+        keep_unfetched_root_names(&mut groups, &departments, &existing);
+        assert_eq!(groups[0].display_name, "钉钉根部门");
+        // Named departments still follow DingTalk.
+        assert_eq!(groups[1].display_name, "研发");
+        // A root DingTalk named this run follows DingTalk.
+        let named = [dept(1, Some("Acme 钉钉"), None)];
+        let (mut groups, _) = desired_groups("acme", "Acme Inc", &named);
+        keep_unfetched_root_names(&mut groups, &named, &existing);
+        assert_eq!(groups[0].display_name, "Acme 钉钉");
+        // No group yet: the organization's name.
+        let (mut groups, _) = desired_groups("acme", "Acme Inc", &departments);
+        keep_unfetched_root_names(&mut groups, &departments, &BTreeMap::new());
+        assert_eq!(groups[0].display_name, "Acme Inc");
     }
 
     #[test]
