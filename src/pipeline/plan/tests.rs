@@ -73,6 +73,7 @@ fn input(users: Vec<MappedUser>) -> PlanInput {
         foreign_claims: vec![],
         existing_groups: vec![],
         group_names_in_other_orgs: BTreeSet::new(),
+        organization_names: BTreeSet::new(),
         casbin_groupings: vec![],
         options: options(),
         now: NOW.into(),
@@ -101,6 +102,7 @@ fn apply_change(row: &mut ExistingUser, key_column: &str, change: &FieldChange) 
         ("is_forbidden", FieldValue::Bool(b)) => row.is_forbidden = *b,
         ("is_deleted", FieldValue::Bool(b)) => row.is_deleted = *b,
         ("deleted_time", FieldValue::Text(t)) => row.deleted_time = t.clone(),
+        ("groups", FieldValue::Text(t)) => row.groups = Some(t.clone()),
         (column, value) => {
             if column == key_column {
                 row.key_value = value.canonical();
@@ -644,16 +646,24 @@ fn leaver_policy_delete_soft_deletes_and_keep_only_marks_the_link() {
     next.options.leaver_policy = LeaverPolicy::Delete;
     let p = plan(next.clone());
     assert_eq!(p.leavers[0].action, LeftAction::Delete);
+    // The deleted user leaves its managed groups, as Casdoor's DeleteUser drops memberships.
+    let groups_before = row(&state, "Ju3").groups.clone().unwrap_or_default();
     assert_eq!(
         p.leavers[0].changes,
         [
             change("deleted_time", text(""), text(NOW)),
+            change("groups", text(&groups_before), text("[]")),
             change(
                 "is_deleted",
                 FieldValue::Bool(false),
                 FieldValue::Bool(true)
             ),
         ]
+    );
+    assert!(
+        !p.casbin_remove.is_empty() && p.casbin_remove.iter().all(|r| r.v0 == format!("{ORG}/Ju3")),
+        "{:?}",
+        p.casbin_remove
     );
 
     next.options.leaver_policy = LeaverPolicy::Keep;
@@ -1815,6 +1825,7 @@ fn build_input(
         foreign_claims,
         existing_groups,
         group_names_in_other_orgs,
+        organization_names: BTreeSet::new(),
         casbin_groupings,
         options: raw.options.clone(),
         now: NOW.into(),
