@@ -215,6 +215,48 @@ async fn a_deleted_leaver_leaves_its_managed_groups_and_sessions_as_casdoors_del
             t.label()
         );
 
+        // A user an older syncerd deleted kept its department memberships: they go too.
+        let mut old_groups = managed.clone();
+        old_groups.push(format!("{ORG}/admins"));
+        let old_json = serde_json::to_string(&old_groups).unwrap();
+        t.execute(
+            &db,
+            &format!(
+                "UPDATE {user} SET {groups} = '{old_json}' WHERE owner = '{ORG}' AND name = '{leaver}'"
+            ),
+        )
+        .await;
+        for g in &managed {
+            t.execute(
+                &db,
+                &format!(
+                    "INSERT INTO casbin_user_rule (ptype, v0, v1, v2, v3, v4, v5) \
+                     VALUES ('g', '{ORG}/{leaver}', 'group:{g}', '', '', '', '')"
+                ),
+            )
+            .await;
+        }
+        let cleaned = run(&ctx, &syncer, &without(&dir, &[7]), apply()).await;
+        assert_status(t, &cleaned, RunStatus::Succeeded);
+        assert_eq!(
+            (cleaned.counts.deleted, cleaned.counts.memberships_changed),
+            (0, 1),
+            "{}",
+            t.label()
+        );
+        assert_eq!(
+            groups_json_of(t, &db, "user", &leaver).await,
+            [format!("{ORG}/admins")],
+            "{}",
+            t.label()
+        );
+        assert_eq!(
+            casbin_groups_of(t, &db, &leaver).await,
+            [format!("group:{ORG}/admins")],
+            "{}",
+            t.label()
+        );
+
         // A return restores the row and its department memberships; the manual one was kept.
         let back = run(&ctx, &syncer, &dir, apply()).await;
         assert_status(t, &back, RunStatus::Succeeded);
@@ -533,6 +575,85 @@ async fn a_table_prefix_puts_every_table_but_casbin_user_rule_under_the_prefix()
         );
         db.close().await.unwrap();
         plain.close().await.unwrap();
+    })
+    .await;
+}
+
+/// Runs the real binary with `SYNCERD_DATABASE__URL` and `SYNCERD_DATABASE__TABLE_PREFIX`.
+async fn syncerd_with_prefix(url: &str, prefix: &str, args: &[&str]) -> (bool, String) {
+    let (url, prefix) = (url.to_owned(), prefix.to_owned());
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_syncerd"))
+            .args(&args)
+            .current_dir(std::env::temp_dir())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("SYNCERD_DATABASE__URL", url)
+            .env("SYNCERD_DATABASE__TABLE_PREFIX", prefix)
+            .output()
+            .unwrap();
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn syncerd_migrate_creates_the_prefixed_tables_named_by_the_setting() {
+    on_every_engine(async |t| {
+        let (ok, out) = syncerd_with_prefix(t.url(), "tenant2_", &["migrate"]).await;
+        assert!(ok, "{}: {out}", t.label());
+        let db = t.connect().await;
+        for table in [
+            "tenant2_syncer",
+            "tenant2_user",
+            "tenant2_group",
+            "casbin_user_rule",
+            "tenant2_syncer_run",
+            "tenant2_syncer_link",
+            "tenant2_syncer_lease",
+            "tenant2_syncerd_migrations",
+        ] {
+            assert!(
+                !db::table_columns(&db, table).await.unwrap().is_empty(),
+                "{}: {table} missing",
+                t.label()
+            );
+        }
+        for table in [
+            "syncer",
+            "user",
+            "group",
+            "syncer_run",
+            "syncerd_migrations",
+        ] {
+            assert!(
+                db::table_columns(&db, table).await.unwrap().is_empty(),
+                "{}: unprefixed {table} was created",
+                t.label()
+            );
+        }
+        // The other commands find the prefixed tables.
+        let (ok, out) = syncerd_with_prefix(t.url(), "tenant2_", &["runs"]).await;
+        assert!(ok, "{}: {out}", t.label());
+        // Without the prefix the same database lacks Casdoor's tables, and says so.
+        let (ok, out) = syncerd_with_prefix(t.url(), "", &["runs"]).await;
+        assert!(
+            !ok && out.contains("database.table_prefix"),
+            "{}: {out}",
+            t.label()
+        );
+        // A prefix that is not a plain identifier is refused before anything is touched.
+        let (ok, out) = syncerd_with_prefix(t.url(), "bad-prefix", &["migrate"]).await;
+        assert!(
+            !ok && out.contains("database.table_prefix") && out.contains("'-'"),
+            "{}: {out}",
+            t.label()
+        );
+        db.close().await.unwrap();
     })
     .await;
 }

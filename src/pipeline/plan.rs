@@ -1133,6 +1133,18 @@ pub fn plan(input: PlanInput) -> Plan {
         },
         &mut out,
     );
+    leave_groups_of_deleted(
+        org,
+        &user_links,
+        &present,
+        &by_name,
+        &claimed_rows,
+        &LeaverMemberships {
+            rules_by_subject: &rules_by_subject,
+            managed: &groups.managed,
+        },
+        &mut out,
+    );
     drop((owned_after, present, claimed_rows, rules_by_subject));
 
     // A link whose user row is gone (deleted in Casdoor) holds nothing: drop it unless this plan
@@ -1205,7 +1217,7 @@ impl LeaverMemberships<'_> {
         &self,
         organization: &str,
         row: &ExistingUser,
-    ) -> (Option<FieldChange>, Vec<CasbinGrouping>) {
+    ) -> (Option<String>, Vec<CasbinGrouping>) {
         let subject = format!("{organization}/{}", row.name);
         let start = self
             .rules_by_subject
@@ -1240,13 +1252,55 @@ impl LeaverMemberships<'_> {
             true,
         )
         .ok()
-        .and_then(|diff| diff.groups_json)
-        .map(|new| FieldChange {
-            column: "groups".to_owned(),
-            old: FieldValue::Text(row.groups.clone().unwrap_or_default()),
-            new: FieldValue::Text(new),
-        });
+        .and_then(|diff| diff.groups_json);
         (groups, casbin_remove)
+    }
+}
+
+/// Users this syncer deleted as leavers before deleted users left their groups (older
+/// syncerd versions) still hold managed memberships: they leave them now, once.
+fn leave_groups_of_deleted(
+    organization: &str,
+    user_links: &[&OwnershipLink],
+    present: &BTreeSet<&str>,
+    by_name: &BTreeMap<&str, &ExistingUser>,
+    claimed_rows: &BTreeSet<&str>,
+    memberships: &LeaverMemberships<'_>,
+    out: &mut Plan,
+) {
+    let mut touched: BTreeSet<String> = out
+        .updates
+        .iter()
+        .map(|u| u.name.clone())
+        .chain(out.leavers.iter().map(|l| l.name.clone()))
+        .collect();
+    for link in user_links {
+        let name = link.casdoor_name.as_str();
+        if link.state != LinkState::Left
+            || link.left_action != Some(LeftAction::Delete)
+            || present.contains(link.external_id.as_str())
+            || claimed_rows.contains(name)
+            || touched.contains(name)
+        {
+            continue;
+        }
+        let Some(row) = by_name.get(name).filter(|r| r.is_deleted) else {
+            continue;
+        };
+        let (groups, rules) = memberships.leave(organization, row);
+        if groups.is_none() && rules.is_empty() {
+            continue;
+        }
+        out.casbin_remove.extend(rules);
+        out.updates.push(UserUpdate {
+            name: row.name.clone(),
+            userid: link.external_id.clone(),
+            changes: Vec::new(),
+            hash: None,
+            dingtalk: None,
+            groups,
+        });
+        touched.insert(row.name.clone());
     }
 }
 
@@ -1311,7 +1365,11 @@ fn plan_leavers(
                     },
                 ];
                 let (groups, rules) = memberships.leave(&input.organization, row);
-                changes.extend(groups);
+                changes.extend(groups.map(|new| FieldChange {
+                    column: "groups".to_owned(),
+                    old: FieldValue::Text(row.groups.clone().unwrap_or_default()),
+                    new: FieldValue::Text(new),
+                }));
                 casbin_remove.extend(rules);
                 changes.sort();
                 (LeftAction::Delete, changes)

@@ -676,6 +676,34 @@ fn leaver_policy_delete_soft_deletes_and_keep_only_marks_the_link() {
 }
 
 #[test]
+fn users_deleted_before_deletion_dropped_memberships_leave_their_groups_once() {
+    let state = owned_population(3);
+    let mut next = without(&state, &["u3"]);
+    next.options.leaver_policy = LeaverPolicy::Delete;
+    let deleted = apply_to_state(&next, &plan(next.clone()));
+    // What an older syncerd left behind: the deleted user still in its department groups.
+    let mut old = deleted.clone();
+    row_mut(&mut old, "Ju3").groups = row(&state, "Ju3").groups.clone();
+    old.casbin_groupings = state.casbin_groupings.clone();
+    assert_eq!(link_of(&old, "u3").left_action, Some(LeftAction::Delete));
+
+    let p = plan(old.clone());
+    assert!(p.leavers.is_empty(), "{:?}", p.leavers);
+    assert_eq!(p.updates.len(), 1, "{:?}", p.updates);
+    assert_eq!(p.updates[0].name, "Ju3");
+    assert!(p.updates[0].changes.is_empty() && p.updates[0].hash.is_none());
+    assert_eq!(p.updates[0].groups.as_deref(), Some("[]"));
+    assert!(
+        !p.casbin_remove.is_empty() && p.casbin_remove.iter().all(|r| r.v0 == format!("{ORG}/Ju3")),
+        "{:?}",
+        p.casbin_remove
+    );
+    let after = apply_to_state(&old, &p);
+    assert_eq!(after.casbin_groupings, deleted.casbin_groupings);
+    assert!(!plan(after).has_writes());
+}
+
+#[test]
 fn a_leaver_already_forbidden_is_recorded_as_kept() {
     let mut state = owned_population(3);
     row_mut(&mut state, "Ju3").is_forbidden = true;
