@@ -1268,19 +1268,14 @@ fn leave_groups_of_deleted(
     memberships: &LeaverMemberships<'_>,
     out: &mut Plan,
 ) {
-    let mut touched: BTreeSet<String> = out
-        .updates
-        .iter()
-        .map(|u| u.name.clone())
-        .chain(out.leavers.iter().map(|l| l.name.clone()))
-        .collect();
+    let mut done: BTreeSet<&str> = BTreeSet::new();
     for link in user_links {
         let name = link.casdoor_name.as_str();
         if link.state != LinkState::Left
             || link.left_action != Some(LeftAction::Delete)
             || present.contains(link.external_id.as_str())
             || claimed_rows.contains(name)
-            || touched.contains(name)
+            || done.contains(name)
         {
             continue;
         }
@@ -1291,16 +1286,35 @@ fn leave_groups_of_deleted(
         if groups.is_none() && rules.is_empty() {
             continue;
         }
+        done.insert(name);
         out.casbin_remove.extend(rules);
-        out.updates.push(UserUpdate {
-            name: row.name.clone(),
-            userid: link.external_id.clone(),
-            changes: Vec::new(),
-            hash: None,
-            dingtalk: None,
-            groups,
-        });
-        touched.insert(row.name.clone());
+        // A row is written once per run: a leaver action of this run on the same row carries
+        // the change (a delete has it already).
+        let leaver = out
+            .leavers
+            .iter_mut()
+            .find(|l| l.name == row.name && !l.changes.is_empty());
+        match (leaver, groups) {
+            (Some(leaver), Some(new)) => {
+                if !leaver.changes.iter().any(|c| c.column == "groups") {
+                    leaver.changes.push(FieldChange {
+                        column: "groups".to_owned(),
+                        old: FieldValue::Text(row.groups.clone().unwrap_or_default()),
+                        new: FieldValue::Text(new),
+                    });
+                    leaver.changes.sort();
+                }
+            }
+            (Some(_), None) => {}
+            (None, groups) => out.updates.push(UserUpdate {
+                name: row.name.clone(),
+                userid: link.external_id.clone(),
+                changes: Vec::new(),
+                hash: None,
+                dingtalk: None,
+                groups,
+            }),
+        }
     }
 }
 
