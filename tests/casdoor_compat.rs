@@ -424,6 +424,25 @@ async fn a_table_prefix_puts_every_table_but_casbin_user_rule_under_the_prefix()
         .await;
         create_session_table(t, &db, "cd_session").await;
         add_session(t, &db, "cd_session", ORG, &unionid(3), "app-built-in").await;
+        t.execute(
+            &db,
+            &format!(
+                "CREATE TABLE cd_token (owner VARCHAR(100) NOT NULL, name VARCHAR(100) NOT NULL, \
+                 organization VARCHAR(100), {} VARCHAR(100), expires_in INT, PRIMARY KEY (owner, name))",
+                t.quote("user")
+            ),
+        )
+        .await;
+        t.execute(
+            &db,
+            &format!(
+                "INSERT INTO cd_token (owner, name, organization, {}, expires_in) \
+                 VALUES ('admin', 't-leaver', '{ORG}', '{}', 7200)",
+                t.quote("user"),
+                unionid(3)
+            ),
+        )
+        .await;
 
         let syncer = add_syncer(&db).await;
         assert_eq!(
@@ -473,6 +492,12 @@ async fn a_table_prefix_puts_every_table_but_casbin_user_rule_under_the_prefix()
             sessions(t, &db, "cd_session").await,
             Vec::<String>::new(),
             "{}: the leaver's prefixed session is gone",
+            t.label()
+        );
+        assert_eq!(
+            n("SELECT COUNT(*) FROM cd_token WHERE expires_in = 0".to_owned()).await,
+            1,
+            "{}: the leaver's token in cd_token is expired",
             t.label()
         );
         assert_eq!(
