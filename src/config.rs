@@ -221,6 +221,10 @@ pub struct DatabaseSettings {
     /// How long to wait for a connection to the database.
     #[serde(with = "duration_text")]
     pub connect_timeout: Duration,
+    /// Casdoor's `tableNamePrefix`: in front of every Casdoor table but `casbin_user_rule`, and
+    /// of syncerd's own tables.
+    #[serde(deserialize_with = "lenient_string")]
+    pub table_prefix: String,
 }
 
 impl Default for DatabaseSettings {
@@ -230,6 +234,7 @@ impl Default for DatabaseSettings {
             url_file: None,
             max_connections: 10,
             connect_timeout: Duration::from_secs(10),
+            table_prefix: String::new(),
         }
     }
 }
@@ -662,6 +667,13 @@ impl Settings {
         }
         if self.database.max_connections == 0 {
             return invalid("database.max_connections must be at least 1".into());
+        }
+        if let Some(problem) = crate::db::table_prefix_problem(&self.database.table_prefix) {
+            return invalid(format!(
+                "database.table_prefix `{}` cannot be used: {problem} (it must equal Casdoor's \
+                 tableNamePrefix; SYNCERD_DATABASE__TABLE_PREFIX)",
+                self.database.table_prefix.escape_default()
+            ));
         }
         if !(self.dingtalk.api_base.starts_with("http://")
             || self.dingtalk.api_base.starts_with("https://"))

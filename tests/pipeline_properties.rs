@@ -263,6 +263,7 @@ async fn plan_from_database(db: &Db, syncer: &SyncerRow, directory: &Directory) 
         foreign_claims: state.foreign_claims,
         existing_groups: state.existing_groups,
         group_names_in_other_orgs: state.group_names_in_other_orgs,
+        organization_names: state.organization_names,
         casbin_groupings: state.casbin_groupings,
         options: PlanOptions::from_settings(&sync_settings(4), false, false),
         now: "2026-11-25T10:00:00+08:00".to_owned(),

@@ -24,7 +24,7 @@ impl CasdoorTable {
         CasdoorTable::CasbinUserRule,
     ];
 
-    /// The table name (unprefixed; syncerd does not support Casdoor's `tableNamePrefix`).
+    /// The table name without Casdoor's `tableNamePrefix`.
     pub fn name(self) -> &'static str {
         match self {
             CasdoorTable::Syncer => "syncer",
@@ -60,6 +60,55 @@ impl CasdoorTable {
     /// trailing `;`.
     pub fn statements(self, backend: DbBackend) -> Vec<String> {
         split_statements(self.ddl(backend))
+    }
+
+    /// Whether Casdoor puts its `tableNamePrefix` in front of this table's name: its ORM does
+    /// for all of its tables, its Casbin adapter does not for `casbin_user_rule`.
+    pub fn takes_prefix(self) -> bool {
+        self != CasdoorTable::CasbinUserRule
+    }
+
+    /// The table's name under `prefix`.
+    pub fn prefixed_name(self, prefix: &str) -> String {
+        if self.takes_prefix() {
+            format!("{prefix}{}", self.name())
+        } else {
+            self.name().to_owned()
+        }
+    }
+
+    /// [`CasdoorTable::statements`] as Casdoor runs them under `prefix`: the table and its
+    /// index names (`IDX_<table>_<column>`, `UQE_<table>_<column>`) carry the prefix.
+    pub fn statements_with_prefix(self, backend: DbBackend, prefix: &str) -> Vec<String> {
+        let statements = self.statements(backend);
+        if prefix.is_empty() || !self.takes_prefix() {
+            return statements;
+        }
+        let name = self.name();
+        let renamed = self.prefixed_name(prefix);
+        let mut replacements = Vec::new();
+        for quote in ['`', '"'] {
+            for before in ["CREATE TABLE IF NOT EXISTS ", " ON "] {
+                replacements.push((
+                    format!("{before}{quote}{name}{quote}"),
+                    format!("{before}{quote}{renamed}{quote}"),
+                ));
+            }
+            for kind in ["IDX", "UQE"] {
+                replacements.push((
+                    format!("{quote}{kind}_{name}_"),
+                    format!("{quote}{kind}_{renamed}_"),
+                ));
+            }
+        }
+        statements
+            .into_iter()
+            .map(|statement| {
+                replacements
+                    .iter()
+                    .fold(statement, |s, (from, to)| s.replace(from.as_str(), to))
+            })
+            .collect()
     }
 }
 
@@ -107,6 +156,40 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn a_prefix_renames_the_table_and_its_indexes_but_no_column() {
+        for backend in BACKENDS {
+            let group = CasdoorTable::Group.statements_with_prefix(backend, "cd_");
+            assert!(
+                group[0].contains("EXISTS `cd_group` (")
+                    || group[0].contains("EXISTS \"cd_group\" (")
+            );
+            assert!(
+                group[1].contains("UQE_cd_group_name") && group[1].contains("cd_group"),
+                "{}",
+                group[1]
+            );
+            let syncer = CasdoorTable::Syncer
+                .statements_with_prefix(backend, "cd_")
+                .remove(0);
+            // The `user` column of `syncer` keeps its name.
+            assert!(
+                syncer.contains("`user` ") || syncer.contains("\"user\" "),
+                "{syncer}"
+            );
+            assert_eq!(
+                CasdoorTable::CasbinUserRule.statements_with_prefix(backend, "cd_"),
+                CasdoorTable::CasbinUserRule.statements(backend)
+            );
+            let user = CasdoorTable::User.statements_with_prefix(backend, "cd_");
+            assert!(
+                user.iter()
+                    .skip(1)
+                    .all(|s| s.contains("IDX_cd_user_") && s.contains("cd_user"))
+            );
         }
     }
 

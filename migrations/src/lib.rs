@@ -7,8 +7,11 @@ pub mod casdoor;
 mod m20261125_000001_casdoor_tables;
 mod m20261125_000002_syncerd_tables;
 mod m20261207_000003_link_row_identity;
+mod prefix;
 
-/// Name of the table recording which migrations ran.
+pub use prefix::{prefixed, prefixed_iden, table_prefix, with_table_prefix};
+
+/// Name of the table recording which migrations ran (after the table prefix, if any).
 pub const MIGRATION_TABLE: &str = "syncerd_migrations";
 
 pub struct Migrator;
@@ -23,6 +26,7 @@ impl MigratorTrait for Migrator {
     }
 
     fn migration_table_name() -> DynIden {
-        Alias::new(MIGRATION_TABLE).into_iden()
+        // Each table prefix has its own tables, so its own record of what ran.
+        Alias::new(prefixed(MIGRATION_TABLE)).into_iden()
     }
 }

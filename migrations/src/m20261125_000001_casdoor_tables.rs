@@ -5,12 +5,14 @@
 //! extra columns, NULLs and other charsets; Casdoor's own start-up adds what it misses). On
 //! MySQL/MariaDB the tables syncerd creates get `DEFAULT CHARSET=utf8mb4` so Chinese names and
 //! emoji round-trip even when the server default is latin1; existing Casdoor tables are left
-//! with whatever charset they have.
+//! with whatever charset they have. Under a table prefix (Casdoor's `tableNamePrefix`) the
+//! tables are looked for and created under their prefixed names, `casbin_user_rule` excepted.
 
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::{ConnectionTrait, DbBackend, Statement};
 
 use crate::casdoor::CasdoorTable;
+use crate::table_prefix;
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
@@ -24,11 +26,12 @@ impl MigrationTrait for Migration {
 
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let backend = manager.get_database_backend();
+        let prefix = table_prefix();
         for table in CasdoorTable::ALL {
-            if manager.has_table(table.name()).await? {
+            if manager.has_table(table.prefixed_name(&prefix)).await? {
                 continue;
             }
-            for statement in table.statements(backend) {
+            for statement in table.statements_with_prefix(backend, &prefix) {
                 let sql = if backend == DbBackend::MySql && statement.starts_with("CREATE TABLE") {
                     format!("{statement} DEFAULT CHARSET=utf8mb4")
                 } else {

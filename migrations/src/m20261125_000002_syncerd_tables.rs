@@ -4,9 +4,14 @@
 //! Times that humans read are RFC 3339 UTC text with milliseconds (`2026-11-25T03:04:05.678Z`), so
 //! string order is time order on every engine; lease times are epoch milliseconds because they
 //! are compared arithmetically.
+//!
+//! Tables and indexes take the table prefix of the run ([`crate::with_table_prefix`]); a later
+//! migration names its tables through [`crate::prefixed_iden`] too.
 
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DbBackend;
+
+use crate::{prefixed, prefixed_iden};
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
@@ -28,8 +33,8 @@ impl MigrationTrait for Migration {
         manager
             .create_index(
                 Index::create()
-                    .name("idx_syncer_run_syncer_started")
-                    .table(SyncerRun::Table)
+                    .name(prefixed("idx_syncer_run_syncer_started"))
+                    .table(prefixed_iden(SyncerRun::Table))
                     .col(SyncerRun::SyncerName)
                     .col(SyncerRun::StartedAt)
                     .to_owned(),
@@ -38,8 +43,8 @@ impl MigrationTrait for Migration {
         manager
             .create_index(
                 Index::create()
-                    .name("idx_syncer_run_status")
-                    .table(SyncerRun::Table)
+                    .name(prefixed("idx_syncer_run_status"))
+                    .table(prefixed_iden(SyncerRun::Table))
                     .col(SyncerRun::Status)
                     .to_owned(),
             )
@@ -49,8 +54,8 @@ impl MigrationTrait for Migration {
         manager
             .create_index(
                 Index::create()
-                    .name("idx_syncer_link_org_kind_name")
-                    .table(SyncerLink::Table)
+                    .name(prefixed("idx_syncer_link_org_kind_name"))
+                    .table(prefixed_iden(SyncerLink::Table))
                     .col(SyncerLink::Organization)
                     .col(SyncerLink::Kind)
                     .col(SyncerLink::CasdoorName)
@@ -64,9 +69,9 @@ impl MigrationTrait for Migration {
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         for table in [
-            SyncerLease::Table.into_iden(),
-            SyncerLink::Table.into_iden(),
-            SyncerRun::Table.into_iden(),
+            prefixed_iden(SyncerLease::Table),
+            prefixed_iden(SyncerLink::Table),
+            prefixed_iden(SyncerRun::Table),
         ] {
             manager
                 .drop_table(Table::drop().table(table).if_exists().to_owned())
@@ -135,7 +140,7 @@ enum SyncerLease {
 fn syncer_run(backend: DbBackend) -> TableCreateStatement {
     let mut table = Table::create();
     table
-        .table(SyncerRun::Table)
+        .table(prefixed_iden(SyncerRun::Table))
         .if_not_exists()
         .col(
             ColumnDef::new(SyncerRun::Id)
@@ -187,7 +192,7 @@ fn syncer_run(backend: DbBackend) -> TableCreateStatement {
 fn syncer_link(backend: DbBackend) -> TableCreateStatement {
     let mut table = Table::create();
     table
-        .table(SyncerLink::Table)
+        .table(prefixed_iden(SyncerLink::Table))
         .if_not_exists()
         .col(varchar(SyncerLink::SyncerName, 100))
         .col(varchar(SyncerLink::Kind, 16))
@@ -217,7 +222,7 @@ fn syncer_link(backend: DbBackend) -> TableCreateStatement {
 fn syncer_lease(backend: DbBackend) -> TableCreateStatement {
     let mut table = Table::create();
     table
-        .table(SyncerLease::Table)
+        .table(prefixed_iden(SyncerLease::Table))
         .if_not_exists()
         .col(
             ColumnDef::new(SyncerLease::SyncerName)

@@ -2,8 +2,11 @@
 //! whether it was adopted. A user deleted in Casdoor and re-created under the same name is
 //! another person: a link known by name alone would write to that row and later forbid it.
 //! The columns are nullable: links made before this migration are filled on their next run.
+//! The table is named through [`crate::prefixed_iden`] (`database.table_prefix`).
 
 use sea_orm_migration::prelude::*;
+
+use crate::prefixed_iden;
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
@@ -44,7 +47,7 @@ impl MigrationTrait for Migration {
             manager
                 .alter_table(
                     Table::alter()
-                        .table(SyncerLink::Table)
+                        .table(prefixed_iden(SyncerLink::Table))
                         .add_column(column)
                         .to_owned(),
                 )
@@ -62,7 +65,7 @@ impl MigrationTrait for Migration {
             manager
                 .alter_table(
                     Table::alter()
-                        .table(SyncerLink::Table)
+                        .table(prefixed_iden(SyncerLink::Table))
                         .drop_column(column)
                         .to_owned(),
                 )

@@ -169,6 +169,8 @@ pub async fn run(base: &Settings, args: DemoArgs) -> anyhow::Result<ExitCode> {
 
     let mut settings = base.clone();
     settings.database.url = DatabaseUrl::new(format!("sqlite://{}?mode=rwc", path.display()));
+    // A fresh database of its own: no Casdoor table prefix to follow.
+    settings.database.table_prefix = String::new();
     settings.dingtalk.api_base = sim.base_url();
     settings.scheduler.reload_interval = Duration::from_secs(1);
     settings.scheduler.min_interval = Duration::from_secs(1);

@@ -10,7 +10,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chrono::{DateTime, Utc};
-use sea_orm::sea_query::{Expr, OnConflict};
+use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QuerySelect};
 
 use super::entities::{syncer_lease, syncer_run};
@@ -80,7 +80,9 @@ pub async fn acquire_lease(
     let _turn = db.write_turn().await.with_context(context)?;
 
     // Take over an expired lease: the condition and the write are one statement.
-    let taken = syncer_lease::Entity::update_many()
+    let taken = db
+        .tables()
+        .at(syncer_lease::Entity::update_many())
         .col_expr(syncer_lease::Column::Holder, Expr::value(holder))
         .col_expr(syncer_lease::Column::AcquiredAt, Expr::value(now_ms))
         .col_expr(syncer_lease::Column::ExpiresAt, Expr::value(expires_at))
@@ -103,7 +105,8 @@ pub async fn acquire_lease(
             expires_at: Set(expires_at),
             run_id: Set(None),
         };
-        syncer_lease::Entity::insert(row)
+        db.tables()
+            .at(syncer_lease::Entity::insert(row))
             .on_conflict(
                 OnConflict::column(syncer_lease::Column::SyncerName)
                     .do_nothing_on([syncer_lease::Column::SyncerName])
@@ -130,7 +133,8 @@ pub async fn renew_lease(
     let expires_at = lease_expiry(now_ms, ttl);
     let context = || format!("renewing the lease of syncer {syncer} in syncer_lease");
     let turn = db.write_turn().await.with_context(context)?;
-    syncer_lease::Entity::update_many()
+    db.tables()
+        .at(syncer_lease::Entity::update_many())
         .col_expr(syncer_lease::Column::ExpiresAt, Expr::value(expires_at))
         .filter(syncer_lease::Column::SyncerName.eq(syncer))
         .filter(syncer_lease::Column::Holder.eq(holder))
@@ -146,9 +150,11 @@ pub async fn renew_lease(
 pub async fn release_lease(db: &Db, syncer: &str, holder: &str) -> Result<(), DbError> {
     let context = || format!("releasing the lease of syncer {syncer} in syncer_lease");
     let _turn = db.write_turn().await.with_context(context)?;
-    syncer_lease::Entity::delete_many()
-        .filter(syncer_lease::Column::SyncerName.eq(syncer))
-        .filter(syncer_lease::Column::Holder.eq(holder))
+    // Unqualified columns: a prefixed table cannot be aliased in a DELETE on MariaDB.
+    db.tables()
+        .at(syncer_lease::Entity::delete_many())
+        .filter(Expr::col(syncer_lease::Column::SyncerName).eq(syncer))
+        .filter(Expr::col(syncer_lease::Column::Holder).eq(holder))
         .exec(db.conn())
         .await
         .with_context(context)?;
@@ -161,8 +167,10 @@ pub async fn release_all_leases(db: &Db, holder: &str) -> Result<u64, DbError> {
         .write_turn()
         .await
         .context("releasing this process's leases in syncer_lease")?;
-    let result = syncer_lease::Entity::delete_many()
-        .filter(syncer_lease::Column::Holder.eq(holder))
+    let result = db
+        .tables()
+        .at(syncer_lease::Entity::delete_many())
+        .filter(Expr::col(syncer_lease::Column::Holder).eq(holder))
         .exec(db.conn())
         .await
         .context("releasing this process's leases in syncer_lease")?;
@@ -171,7 +179,9 @@ pub async fn release_all_leases(db: &Db, holder: &str) -> Result<u64, DbError> {
 
 /// The lease row of `syncer`, live or expired.
 pub async fn get_lease(db: &Db, syncer: &str) -> Result<Option<Lease>, DbError> {
-    let row = syncer_lease::Entity::find_by_id(syncer.to_owned())
+    let row = db
+        .tables()
+        .at(syncer_lease::Entity::find_by_id(syncer.to_owned()))
         .one(db.conn())
         .await
         .with_context(|| format!("reading the lease of syncer {syncer} from syncer_lease"))?;
@@ -200,7 +210,9 @@ pub async fn interrupt_orphaned_runs(
     started_before: DateTime<Utc>,
     reason: &str,
 ) -> Result<Vec<OrphanedRun>, DbError> {
-    let running: Vec<(i64, String, String)> = syncer_run::Entity::find()
+    let running: Vec<(i64, String, String)> = db
+        .tables()
+        .at(syncer_run::Entity::find())
         .select_only()
         .column(syncer_run::Column::Id)
         .column(syncer_run::Column::SyncerName)
@@ -214,7 +226,9 @@ pub async fn interrupt_orphaned_runs(
     if running.is_empty() {
         return Ok(Vec::new());
     }
-    let leases: Vec<Lease> = syncer_lease::Entity::find()
+    let leases: Vec<Lease> = db
+        .tables()
+        .at(syncer_lease::Entity::find())
         .all(db.conn())
         .await
         .context("reading syncer_lease")?

@@ -8,6 +8,7 @@
 
 mod error;
 mod schema;
+mod tables;
 mod time;
 
 pub mod entities;
@@ -47,6 +48,7 @@ pub use syncers::{
     DEFAULT_TABLE_COLUMNS, DINGTALK_TYPE, ERROR_TEXT_MAX_BYTES, NewSyncer, SYNCER_OWNER, SyncerRow,
     add_syncer, append_syncer_error, get_syncer, list_syncers, set_syncer_enabled,
 };
+pub use tables::{TABLE_PREFIX_MAX_LEN, Table, TableNames, table_prefix_problem};
 pub use time::{casdoor_timestamp, parse_utc_millis, utc_millis};
 
 use error::QueryContext as _;
@@ -80,6 +82,7 @@ pub struct Db {
     url: String,
     /// SQLite only: this process's writers take turns here, first come first served.
     sqlite_writers: Option<Arc<Mutex<()>>>,
+    tables: TableNames,
 }
 
 /// This process's turn to write to SQLite, held until the write transaction ends; nothing on
@@ -95,6 +98,16 @@ impl Db {
 
     pub fn engine(&self) -> Engine {
         self.engine
+    }
+
+    /// The names of the tables in this database (`database.table_prefix`).
+    pub fn tables(&self) -> &TableNames {
+        &self.tables
+    }
+
+    /// `table`'s name in this database, for sea-query statements.
+    pub fn table(&self, table: Table) -> sea_orm::sea_query::Alias {
+        self.tables.iden(table)
     }
 
     /// What messages may show of the database URL: host, port and database, or the SQLite
@@ -189,6 +202,7 @@ impl fmt::Debug for Db {
         f.debug_struct("Db")
             .field("engine", &self.engine)
             .field("url", &self.url)
+            .field("table_prefix", &self.tables.prefix())
             .finish_non_exhaustive()
     }
 }
@@ -291,6 +305,7 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<Db, DbError> {
         engine,
         url,
         sqlite_writers,
+        tables: TableNames::new(settings.table_prefix.clone()),
     })
 }
 
@@ -441,29 +456,33 @@ pub async fn migrate(db: &Db) -> Result<MigrateReport, DbError> {
         url: db.url.clone(),
         message: redact_text(&e.to_string()),
     };
-    let pending: Vec<String> = Migrator::get_pending_migrations(&db.conn)
-        .await
-        .map_err(failed)?
-        .iter()
-        .map(|m| m.name().to_owned())
-        .collect();
+    let prefix = db.tables.prefix();
+    let pending: Vec<String> =
+        migrations::with_table_prefix(prefix, Migrator::get_pending_migrations(&db.conn))
+            .await
+            .map_err(failed)?
+            .iter()
+            .map(|m| m.name().to_owned())
+            .collect();
     if pending.is_empty() {
         return Ok(MigrateReport::default());
     }
 
     let mut missing = Vec::new();
     for table in CasdoorTable::ALL {
-        if !schema::table_exists(db, table.name()).await? {
-            missing.push(table.name());
+        if !schema::table_exists(db, &table.prefixed_name(prefix)).await? {
+            missing.push(table);
         }
     }
 
-    Migrator::up(&db.conn, None).await.map_err(failed)?;
+    migrations::with_table_prefix(prefix, Migrator::up(&db.conn, None))
+        .await
+        .map_err(failed)?;
 
     let mut created = Vec::new();
     for table in missing {
-        if schema::table_exists(db, table).await? {
-            created.push(table);
+        if schema::table_exists(db, &table.prefixed_name(prefix)).await? {
+            created.push(table.name());
         }
     }
     Ok(MigrateReport {

@@ -240,7 +240,9 @@ pub async fn insert_run(db: &Db, run: NewRun) -> Result<i64, DbError> {
         details: Set(None),
         instance: Set(run.instance.clone()),
     };
-    let result = syncer_run::Entity::insert(row)
+    let result = db
+        .tables()
+        .at(syncer_run::Entity::insert(row))
         .exec(db.conn())
         .await
         .with_context(context)?;
@@ -253,7 +255,9 @@ pub async fn finish_run(db: &Db, id: i64, outcome: RunOutcome) -> Result<(), DbE
     let _turn = db.write_turn().await.with_context(context)?;
     let details = outcome.details.as_ref().map(serde_json::Value::to_string);
     let c = outcome.counts;
-    let result = syncer_run::Entity::update_many()
+    let result = db
+        .tables()
+        .at(syncer_run::Entity::update_many())
         .col_expr(
             syncer_run::Column::Status,
             Expr::value(outcome.status.as_str()),
@@ -319,7 +323,7 @@ pub async fn finish_run(db: &Db, id: i64, outcome: RunOutcome) -> Result<(), DbE
 
 /// Runs matching `filter`, newest first.
 pub async fn list_runs(db: &Db, filter: &RunFilter) -> Result<Vec<RunRow>, DbError> {
-    let mut query = syncer_run::Entity::find();
+    let mut query = db.tables().at(syncer_run::Entity::find());
     if let Some(syncer) = &filter.syncer {
         query = query.filter(syncer_run::Column::SyncerName.eq(syncer.as_str()));
     }
@@ -341,7 +345,9 @@ pub async fn list_runs(db: &Db, filter: &RunFilter) -> Result<Vec<RunRow>, DbErr
 
 /// Run `id`, if it exists.
 pub async fn get_run(db: &Db, id: i64) -> Result<Option<RunRow>, DbError> {
-    let row = syncer_run::Entity::find_by_id(id)
+    let row = db
+        .tables()
+        .at(syncer_run::Entity::find_by_id(id))
         .one(db.conn())
         .await
         .with_context(|| format!("reading run {id} from syncer_run"))?;
@@ -357,7 +363,9 @@ pub async fn mark_interrupted(
     finished_at: DateTime<Utc>,
     reason: &str,
 ) -> Result<u64, DbError> {
-    let mut update = syncer_run::Entity::update_many()
+    let mut update = db
+        .tables()
+        .at(syncer_run::Entity::update_many())
         .col_expr(
             syncer_run::Column::Status,
             Expr::value(RunStatus::Interrupted.as_str()),

@@ -10,7 +10,7 @@ use super::entities::{
     casbin_user_rule, group, syncer, syncer_lease, syncer_link, syncer_run, user,
 };
 use super::error::QueryContext as _;
-use super::{Db, DbError};
+use super::{Db, DbError, Table};
 use crate::config::Engine;
 
 /// Why a database does not fit syncerd, as found by [`check_schema`].
@@ -29,7 +29,8 @@ impl fmt::Display for SchemaProblem {
             SchemaProblem::MissingCasdoorTable { table } => write!(
                 f,
                 "Casdoor table `{table}` does not exist (or this database user cannot see it): \
-                 check that database.url points at Casdoor's database, or run `syncerd migrate` \
+                 check that database.url points at Casdoor's database and that \
+                 database.table_prefix equals Casdoor's tableNamePrefix, or run `syncerd migrate` \
                  to create Casdoor's tables (embedded mode)"
             ),
             SchemaProblem::MissingCasdoorColumns { table, columns } => write!(
@@ -97,30 +98,40 @@ fn entity_columns<E: EntityTrait>() -> Vec<&'static str> {
 /// Verifies that every Casdoor column syncerd reads or writes exists, and that syncerd's own
 /// tables are migrated. Extra columns are fine. Reports every problem at once.
 pub async fn check_schema(db: &Db) -> Result<(), SchemaError> {
+    let name = |table: Table| db.tables().name(table);
     let casdoor = [
-        ("syncer", entity_columns::<syncer::Entity>()),
-        ("user", entity_columns::<user::Entity>()),
-        ("group", entity_columns::<group::Entity>()),
+        (name(Table::Syncer), entity_columns::<syncer::Entity>()),
+        (name(Table::User), entity_columns::<user::Entity>()),
+        (name(Table::Group), entity_columns::<group::Entity>()),
         (
-            "casbin_user_rule",
+            name(Table::CasbinUserRule),
             entity_columns::<casbin_user_rule::Entity>(),
         ),
     ];
     let own = [
-        ("syncer_run", entity_columns::<syncer_run::Entity>()),
-        ("syncer_link", entity_columns::<syncer_link::Entity>()),
-        ("syncer_lease", entity_columns::<syncer_lease::Entity>()),
+        (
+            name(Table::SyncerRun),
+            entity_columns::<syncer_run::Entity>(),
+        ),
+        (
+            name(Table::SyncerLink),
+            entity_columns::<syncer_link::Entity>(),
+        ),
+        (
+            name(Table::SyncerLease),
+            entity_columns::<syncer_lease::Entity>(),
+        ),
     ];
 
     let mut problems = Vec::new();
     for (table, required) in casdoor {
-        match missing_columns(db, table, &required).await? {
+        match missing_columns(db, &table, &required).await? {
             None => problems.push(SchemaProblem::MissingCasdoorTable {
-                table: table.to_owned(),
+                table: table.clone(),
             }),
             Some(columns) if !columns.is_empty() => {
                 problems.push(SchemaProblem::MissingCasdoorColumns {
-                    table: table.to_owned(),
+                    table: table.clone(),
                     columns,
                 })
             }
@@ -130,11 +141,11 @@ pub async fn check_schema(db: &Db) -> Result<(), SchemaError> {
 
     let mut missing_tables = Vec::new();
     for (table, required) in own {
-        match missing_columns(db, table, &required).await? {
-            None => missing_tables.push(table.to_owned()),
+        match missing_columns(db, &table, &required).await? {
+            None => missing_tables.push(table.clone()),
             Some(columns) if !columns.is_empty() => {
                 problems.push(SchemaProblem::MissingSyncerdColumns {
-                    table: table.to_owned(),
+                    table: table.clone(),
                     columns,
                 })
             }
@@ -147,17 +158,20 @@ pub async fn check_schema(db: &Db) -> Result<(), SchemaError> {
         });
     }
 
-    let pending: Vec<String> = Migrator::get_pending_migrations_read_only(db.conn())
-        .await
-        .with_context(|| {
-            format!(
-                "reading syncerd's applied migrations from {}",
-                db.redacted_url()
-            )
-        })?
-        .iter()
-        .map(|m| m.name().to_owned())
-        .collect();
+    let pending: Vec<String> = migrations::with_table_prefix(
+        db.tables().prefix(),
+        Migrator::get_pending_migrations_read_only(db.conn()),
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "reading syncerd's applied migrations from {}",
+            db.redacted_url()
+        )
+    })?
+    .iter()
+    .map(|m| m.name().to_owned())
+    .collect();
     if !pending.is_empty() {
         problems.push(SchemaProblem::PendingMigrations { names: pending });
     }

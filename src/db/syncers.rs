@@ -234,7 +234,9 @@ pub async fn add_syncer_named_from(
     new.validate()?;
     let name = new.name.clone();
     let model = new.into_model(casdoor_timestamp(Local::now()), name_from);
-    let result = syncer::Entity::insert(model.into_active_model())
+    let result = db
+        .tables()
+        .at(syncer::Entity::insert(model.into_active_model()))
         .exec_without_returning(db.conn())
         .await;
     match result {
@@ -251,7 +253,9 @@ pub async fn add_syncer_named_from(
 
 /// Every syncer row (any owner, any type), newest first like Casdoor's list.
 pub async fn list_syncers(db: &Db) -> Result<Vec<SyncerRow>, DbError> {
-    let rows = syncer::Entity::find()
+    let rows = db
+        .tables()
+        .at(syncer::Entity::find())
         .order_by_desc(syncer::Column::CreatedTime)
         .order_by_asc(syncer::Column::Name)
         .all(db.conn())
@@ -262,7 +266,12 @@ pub async fn list_syncers(db: &Db) -> Result<Vec<SyncerRow>, DbError> {
 
 /// The syncer `admin/<name>`, if it exists.
 pub async fn get_syncer(db: &Db, name: &str) -> Result<Option<SyncerRow>, DbError> {
-    let row = syncer::Entity::find_by_id((SYNCER_OWNER.to_owned(), name.to_owned()))
+    let row = db
+        .tables()
+        .at(syncer::Entity::find_by_id((
+            SYNCER_OWNER.to_owned(),
+            name.to_owned(),
+        )))
         .one(db.conn())
         .await
         .with_context(|| format!("reading syncer {SYNCER_OWNER}/{name}"))?;
@@ -271,7 +280,9 @@ pub async fn get_syncer(db: &Db, name: &str) -> Result<Option<SyncerRow>, DbErro
 
 /// Sets `is_enabled` of `admin/<name>`; [`DbError::SyncerNotFound`] when there is no such row.
 pub async fn set_syncer_enabled(db: &Db, name: &str, enabled: bool) -> Result<(), DbError> {
-    let result = syncer::Entity::update_many()
+    let result = db
+        .tables()
+        .at(syncer::Entity::update_many())
         .col_expr(syncer::Column::IsEnabled, Expr::value(enabled))
         .filter(syncer::Column::Owner.eq(SYNCER_OWNER))
         .filter(syncer::Column::Name.eq(name))
@@ -300,15 +311,19 @@ pub async fn append_syncer_error(db: &Db, name: &str, message: &str) -> Result<(
 
     let _turn = db.write_turn().await.with_context(context)?;
     let txn = db.begin_write().await.with_context(context)?;
-    let current: Option<Option<String>> =
-        syncer::Entity::find_by_id((SYNCER_OWNER.to_owned(), name.to_owned()))
-            .select_only()
-            .column(syncer::Column::ErrorText)
-            .lock_exclusive()
-            .into_tuple()
-            .one(&txn)
-            .await
-            .with_context(context)?;
+    let current: Option<Option<String>> = db
+        .tables()
+        .at(syncer::Entity::find_by_id((
+            SYNCER_OWNER.to_owned(),
+            name.to_owned(),
+        )))
+        .select_only()
+        .column(syncer::Column::ErrorText)
+        .lock_exclusive()
+        .into_tuple()
+        .one(&txn)
+        .await
+        .with_context(context)?;
     let Some(current) = current else {
         return Err(DbError::SyncerNotFound {
             name: name.to_owned(),
@@ -319,7 +334,8 @@ pub async fn append_syncer_error(db: &Db, name: &str, message: &str) -> Result<(
     text.push_str(&line);
     let text = keep_last_bytes(&text, ERROR_TEXT_MAX_BYTES).to_owned();
 
-    syncer::Entity::update_many()
+    db.tables()
+        .at(syncer::Entity::update_many())
         .col_expr(syncer::Column::ErrorText, Expr::value(text))
         .filter(syncer::Column::Owner.eq(SYNCER_OWNER))
         .filter(syncer::Column::Name.eq(name))

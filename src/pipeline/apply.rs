@@ -29,7 +29,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::Engine;
 use crate::db::entities::{casbin_user_rule, group, syncer_link, user};
-use crate::db::{Db, RunMode, utc_millis};
+use crate::db::{Db, RunMode, Table, TableNames, utc_millis};
 use crate::secret::redact_text;
 
 use super::columns::FieldRef;
@@ -244,6 +244,8 @@ pub struct Applied {
     pub links_deleted: u64,
     /// Users whose tokens were expired.
     pub tokens_revoked: u64,
+    /// Users whose rows in Casdoor's `session` table were deleted.
+    pub sessions_deleted: u64,
 }
 
 impl Applied {
@@ -262,6 +264,7 @@ impl Applied {
         self.links_written += other.links_written;
         self.links_deleted += other.links_deleted;
         self.tokens_revoked += other.tokens_revoked;
+        self.sessions_deleted += other.sessions_deleted;
     }
 }
 
@@ -305,7 +308,7 @@ struct Unit<'p> {
     casbin_add: Vec<&'p CasbinGrouping>,
     links: Vec<&'p OwnershipLink>,
     link_deletes: Vec<&'p OwnershipLink>,
-    /// Expire this user's tokens (newly forbidden or deleted).
+    /// Expire this user's tokens and delete its sessions (newly forbidden or deleted).
     revoke_tokens: bool,
 }
 
@@ -339,7 +342,7 @@ impl<'p> Unit<'p> {
         }
     }
 
-    fn applied(&self, token_table: bool) -> Applied {
+    fn applied(&self, token_table: bool, session_table: bool) -> Applied {
         let mut a = Applied {
             created: u64::from(self.user_create.is_some()),
             updated: u64::from(matches!(self.user_update, Some(RowUpdate::Directory(_)))),
@@ -363,11 +366,14 @@ impl<'p> Unit<'p> {
             }
         }
         let groups_written = self.user_create.is_some_and(|c| c.groups != "[]")
-            || matches!(self.user_update, Some(RowUpdate::Directory(u)) if u.groups.is_some());
+            || matches!(self.user_update, Some(RowUpdate::Directory(u)) if u.groups.is_some())
+            || matches!(self.user_update, Some(RowUpdate::Leaver(l))
+                if l.changes.iter().any(|c| c.column == "groups"));
         a.memberships_changed = u64::from(
             groups_written || !self.casbin_add.is_empty() || !self.casbin_remove.is_empty(),
         );
         a.tokens_revoked = u64::from(self.revoke_tokens && token_table);
+        a.sessions_deleted = u64::from(self.revoke_tokens && session_table);
         a
     }
 }
@@ -562,6 +568,8 @@ struct Writer<'a> {
     now: &'a str,
     now_utc: String,
     token_table: bool,
+    session_table: bool,
+    tables: TableNames,
     /// `<org>/<syncer>`, the `register_source` of every new user.
     register_source: String,
     user_columns: Vec<user::Column>,
@@ -613,7 +621,8 @@ fn user_default(column: user::Column) -> Value {
 }
 
 impl<'a> Writer<'a> {
-    fn new(settings: &ApplySettings<'a>, engine: Engine) -> Self {
+    fn new(settings: &ApplySettings<'a>, db: &Db) -> Self {
+        let engine = db.engine();
         let user_columns: Vec<user::Column> = user::Column::iter().collect();
         let user_index = user_columns
             .iter()
@@ -629,6 +638,8 @@ impl<'a> Writer<'a> {
             now: settings.now,
             now_utc: utc_millis(Utc::now()),
             token_table: settings.facts.token_table,
+            session_table: settings.facts.session_table,
+            tables: db.tables().clone(),
             register_source: format!("{}/{}", settings.organization, settings.syncer),
             user_columns,
             user_index,
@@ -711,7 +722,7 @@ impl<'a> Writer<'a> {
             if let (Some(update), Some(name)) = (unit.user_update, unit.user_name()) {
                 let values = self.user_update_values(update)?;
                 let stmt = Query::update()
-                    .table(user::Entity)
+                    .table(self.tables.aliased(Table::User))
                     .values(values.into_iter().map(|(c, v)| (c, Expr::from(v))))
                     .and_where(user::Column::Owner.eq(self.organization))
                     .and_where(user::Column::Name.eq(name))
@@ -723,7 +734,8 @@ impl<'a> Writer<'a> {
         self.insert_groupings(txn, units).await?;
         self.upsert_links(txn, units).await?;
         self.delete_links(txn, units).await?;
-        self.revoke_tokens(txn, units).await
+        self.revoke_tokens(txn, units).await?;
+        self.delete_sessions(txn, units).await
     }
 
     async fn insert_groups(
@@ -752,7 +764,7 @@ impl<'a> Writer<'a> {
         ];
         for chunk in statement_chunks(&creates, self.engine, columns.len(), 0) {
             let mut stmt = Query::insert()
-                .into_table(group::Entity)
+                .into_table(self.tables.iden(Table::Group))
                 .columns(columns)
                 .to_owned();
             for g in chunk {
@@ -798,7 +810,7 @@ impl<'a> Writer<'a> {
         }
         values.push((group::Column::UpdatedTime, text(self.now)));
         let stmt = Query::update()
-            .table(group::Entity)
+            .table(self.tables.aliased(Table::Group))
             .values(values.into_iter().map(|(c, v)| (c, Expr::from(v))))
             .and_where(group::Column::Owner.eq(self.organization))
             .and_where(group::Column::Name.eq(g.name.as_str()))
@@ -814,7 +826,7 @@ impl<'a> Writer<'a> {
         let creates: Vec<&NewUser> = units.iter().filter_map(|u| u.user_create).collect();
         for chunk in statement_chunks(&creates, self.engine, self.user_columns.len(), 0) {
             let mut stmt = Query::insert()
-                .into_table(user::Entity)
+                .into_table(self.tables.iden(Table::User))
                 .columns(self.user_columns.iter().copied())
                 .to_owned();
             for new in chunk {
@@ -940,7 +952,7 @@ impl<'a> Writer<'a> {
             }
             for chunk in statement_chunks(&of_state, self.engine, columns.len(), 0) {
                 let mut stmt = Query::insert()
-                    .into_table(syncer_link::Entity)
+                    .into_table(self.tables.iden(Table::SyncerLink))
                     .columns(columns)
                     .on_conflict(
                         OnConflict::columns([L::SyncerName, L::Kind, L::ExternalId])
@@ -993,10 +1005,10 @@ impl<'a> Writer<'a> {
                 .collect();
             for chunk in statement_chunks(&ids, self.engine, 1, 2) {
                 let stmt = Query::delete()
-                    .from_table(syncer_link::Entity)
-                    .and_where(L::SyncerName.eq(self.syncer))
-                    .and_where(L::Kind.eq(link_kind_text(kind)))
-                    .and_where(L::ExternalId.is_in(chunk.iter().copied()))
+                    .from_table(self.tables.iden(Table::SyncerLink))
+                    .and_where(Expr::col(L::SyncerName).eq(self.syncer))
+                    .and_where(Expr::col(L::Kind).eq(link_kind_text(kind)))
+                    .and_where(Expr::col(L::ExternalId).is_in(chunk.iter().copied()))
                     .to_owned();
                 txn.execute(&stmt).await?;
             }
@@ -1021,10 +1033,37 @@ impl<'a> Writer<'a> {
             .collect();
         for chunk in statement_chunks(&names, self.engine, 1, 2) {
             let stmt = Query::update()
-                .table(Alias::new("token"))
+                .table(self.tables.iden(Table::Token))
                 .value(Alias::new("expires_in"), 0_i32)
                 .and_where(Expr::col(Alias::new("organization")).eq(self.organization))
                 .and_where(Expr::col(Alias::new("user")).is_in(chunk.iter().copied()))
+                .to_owned();
+            txn.execute(&stmt).await?;
+        }
+        Ok(())
+    }
+
+    /// Casdoor's DeleteUser forces the user offline by deleting its `session` rows (key
+    /// `owner` = organization, `name` = user name, `application`); so does forbidding or
+    /// deleting a user here, for every application.
+    async fn delete_sessions(
+        &self,
+        txn: &DatabaseTransaction,
+        units: &[&Unit<'_>],
+    ) -> Result<(), DbErr> {
+        if !self.session_table {
+            return Ok(());
+        }
+        let names: Vec<&str> = units
+            .iter()
+            .filter(|u| u.revoke_tokens)
+            .filter_map(|u| u.user_name())
+            .collect();
+        for chunk in statement_chunks(&names, self.engine, 1, 1) {
+            let stmt = Query::delete()
+                .from_table(self.tables.iden(Table::Session))
+                .and_where(Expr::col(Alias::new("owner")).eq(self.organization))
+                .and_where(Expr::col(Alias::new("name")).is_in(chunk.iter().copied()))
                 .to_owned();
             txn.execute(&stmt).await?;
         }
@@ -1122,7 +1161,7 @@ impl Reporter<'_> {
 /// problem is in [`ApplyOutcome::failure`], rejected rows in [`ApplyOutcome::row_errors`].
 pub async fn apply_plan(db: &Db, plan: &Plan, settings: ApplySettings<'_>) -> ApplyOutcome {
     let units = build_units(plan, settings.organization);
-    let writer = Writer::new(&settings, db.engine());
+    let writer = Writer::new(&settings, db);
     let batch_size = settings.batch_size.max(1);
     let batches = units.len().div_ceil(batch_size);
     let mut outcome = ApplyOutcome {
@@ -1173,7 +1212,9 @@ pub async fn apply_plan(db: &Db, plan: &Plan, settings: ApplySettings<'_>) -> Ap
         match scope.write(&writer, batch).await {
             Ok(()) => {
                 for unit in batch {
-                    outcome.applied.add(&unit.applied(writer.token_table));
+                    outcome
+                        .applied
+                        .add(&unit.applied(writer.token_table, writer.session_table));
                 }
             }
             Err(e) if is_systemic(&e) => {
@@ -1192,7 +1233,9 @@ pub async fn apply_plan(db: &Db, plan: &Plan, settings: ApplySettings<'_>) -> Ap
                 );
                 for unit in batch {
                     match scope.write(&writer, &[unit]).await {
-                        Ok(()) => outcome.applied.add(&unit.applied(writer.token_table)),
+                        Ok(()) => outcome
+                            .applied
+                            .add(&unit.applied(writer.token_table, writer.session_table)),
                         Err(e) if is_systemic(&e) => {
                             outcome.failure = Some(ApplyError::Batch {
                                 batch: index + 1,
@@ -1316,7 +1359,7 @@ mod tests {
         assert!(alice.user_create.is_some());
         assert_eq!(alice.casbin_add.len(), 1);
         assert_eq!(alice.links.len(), 1);
-        assert_eq!(alice.applied(true).memberships_changed, 1);
+        assert_eq!(alice.applied(true, true).memberships_changed, 1);
         let carol = &units[3];
         assert_eq!(
             carol.subject,
@@ -1327,9 +1370,9 @@ mod tests {
         );
         let dave = &units[4];
         assert!(dave.revoke_tokens);
-        let applied = dave.applied(true);
+        let applied = dave.applied(true, true);
         assert_eq!((applied.forbidden, applied.tokens_revoked), (1, 1));
-        assert_eq!(dave.applied(false).tokens_revoked, 0);
+        assert_eq!(dave.applied(false, false).tokens_revoked, 0);
     }
 
     #[test]

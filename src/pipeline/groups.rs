@@ -96,6 +96,8 @@ pub struct GroupInput<'a> {
     pub links: &'a [OwnershipLink],
     pub foreign_claims: &'a [ForeignClaim],
     pub group_names_in_other_orgs: &'a BTreeSet<String>,
+    /// Casdoor's organization names: no group may be named like one.
+    pub organization_names: &'a BTreeSet<String>,
     pub adopt_existing: bool,
     pub now: &'a str,
 }
@@ -223,6 +225,13 @@ pub fn plan_groups(input: &GroupInput<'_>) -> GroupPlan {
         };
         let link_is_current = own_by_dept.get(dept).is_some_and(|l| **l == link);
         let Some(current) = existing.get(dept) else {
+            if input.organization_names.contains(dept) {
+                out.conflicts.push(Conflict::GroupNameIsOrganization {
+                    dept_id: g.dept_id,
+                    group: g.name.clone(),
+                });
+                continue;
+            }
             if input.group_names_in_other_orgs.contains(dept) {
                 out.conflicts.push(Conflict::GroupNameUsedByAnotherOrg {
                     dept_id: g.dept_id,

@@ -16,7 +16,7 @@ use tracing::{debug, warn};
 
 use crate::config::Engine;
 use crate::db::entities::{casbin_user_rule, group, syncer_link, user};
-use crate::db::{Db, DbError, SYNCER_OWNER, table_columns};
+use crate::db::{Db, DbError, SYNCER_OWNER, Table, table_columns};
 
 use super::columns::Columns;
 use super::groups::{CasbinGrouping, ExistingGroup};
@@ -77,6 +77,9 @@ pub struct DbState {
     pub casbin_groupings: Vec<CasbinGrouping>,
     /// The organization's display name (Casdoor's `organization` table), else its name.
     pub root_group_display_name: String,
+    /// Every organization name of Casdoor's `organization` table (empty without one): Casdoor
+    /// refuses a group named like an organization.
+    pub organization_names: BTreeSet<String>,
     pub facts: SchemaFacts,
 }
 
@@ -89,6 +92,10 @@ pub struct SchemaFacts {
     /// Casdoor's global unique index on `group.name` (`UQE_group_name`, or any unique index on
     /// `name` alone) exists: group names must be unique across organizations.
     pub unique_group_names: bool,
+    /// Casdoor's `session` table exists with `owner` and `name`: the sessions of users that get
+    /// forbidden or deleted are deleted, as Casdoor's DeleteUser does. Looked up once per run;
+    /// syncerd never creates it.
+    pub session_table: bool,
 }
 
 /// Reads everything [`DbState`] holds for `organization` and syncer `syncer`.
@@ -109,6 +116,7 @@ pub async fn load_state(
     };
     let casbin_groupings = load_groupings(db, organization).await?;
     let root_group_display_name = load_org_display_name(db, organization).await?;
+    let organization_names = load_organization_names(db).await?;
     debug!(
         users = existing_users.len(),
         links = links.len(),
@@ -127,6 +135,7 @@ pub async fn load_state(
         group_names_in_other_orgs,
         casbin_groupings,
         root_group_display_name,
+        organization_names,
         facts,
     })
 }
@@ -230,13 +239,13 @@ async fn load_users(
 ) -> Result<Vec<ExistingUser>, DbError> {
     let context = || format!("reading the users of organization {organization} (table user)");
     let columns = user_columns_to_read(mapping);
-    let global_admin_column = table_columns(db, "user")
+    let global_admin_column = table_columns(db, &db.tables().name(Table::User))
         .await?
         .iter()
         .any(|c| c.eq_ignore_ascii_case("is_global_admin"));
     let mut stmt = Query::select()
         .columns(columns)
-        .from(user::Entity)
+        .from(db.table(Table::User))
         .and_where(Expr::col(user::Column::Owner).eq(organization))
         .to_owned();
     // Text, not a number: engines disagree on the integer type of a CASE.
@@ -301,7 +310,9 @@ async fn load_links(
     organization: &str,
     syncer: &str,
 ) -> Result<(Vec<OwnershipLink>, Vec<ForeignClaim>), DbError> {
-    let stmt = syncer_link::Entity::find()
+    let stmt = db
+        .tables()
+        .at(syncer_link::Entity::find())
         .filter(syncer_link::Column::Organization.eq(organization))
         .into_query();
     // Each row is kept in its planning shape as it arrives: whole rows of 100,000 links would
@@ -370,7 +381,9 @@ type GroupRow = (
 );
 
 async fn load_groups(db: &Db, organization: &str) -> Result<Vec<ExistingGroup>, DbError> {
-    let rows: Vec<GroupRow> = group::Entity::find()
+    let rows: Vec<GroupRow> = db
+        .tables()
+        .at(group::Entity::find())
         .select_only()
         .column(group::Column::Owner)
         .column(group::Column::Name)
@@ -407,7 +420,9 @@ async fn load_group_names_elsewhere(
     db: &Db,
     organization: &str,
 ) -> Result<BTreeSet<String>, DbError> {
-    let names: Vec<String> = group::Entity::find()
+    let names: Vec<String> = db
+        .tables()
+        .at(group::Entity::find())
         .select_only()
         .column(group::Column::Name)
         .filter(group::Column::Owner.ne(organization))
@@ -495,14 +510,14 @@ pub enum OrganizationRow {
 
 /// Looks `organization` up in Casdoor's `organization` table (owner `admin`), if there is one.
 pub async fn find_organization(db: &Db, organization: &str) -> Result<OrganizationRow, DbError> {
-    let columns = table_columns(db, "organization").await?;
+    let columns = table_columns(db, &db.tables().name(Table::Organization)).await?;
     let has = |c: &str| columns.iter().any(|x| x.eq_ignore_ascii_case(c));
     if !(has("owner") && has("name")) {
         return Ok(OrganizationRow::NoTable);
     }
     let with_display_name = has("display_name");
     let mut stmt = Query::select();
-    stmt.from(Alias::new("organization"))
+    stmt.from(db.table(Table::Organization))
         .and_where(Expr::col(Alias::new("owner")).eq(SYNCER_OWNER))
         .and_where(Expr::col(Alias::new("name")).eq(organization));
     if with_display_name {
@@ -526,14 +541,47 @@ pub async fn find_organization(db: &Db, organization: &str) -> Result<Organizati
     Ok(OrganizationRow::Found { display_name })
 }
 
-/// Whether the token table can be revoked from, and whether group names are globally unique.
+/// Every name in Casdoor's `organization` table, of any owner; empty when there is no such
+/// table (syncerd's embedded database).
+async fn load_organization_names(db: &Db) -> Result<BTreeSet<String>, DbError> {
+    let table = db.tables().name(Table::Organization);
+    let columns = table_columns(db, &table).await?;
+    if !columns.iter().any(|c| c.eq_ignore_ascii_case("name")) {
+        return Ok(BTreeSet::new());
+    }
+    let stmt = Query::select()
+        .column(Alias::new("name"))
+        .from(db.table(Table::Organization))
+        .to_owned();
+    let mut names = BTreeSet::new();
+    for_each_row(
+        db,
+        &stmt,
+        || format!("reading the organization names of Casdoor's table {table}"),
+        |row| {
+            if let Some(name) = row.try_get::<Option<String>>("", "name")? {
+                names.insert(name);
+            }
+            Ok(())
+        },
+    )
+    .await?;
+    Ok(names)
+}
+
+/// Whether the token and session tables can be revoked from, and whether group names are
+/// globally unique.
 pub async fn schema_facts(db: &Db) -> Result<SchemaFacts, DbError> {
-    let token_columns = table_columns(db, "token").await?;
+    let token_columns = table_columns(db, &db.tables().name(Table::Token)).await?;
     let has = |c: &str| token_columns.iter().any(|x| x.eq_ignore_ascii_case(c));
     let token_table = has("organization") && has("user") && has("expires_in");
+    let session_columns = table_columns(db, &db.tables().name(Table::Session)).await?;
+    let has = |c: &str| session_columns.iter().any(|x| x.eq_ignore_ascii_case(c));
+    let session_table = has("owner") && has("name");
     Ok(SchemaFacts {
         token_table,
         unique_group_names: unique_index_on_group_name(db).await?,
+        session_table,
     })
 }
 
@@ -542,14 +590,14 @@ pub async fn schema_facts(db: &Db) -> Result<SchemaFacts, DbError> {
 async fn unique_index_on_group_name(db: &Db) -> Result<bool, DbError> {
     let sql = match db.engine() {
         Engine::Sqlite => {
-            "SELECT il.name AS index_name FROM pragma_index_list('group') AS il \
+            "SELECT il.name AS index_name FROM pragma_index_list(?) AS il \
              WHERE il.\"unique\" = 1 \
              AND (SELECT COUNT(*) FROM pragma_index_info(il.name)) = 1 \
              AND (SELECT ii.name FROM pragma_index_info(il.name) AS ii) = 'name'"
         }
         Engine::MySql => {
             "SELECT CAST(index_name AS CHAR) AS index_name FROM information_schema.statistics \
-             WHERE table_schema = DATABASE() AND table_name = 'group' AND non_unique = 0 \
+             WHERE table_schema = DATABASE() AND table_name = ? AND non_unique = 0 \
              GROUP BY index_name \
              HAVING COUNT(*) = 1 AND MAX(CAST(column_name AS CHAR)) = 'name'"
         }
@@ -559,15 +607,16 @@ async fn unique_index_on_group_name(db: &Db) -> Result<bool, DbError> {
              JOIN pg_class i ON i.oid = x.indexrelid \
              JOIN pg_namespace n ON n.oid = t.relnamespace \
              JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = x.indkey[0] \
-             WHERE n.nspname = current_schema() AND t.relname = 'group' \
+             WHERE n.nspname = current_schema() AND t.relname = $1 \
              AND x.indisunique AND x.indnatts = 1 AND a.attname = 'name'"
         }
     };
     let conn = db.conn();
     let rows = conn
-        .query_all_raw(Statement::from_string(
+        .query_all_raw(Statement::from_sql_and_values(
             conn.get_database_backend(),
-            sql.to_owned(),
+            sql,
+            [db.tables().name(Table::Group).into()],
         ))
         .await
         .map_err(|e| {

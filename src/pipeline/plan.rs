@@ -227,6 +227,8 @@ pub struct PlanInput {
     /// Group names used by other organizations; fill only while Casdoor's global unique index
     /// `UQE_group_name` exists (empty otherwise).
     pub group_names_in_other_orgs: BTreeSet<String>,
+    /// Names of Casdoor's organizations: Casdoor refuses a group named like one.
+    pub organization_names: BTreeSet<String>,
     /// Casbin `g` rows whose `v0` is a user of the organization.
     pub casbin_groupings: Vec<CasbinGrouping>,
     pub options: PlanOptions,
@@ -410,6 +412,11 @@ pub enum Conflict {
         dept_id: i64,
         group: String,
     },
+    /// The group name equals an organization's name, which Casdoor refuses for a group.
+    GroupNameIsOrganization {
+        dept_id: i64,
+        group: String,
+    },
     /// The department name is over 100 characters or holds a NUL byte.
     GroupDisplayNameUnusable {
         dept_id: i64,
@@ -549,6 +556,11 @@ impl fmt::Display for Conflict {
                 f,
                 "department {dept_id} needs group {group:?}, but another organization has a group of that name and \
                  Casdoor's unique index UQE_group_name forbids a second one; it is not created"
+            ),
+            Self::GroupNameIsOrganization { dept_id, group } => write!(
+                f,
+                "department {dept_id} needs group {group:?}, but an organization has that name and Casdoor \
+                 refuses a group named like an organization; it is not created (rename the organization)"
             ),
             Self::GroupDisplayNameUnusable { dept_id } => write!(
                 f,
@@ -1056,6 +1068,7 @@ pub fn plan(input: PlanInput) -> Plan {
         links: &input.links,
         foreign_claims: &input.foreign_claims,
         group_names_in_other_orgs: &input.group_names_in_other_orgs,
+        organization_names: &input.organization_names,
         adopt_existing: opts.adopt_existing,
         now: &input.now,
     });
@@ -1255,8 +1268,6 @@ pub fn plan(input: PlanInput) -> Plan {
         }
     }
 
-    drop(rules_by_subject);
-
     // The removal percentage is taken of the users the syncer owns once this run's creations,
     // adoptions and returns are done, so a held run and its re-run judge the same way.
     let mut owned_after: Vec<&str> = user_links
@@ -1279,9 +1290,25 @@ pub fn plan(input: PlanInput) -> Plan {
         &by_name,
         &claimed_rows,
         owned_after.len(),
+        &LeaverMemberships {
+            rules_by_subject: &rules_by_subject,
+            managed: &groups.managed,
+        },
         &mut out,
     );
-    drop((owned_after, present, claimed_rows));
+    leave_groups_of_deleted(
+        org,
+        &user_links,
+        &present,
+        &by_name,
+        &claimed_rows,
+        &LeaverMemberships {
+            rules_by_subject: &rules_by_subject,
+            managed: &groups.managed,
+        },
+        &mut out,
+    );
+    drop((owned_after, present, claimed_rows, rules_by_subject));
 
     // A link whose user row is gone (deleted in Casdoor) holds nothing: drop it unless this plan
     // points it at a row again, so a stale link can never capture a row created later.
@@ -1337,7 +1364,125 @@ pub fn plan(input: PlanInput) -> Plan {
     out
 }
 
+/// What a deleted leaver's memberships are planned from: the organization's casbin `g` rows as
+/// sorted (subject, group) pairs, and the groups this syncer manages.
+struct LeaverMemberships<'a> {
+    rules_by_subject: &'a [(&'a str, &'a str)],
+    managed: &'a BTreeSet<String>,
+}
+
+impl LeaverMemberships<'_> {
+    /// Takes a deleted user out of every managed group, as Casdoor's DeleteUser drops a user's
+    /// memberships: the new `user.groups` (if it changes) and the `g` rows to delete. Manual
+    /// memberships stay. A `user.groups` that is not a JSON list is left as it is (the user's
+    /// memberships were reported while it was present); its managed `g` rows still go.
+    fn leave(
+        &self,
+        organization: &str,
+        row: &ExistingUser,
+    ) -> (Option<String>, Vec<CasbinGrouping>) {
+        let subject = format!("{organization}/{}", row.name);
+        let start = self
+            .rules_by_subject
+            .partition_point(|(s, _)| *s < subject.as_str());
+        let rules: BTreeSet<&str> = self
+            .rules_by_subject
+            .get(start..)
+            .unwrap_or_default()
+            .iter()
+            .take_while(|(s, _)| *s == subject.as_str())
+            .map(|(_, group)| *group)
+            .collect();
+        let group_prefix = format!("group:{organization}/");
+        let casbin_remove = rules
+            .iter()
+            .filter(|v1| {
+                v1.strip_prefix(group_prefix.as_str())
+                    .is_some_and(|g| self.managed.contains(g))
+            })
+            .map(|v1| CasbinGrouping {
+                v0: subject.clone(),
+                v1: (*v1).to_owned(),
+            })
+            .collect();
+        let groups = plan_membership(
+            organization,
+            &row.name,
+            row.groups.as_deref(),
+            &rules,
+            &[],
+            self.managed,
+            true,
+        )
+        .ok()
+        .and_then(|diff| diff.groups_json);
+        (groups, casbin_remove)
+    }
+}
+
+/// Users this syncer deleted as leavers before deleted users left their groups (older
+/// syncerd versions) still hold managed memberships: they leave them now, once.
+fn leave_groups_of_deleted(
+    organization: &str,
+    user_links: &[&OwnershipLink],
+    present: &BTreeSet<&str>,
+    by_name: &BTreeMap<&str, &ExistingUser>,
+    claimed_rows: &BTreeSet<&str>,
+    memberships: &LeaverMemberships<'_>,
+    out: &mut Plan,
+) {
+    let mut done: BTreeSet<&str> = BTreeSet::new();
+    for link in user_links {
+        let name = link.casdoor_name.as_str();
+        if link.state != LinkState::Left
+            || link.left_action != Some(LeftAction::Delete)
+            || present.contains(link.external_id.as_str())
+            || claimed_rows.contains(name)
+            || done.contains(name)
+        {
+            continue;
+        }
+        let Some(row) = by_name.get(name).filter(|r| r.is_deleted) else {
+            continue;
+        };
+        let (groups, rules) = memberships.leave(organization, row);
+        if groups.is_none() && rules.is_empty() {
+            continue;
+        }
+        done.insert(name);
+        out.casbin_remove.extend(rules);
+        // A row is written once per run: a leaver action of this run on the same row carries
+        // the change (a delete has it already).
+        let leaver = out
+            .leavers
+            .iter_mut()
+            .find(|l| l.name == row.name && !l.changes.is_empty());
+        match (leaver, groups) {
+            (Some(leaver), Some(new)) => {
+                if !leaver.changes.iter().any(|c| c.column == "groups") {
+                    leaver.changes.push(FieldChange {
+                        column: "groups".to_owned(),
+                        old: FieldValue::Text(row.groups.clone().unwrap_or_default()),
+                        new: FieldValue::Text(new),
+                    });
+                    leaver.changes.sort();
+                }
+            }
+            (Some(_), None) => {}
+            (None, groups) => out.updates.push(UserUpdate {
+                name: row.name.clone(),
+                userid: link.external_id.clone(),
+                changes: Vec::new(),
+                hash: None,
+                dingtalk: None,
+                groups,
+            }),
+        }
+    }
+}
+
 /// Leavers: owned users (link present) missing from a complete, non-empty directory.
+#[allow(clippy::too_many_arguments)]
 fn plan_leavers(
     input: &PlanInput,
     user_links: &[&OwnershipLink],
@@ -1345,6 +1490,7 @@ fn plan_leavers(
     by_name: &BTreeMap<&str, &ExistingUser>,
     claimed_rows: &BTreeSet<&str>,
     owned: usize,
+    memberships: &LeaverMemberships<'_>,
     out: &mut Plan,
 ) {
     let opts = &input.options;
@@ -1357,6 +1503,7 @@ fn plan_leavers(
         return;
     }
     let mut acted_rows: BTreeSet<&str> = BTreeSet::new();
+    let mut casbin_remove = Vec::new();
     let mut actions = Vec::new();
     let mut links = Vec::new();
     let mut seen_userids = BTreeSet::new();
@@ -1390,9 +1537,8 @@ fn plan_leavers(
                     new: FieldValue::Bool(true),
                 }],
             ),
-            (Some(row), LeaverPolicy::Delete) if !row.is_deleted => (
-                LeftAction::Delete,
-                vec![
+            (Some(row), LeaverPolicy::Delete) if !row.is_deleted => {
+                let mut changes = vec![
                     FieldChange {
                         column: "deleted_time".to_owned(),
                         old: FieldValue::Text(row.deleted_time.clone()),
@@ -1403,8 +1549,17 @@ fn plan_leavers(
                         old: FieldValue::Bool(false),
                         new: FieldValue::Bool(true),
                     },
-                ],
-            ),
+                ];
+                let (groups, rules) = memberships.leave(&input.organization, row);
+                changes.extend(groups.map(|new| FieldChange {
+                    column: "groups".to_owned(),
+                    old: FieldValue::Text(row.groups.clone().unwrap_or_default()),
+                    new: FieldValue::Text(new),
+                }));
+                casbin_remove.extend(rules);
+                changes.sort();
+                (LeftAction::Delete, changes)
+            }
             _ => (LeftAction::Keep, Vec::new()),
         };
         links.push(OwnershipLink {
@@ -1443,6 +1598,7 @@ fn plan_leavers(
     }
     out.leavers.extend(actions);
     out.link_writes.extend(links);
+    out.casbin_remove.extend(casbin_remove);
 }
 
 /// The key value `row` holds after `user`'s update, when that update rewrites the key column

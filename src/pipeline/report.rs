@@ -150,6 +150,7 @@ impl ReportError {
             | Conflict::GroupNotOwned { dept_id, .. }
             | Conflict::GroupOwnedByAnotherSyncer { dept_id, .. }
             | Conflict::GroupNameUsedByAnotherOrg { dept_id, .. }
+            | Conflict::GroupNameIsOrganization { dept_id, .. }
             | Conflict::GroupDisplayNameUnusable { dept_id } => (None, Some(*dept_id)),
         };
         Self {

@@ -456,6 +456,7 @@ impl Runner<'_> {
             foreign_claims: state.foreign_claims,
             existing_groups: state.existing_groups,
             group_names_in_other_orgs: state.group_names_in_other_orgs,
+            organization_names: state.organization_names,
             casbin_groupings: state.casbin_groupings,
             options: PlanOptions::from_settings(
                 &self.ctx.sync,
@@ -543,6 +544,12 @@ impl Runner<'_> {
             self.report.notices.push(format!(
                 "expired the Casdoor tokens (if any) of {} users who were forbidden or deleted",
                 applied.tokens_revoked
+            ));
+        }
+        if applied.sessions_deleted > 0 {
+            self.report.notices.push(format!(
+                "deleted the Casdoor sessions (if any) of {} users who were forbidden or deleted",
+                applied.sessions_deleted
             ));
         }
         self.report.held = plan.held.as_ref().map(ToString::to_string);

@@ -75,6 +75,7 @@ fn input(users: Vec<MappedUser>) -> PlanInput {
         foreign_claims: vec![],
         existing_groups: vec![],
         group_names_in_other_orgs: BTreeSet::new(),
+        organization_names: BTreeSet::new(),
         casbin_groupings: vec![],
         options: options(),
         now: NOW.into(),
@@ -103,6 +104,7 @@ fn apply_change(row: &mut ExistingUser, key_column: &str, change: &FieldChange) 
         ("is_forbidden", FieldValue::Bool(b)) => row.is_forbidden = *b,
         ("is_deleted", FieldValue::Bool(b)) => row.is_deleted = *b,
         ("deleted_time", FieldValue::Text(t)) => row.deleted_time = t.clone(),
+        ("groups", FieldValue::Text(t)) => row.groups = Some(t.clone()),
         (column, value) => {
             if column == key_column {
                 row.key_value = value.canonical();
@@ -659,16 +661,24 @@ fn leaver_policy_delete_soft_deletes_and_keep_only_marks_the_link() {
     next.options.leaver_policy = LeaverPolicy::Delete;
     let p = plan(next.clone());
     assert_eq!(p.leavers[0].action, LeftAction::Delete);
+    // The deleted user leaves its managed groups, as Casdoor's DeleteUser drops memberships.
+    let groups_before = row(&state, "Ju3").groups.clone().unwrap_or_default();
     assert_eq!(
         p.leavers[0].changes,
         [
             change("deleted_time", text(""), text(NOW)),
+            change("groups", text(&groups_before), text("[]")),
             change(
                 "is_deleted",
                 FieldValue::Bool(false),
                 FieldValue::Bool(true)
             ),
         ]
+    );
+    assert!(
+        !p.casbin_remove.is_empty() && p.casbin_remove.iter().all(|r| r.v0 == format!("{ORG}/Ju3")),
+        "{:?}",
+        p.casbin_remove
     );
 
     next.options.leaver_policy = LeaverPolicy::Keep;
@@ -678,6 +688,34 @@ fn leaver_policy_delete_soft_deletes_and_keep_only_marks_the_link() {
     let after = apply_to_state(&next, &p);
     assert_eq!(link_of(&after, "u3").state, LinkState::Left);
     assert_eq!(row(&after, "Ju3"), row(&next, "Ju3"));
+}
+
+#[test]
+fn users_deleted_before_deletion_dropped_memberships_leave_their_groups_once() {
+    let state = owned_population(3);
+    let mut next = without(&state, &["u3"]);
+    next.options.leaver_policy = LeaverPolicy::Delete;
+    let deleted = apply_to_state(&next, &plan(next.clone()));
+    // What an older syncerd left behind: the deleted user still in its department groups.
+    let mut old = deleted.clone();
+    row_mut(&mut old, "Ju3").groups = row(&state, "Ju3").groups.clone();
+    old.casbin_groupings = state.casbin_groupings.clone();
+    assert_eq!(link_of(&old, "u3").left_action, Some(LeftAction::Delete));
+
+    let p = plan(old.clone());
+    assert!(p.leavers.is_empty(), "{:?}", p.leavers);
+    assert_eq!(p.updates.len(), 1, "{:?}", p.updates);
+    assert_eq!(p.updates[0].name, "Ju3");
+    assert!(p.updates[0].changes.is_empty() && p.updates[0].hash.is_none());
+    assert_eq!(p.updates[0].groups.as_deref(), Some("[]"));
+    assert!(
+        !p.casbin_remove.is_empty() && p.casbin_remove.iter().all(|r| r.v0 == format!("{ORG}/Ju3")),
+        "{:?}",
+        p.casbin_remove
+    );
+    let after = apply_to_state(&old, &p);
+    assert_eq!(after.casbin_groupings, deleted.casbin_groupings);
+    assert!(!plan(after).has_writes());
 }
 
 #[test]
@@ -1860,6 +1898,7 @@ fn build_input(
         foreign_claims,
         existing_groups,
         group_names_in_other_orgs,
+        organization_names: BTreeSet::new(),
         casbin_groupings,
         options: raw.options.clone(),
         now: NOW.into(),
