@@ -155,7 +155,10 @@ fn keep_unfetched_root_names(
         .filter(|d| d.parent_id.is_none() && d.name.as_deref().is_none_or(|n| n.trim().is_empty()))
         .map(|d| d.dept_id)
         .collect();
-    for group in desired.iter_mut().filter(|g| unnamed_roots.contains(&g.dept_id)) {
+    for group in desired
+        .iter_mut()
+        .filter(|g| unnamed_roots.contains(&g.dept_id))
+    {
         if let Some(row) = existing.get(group.name.as_str()) {
             group.display_name.clone_from(&row.display_name);
         }
