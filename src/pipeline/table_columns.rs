@@ -182,9 +182,9 @@ const fn int(casdoor_name: &'static str, column: &'static str) -> ColumnSpec {
 /// MySQL TEXT holds at most 65,535 bytes.
 pub const TEXT_BYTES: usize = 65_535;
 
-/// The writable user columns, with the MySQL sizes of the spec's Appendix A (Casdoor's `user`
-/// DDL, which `syncerd migrate` creates too). No privilege flag is here: a DingTalk field must
-/// never make anyone an administrator.
+/// The writable user columns, with their MySQL sizes in Casdoor's `user` DDL (the one
+/// `syncerd migrate` creates, in `migrations/src/casdoor.rs`). No privilege flag is here: a
+/// DingTalk field must never make anyone an administrator.
 pub const WRITABLE_USER_COLUMNS: &[ColumnSpec] = &[
     text("Id", "id", 100),
     text("Name", "name", 255),
