@@ -620,6 +620,16 @@ fn user_default(column: user::Column) -> Value {
     }
 }
 
+/// The users of `units` newly forbidden or deleted: their tokens are expired and their
+/// sessions deleted, as Casdoor forces such a user offline.
+fn revoked_names<'u>(units: &[&'u Unit<'_>]) -> Vec<&'u str> {
+    units
+        .iter()
+        .filter(|u| u.revoke_tokens)
+        .filter_map(|u| u.user_name())
+        .collect()
+}
+
 impl<'a> Writer<'a> {
     fn new(settings: &ApplySettings<'a>, db: &Db) -> Self {
         let engine = db.engine();
@@ -1026,11 +1036,7 @@ impl<'a> Writer<'a> {
         if !self.token_table {
             return Ok(());
         }
-        let names: Vec<&str> = units
-            .iter()
-            .filter(|u| u.revoke_tokens)
-            .filter_map(|u| u.user_name())
-            .collect();
+        let names = revoked_names(units);
         for chunk in statement_chunks(&names, self.engine, 1, 2) {
             let stmt = Query::update()
                 .table(self.tables.iden(Table::Token))
@@ -1054,11 +1060,7 @@ impl<'a> Writer<'a> {
         if !self.session_table {
             return Ok(());
         }
-        let names: Vec<&str> = units
-            .iter()
-            .filter(|u| u.revoke_tokens)
-            .filter_map(|u| u.user_name())
-            .collect();
+        let names = revoked_names(units);
         for chunk in statement_chunks(&names, self.engine, 1, 1) {
             let stmt = Query::delete()
                 .from_table(self.tables.iden(Table::Session))
