@@ -481,6 +481,62 @@ async fn a_reload_with_a_short_admin_token_keeps_the_running_one() {
     assert!(d.exit_within(Duration::from_secs(10)).await.success());
 }
 
+/// A SIGHUP that arrives while the daemon still waits for its database is done once the
+/// database is reached (here: a new token that is too short, so the running one stays), not
+/// dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_asked_for_before_the_database_is_reached_is_done_once_connected() {
+    // An empty SQLite file: reachable, but without syncerd's tables the daemon keeps retrying.
+    let t = TestDb::sqlite().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("admin-token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let config = dir.path().join("syncerd.toml");
+    std::fs::write(
+        &config,
+        format!("[http]\nadmin_token_file = \"{}\"\n", token_file.display()),
+    )
+    .unwrap();
+    let config_arg = config.to_string_lossy().into_owned();
+    let mut d = Syncerd::daemon(t.url(), &["--config", &config_arg], &[]);
+    d.wait_for_log(
+        "database not available (attempt 1)",
+        Duration::from_secs(10),
+    )
+    .await;
+    std::fs::write(&token_file, "short-tok-15byt\n").unwrap();
+    d.signal("HUP");
+    d.wait_for_log(
+        "reload requested before the database was reached",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(
+        !d.stderr()
+            .contains("reload: keeping the running configuration")
+    );
+    // The database becomes usable: the daemon connects, then does the reload it was asked for.
+    t.migrated().await.close().await.unwrap();
+    d.wait_for_log(
+        "reload: keeping the running configuration",
+        Duration::from_secs(20),
+    )
+    .await;
+    let log = d.stderr();
+    assert!(log.contains("at least 16"), "{log}");
+    assert!(!log.contains("short-tok-15byt"), "{log}");
+    let status = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{}/api/v1/syncers", d.port))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0);
+    assert_eq!(status, 200);
+    d.signal("TERM");
+    assert!(d.exit_within(Duration::from_secs(10)).await.success());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_newline_in_a_syncer_name_cannot_forge_a_log_line() {
     on_every_engine(async |t: &TestDb| {

@@ -214,12 +214,33 @@ impl BoundDaemon {
             root.child_token(),
         ));
 
-        // Connect, retrying with back-off; a stop request meanwhile ends the daemon.
-        let db = tokio::select! {
-            db = shutdown::connect_with_backoff(&settings.database, &shared) => Some(db),
-            ctl = shutdown::next_stop(&mut control) => {
-                tracing::info!("stop requested ({ctl}) before the database was reached");
-                None
+        // Connect, retrying with back-off; a stop request meanwhile ends the daemon. A reload
+        // asked for meanwhile (the operator fixed the configuration while the database was
+        // away) is kept and done once connected, not dropped.
+        let mut reload_pending = false;
+        let db = {
+            let connect = shutdown::connect_with_backoff(&settings.database, &shared);
+            tokio::pin!(connect);
+            loop {
+                tokio::select! {
+                    db = &mut connect => break Some(db),
+                    ctl = control.recv() => match ctl {
+                        Some(Control::Reload) => {
+                            tracing::info!(
+                                "reload requested before the database was reached: done once connected"
+                            );
+                            reload_pending = true;
+                        }
+                        Some(Control::Shutdown(why)) => {
+                            tracing::info!("stop requested ({why}) before the database was reached");
+                            break None;
+                        }
+                        None => {
+                            tracing::info!("control channel closed before the database was reached");
+                            break None;
+                        }
+                    },
+                }
             }
         };
         let exit = match db {
@@ -227,6 +248,9 @@ impl BoundDaemon {
                 shared.set_db(db);
                 if let Err(e) = shared.start_jobs().await {
                     tracing::error!("the job scheduler did not start: {e}; retrying on reconcile");
+                }
+                if reload_pending {
+                    reload(&shared, &mut settings, config_loader.as_ref());
                 }
                 let reconcile_stop = root.child_token();
                 let reconcile = tokio::spawn(scheduler::reconcile_loop(
