@@ -434,10 +434,10 @@ async fn an_admin_token_shorter_than_16_bytes_is_refused_at_start_up() {
     assert!(!log.contains("short-tok-15byt"), "{log}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reload_with_a_short_admin_token_keeps_the_running_one() {
-    let t = TestDb::sqlite().await;
-    t.migrated().await.close().await.unwrap();
+/// A daemon on `t` whose admin token is read from a file (`http.admin_token_file`), holding
+/// [`TOKEN`]: the daemon, the token file (to rewrite before a SIGHUP) and the directory that
+/// keeps both files alive.
+fn daemon_with_token_file(t: &TestDb) -> (Syncerd, std::path::PathBuf, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("admin-token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
@@ -448,19 +448,28 @@ async fn a_reload_with_a_short_admin_token_keeps_the_running_one() {
     )
     .unwrap();
     let config_arg = config.to_string_lossy().into_owned();
-    let mut d = Syncerd::daemon(t.url(), &["--config", &config_arg], &[]);
-    let list = |token: &'static str| {
-        let port = d.port;
-        async move {
-            reqwest::Client::new()
-                .get(format!("http://127.0.0.1:{port}/api/v1/syncers"))
-                .bearer_auth(token)
-                .send()
-                .await
-                .map(|r| r.status().as_u16())
-                .unwrap_or(0)
-        }
-    };
+    let d = Syncerd::daemon(t.url(), &["--config", &config_arg], &[]);
+    (d, token_file, dir)
+}
+
+/// The status of `GET /api/v1/syncers` with `token` on `port` (0: no answer).
+async fn list_status(port: u16, token: &str) -> u16 {
+    reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/api/v1/syncers"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_with_a_short_admin_token_keeps_the_running_one() {
+    let t = TestDb::sqlite().await;
+    t.migrated().await.close().await.unwrap();
+    let (mut d, token_file, _dir) = daemon_with_token_file(&t);
+    let port = d.port;
+    let list = |token: &'static str| list_status(port, token);
     eventually(Duration::from_secs(10), "the admin API", || async {
         list(TOKEN).await == 200
     })
@@ -488,17 +497,7 @@ async fn a_reload_with_a_short_admin_token_keeps_the_running_one() {
 async fn a_reload_asked_for_before_the_database_is_reached_is_done_once_connected() {
     // An empty SQLite file: reachable, but without syncerd's tables the daemon keeps retrying.
     let t = TestDb::sqlite().await;
-    let dir = tempfile::tempdir().unwrap();
-    let token_file = dir.path().join("admin-token");
-    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
-    let config = dir.path().join("syncerd.toml");
-    std::fs::write(
-        &config,
-        format!("[http]\nadmin_token_file = \"{}\"\n", token_file.display()),
-    )
-    .unwrap();
-    let config_arg = config.to_string_lossy().into_owned();
-    let mut d = Syncerd::daemon(t.url(), &["--config", &config_arg], &[]);
+    let (mut d, token_file, _dir) = daemon_with_token_file(&t);
     d.wait_for_log(
         "database not available (attempt 1)",
         Duration::from_secs(10),
@@ -525,14 +524,7 @@ async fn a_reload_asked_for_before_the_database_is_reached_is_done_once_connecte
     let log = d.stderr();
     assert!(log.contains("at least 16"), "{log}");
     assert!(!log.contains("short-tok-15byt"), "{log}");
-    let status = reqwest::Client::new()
-        .get(format!("http://127.0.0.1:{}/api/v1/syncers", d.port))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .map(|r| r.status().as_u16())
-        .unwrap_or(0);
-    assert_eq!(status, 200);
+    assert_eq!(list_status(d.port, TOKEN).await, 200);
     d.signal("TERM");
     assert!(d.exit_within(Duration::from_secs(10)).await.success());
 }
