@@ -1,5 +1,5 @@
-//! Casdoor's user-group Casbin rules, `casbin_user_rule` (spec §2.7). Unlike the other Casdoor
-//! tables its columns are NOT NULL with a default of `''`.
+//! Casdoor's user-group Casbin rules, `casbin_user_rule` (`g` rows: user, group). Unlike the
+//! other Casdoor tables its columns are NOT NULL with a default of `''`.
 
 use sea_orm::entity::prelude::*;
 

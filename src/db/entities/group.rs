@@ -1,5 +1,5 @@
-//! Casdoor's `group` table (spec §3.1, Appendix A–C); `group` is a reserved word, so it is always
-//! quoted (sea-orm quotes every identifier).
+//! Casdoor's `group` table, as Casdoor's own DDL declares it on the three engines; `group` is a
+//! reserved word, so it is always quoted (sea-orm quotes every identifier).
 
 use sea_orm::entity::prelude::*;
 

@@ -1,4 +1,4 @@
-//! Casdoor's `syncer` table (spec §1.1, Appendix A–C). Every column but the primary key may be
+//! Casdoor's `syncer` table, as Casdoor's own DDL declares it. Every column but the primary key may be
 //! NULL in a real installation, hence the `Option`s; domain code reads it through
 //! [`crate::db::SyncerRow`], which hides the App Secret behind `Secret`.
 

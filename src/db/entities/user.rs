@@ -1,4 +1,4 @@
-//! Casdoor's `user` table: all 181 columns, in Casdoor's order (spec §2.1, Appendix A–C).
+//! Casdoor's `user` table: all 181 columns, in the order of Casdoor's own DDL.
 //!
 //! Only the primary key (`owner`, `name`) is NOT NULL in Casdoor, and old installations hold NULLs
 //! anywhere else, so every other field is an `Option`. Queries name their columns, so extra
