@@ -12,7 +12,8 @@ use super::{SECRET_KEYS, Settings};
 impl Settings {
     /// The keys a running daemon takes over when it reloads its configuration (SIGHUP); every
     /// other key keeps its running value until a restart. This is the one list of live keys:
-    /// [`Settings::reload`] derives what was applied and what waits for a restart from it.
+    /// [`Settings::reload`] derives what was applied and what waits for a restart from it. The
+    /// daemon hands the result to the scheduler (`Shared::apply_settings`) and the log filter.
     pub fn take_live(&mut self, new: &Settings) {
         self.log.level.clone_from(&new.log.level);
         self.scheduler.clone_from(&new.scheduler);
