@@ -379,100 +379,25 @@ fn reload(shared: &Shared, current: &mut Settings, loader: Option<&ConfigLoader>
         tracing::error!("reload: keeping the running configuration: {e}");
         return;
     }
-    let mut applied = Vec::new();
-    let mut restart = Vec::new();
-    if new.log.level != current.log.level {
-        match crate::telemetry::set_level(&new.log.level) {
-            Ok(()) => applied.push(format!(
-                "log.level {} → {}",
-                current.log.level, new.log.level
-            )),
-            Err(e) => tracing::warn!("reload: log.level not changed: {e}"),
-        }
+    let mut reload = current.reload(&new);
+    if reload.applied.iter().any(|c| c.key == "log.level")
+        && let Err(e) = crate::telemetry::set_level(&reload.next.log.level)
+    {
+        tracing::warn!("reload: log.level not changed: {e}");
+        reload.applied.retain(|c| c.key != "log.level");
     }
-    let (old_s, new_s) = (&current.scheduler, &new.scheduler);
-    let fmt = crate::config::format_duration;
-    for (key, old, now) in [
-        (
-            "scheduler.reload_interval",
-            fmt(old_s.reload_interval),
-            fmt(new_s.reload_interval),
-        ),
-        (
-            "scheduler.min_interval",
-            fmt(old_s.min_interval),
-            fmt(new_s.min_interval),
-        ),
-        (
-            "scheduler.shutdown_grace",
-            fmt(old_s.shutdown_grace),
-            fmt(new_s.shutdown_grace),
-        ),
-        (
-            "scheduler.max_concurrent_runs",
-            old_s.max_concurrent_runs.to_string(),
-            new_s.max_concurrent_runs.to_string(),
-        ),
-        (
-            "scheduler.accepted_types",
-            old_s.accepted_types.join(","),
-            new_s.accepted_types.join(","),
-        ),
-    ] {
-        if old != now {
-            applied.push(format!("{key} {old} → {now}"));
-        }
-    }
-    if new.http.admin_token != current.http.admin_token {
-        applied.push("http.admin_token changed".to_owned());
-    }
-    shared.apply_settings(&new);
-    for (key, changed) in [
-        ("database", new.database != current.database),
-        (
-            "http.listen/header_read_timeout/idle_timeout/max_connections",
-            new.http.listen != current.http.listen
-                || new.http.header_read_timeout != current.http.header_read_timeout
-                || new.http.idle_timeout != current.http.idle_timeout
-                || new.http.max_connections != current.http.max_connections,
-        ),
-        ("dingtalk", new.dingtalk != current.dingtalk),
-        ("sync", new.sync != current.sync),
-        (
-            "log.format/dir/rotation/max_files",
-            new.log.format != current.log.format
-                || new.log.dir != current.log.dir
-                || new.log.rotation != current.log.rotation
-                || new.log.max_files != current.log.max_files,
-        ),
-    ] {
-        if changed {
-            restart.push(key);
-        }
-    }
-    if applied.is_empty() {
+    shared.apply_settings(&reload.next);
+    if reload.applied.is_empty() {
         tracing::info!("configuration reloaded: nothing that applies live changed");
     } else {
+        let applied: Vec<String> = reload.applied.iter().map(|c| c.to_string()).collect();
         tracing::info!("configuration reloaded: {}", applied.join("; "));
     }
-    if !restart.is_empty() {
+    if !reload.needs_restart.is_empty() {
         tracing::warn!(
             "configuration reloaded, but {} changed: restart syncerd for that to take effect",
-            restart.join(", ")
+            reload.needs_restart.join(", ")
         );
     }
-    // What needs a restart keeps its running value, so the warning repeats until then.
-    let mut next = new;
-    next.database = current.database.clone();
-    next.http.listen = current.http.listen.clone();
-    next.http.header_read_timeout = current.http.header_read_timeout;
-    next.http.idle_timeout = current.http.idle_timeout;
-    next.http.max_connections = current.http.max_connections;
-    next.dingtalk = current.dingtalk.clone();
-    next.sync = current.sync.clone();
-    next.log = crate::config::LogSettings {
-        level: next.log.level.clone(),
-        ..current.log.clone()
-    };
-    *current = next;
+    *current = reload.next;
 }

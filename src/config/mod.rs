@@ -1,25 +1,40 @@
 //! Layered configuration: built-in defaults → TOML file → `SYNCERD_` environment → CLI flags.
 //!
 //! Environment variables use `__` for nesting (`SYNCERD_DATABASE__URL` is `database.url`). Their
-//! values are taken as text and converted by the field that receives them, so a secret such as
-//! `00123` keeps its leading zeros. Every secret-bearing key also has a `*_file` twin
+//! values are taken as text and converted in one place ([`text`]), so a secret such as `00123`
+//! keeps its leading zeros. Every secret-bearing key also has a `*_file` twin
 //! (`SYNCERD_DATABASE__URL_FILE`, `http.admin_token_file`) holding the path of a file with the
 //! value, for Docker secrets and systemd `LoadCredential=`. Unknown keys are not an error; they
-//! come back as [`ConfigWarning`]s naming the key and where it came from.
+//! come back as [`ConfigWarning`]s naming the key and where it came from. Which keys a running
+//! daemon takes over on reload is declared once, in [`Settings::take_live`].
+//!
+//! Adding a key: a field with its doc comment and default below, a check in
+//! [`Settings::validate`] if some values cannot work, a line in `deploy/syncerd.toml`, and a line
+//! in [`Settings::take_live`] if the daemon applies it without a restart.
 
-use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
-use figment::value::{Dict, Map, Value};
-use figment::{Figment, Metadata, Profile, Provider};
-use serde::de::Error as _;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 use crate::secret::{Secret, redact_url};
+
+mod database_url;
+mod keys;
+mod reload;
+mod text;
+
+pub use database_url::{DatabaseUrl, Engine, UNPARSEABLE_DATABASE_URL};
+pub use keys::{env_var_name, known_keys};
+pub use reload::{Reload, ReloadedKey};
+pub use text::{format_duration, parse_duration};
+
+use keys::{describe_figment_error, unknown_key_warnings};
+use text::{EnvText, FlagOverrides, Typed};
 
 /// Prefix of every environment variable syncerd reads.
 pub const ENV_PREFIX: &str = "SYNCERD_";
@@ -27,173 +42,6 @@ pub const ENV_PREFIX: &str = "SYNCERD_";
 pub const DEFAULT_CONFIG_PATHS: &[&str] = &["/etc/syncerd/syncerd.toml", "./syncerd.toml"];
 /// The embedded default database.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://syncerd.db?mode=rwc";
-
-/// A database URL. It may hold a user name, a password and secret options, so it is never
-/// printed: `Debug`, `Display` and `Serialize` show only the engine, host, port and database
-/// taken from it (see [`DatabaseUrl::target`]), or "unparseable database URL (hidden)".
-/// [`DatabaseUrl::expose`] gives the real URL to the driver.
-#[derive(Clone, PartialEq, Eq)]
-pub struct DatabaseUrl(Secret);
-
-/// Shown in place of a database URL that cannot be taken apart safely (for example a password
-/// holding an unescaped `#`, `/`, `?` or `@`, which would otherwise pass for the host).
-pub const UNPARSEABLE_DATABASE_URL: &str = "unparseable database URL (hidden)";
-
-impl DatabaseUrl {
-    pub fn new(url: impl Into<String>) -> Self {
-        Self(Secret::new(url.into()))
-    }
-
-    /// The URL with its password, for the database driver only.
-    pub fn expose(&self) -> &str {
-        self.0.expose()
-    }
-
-    /// What may be printed of the URL: `PostgreSQL database `casdoor` on db:5432`. Never the
-    /// URL itself, its user, password or options.
-    pub fn redacted(&self) -> String {
-        match (self.engine(), describe_target(self.0.expose())) {
-            (Some(engine), Some(target)) => format!("{engine} database {target}"),
-            _ => UNPARSEABLE_DATABASE_URL.to_owned(),
-        }
-    }
-
-    /// The database the URL names, without the engine: `` `casdoor` on db:5432 `` or the SQLite
-    /// file path; "(unparseable database URL, hidden)" when it cannot be taken apart safely.
-    pub fn target(&self) -> String {
-        describe_target(self.0.expose())
-            .unwrap_or_else(|| "(unparseable database URL, hidden)".to_owned())
-    }
-
-    /// Which engine the URL names, from its scheme.
-    pub fn engine(&self) -> Option<Engine> {
-        let url = self.0.expose();
-        let scheme = url.split(':').next().unwrap_or_default();
-        match scheme {
-            "sqlite" => Some(Engine::Sqlite),
-            "mysql" | "mariadb" => Some(Engine::MySql),
-            "postgres" | "postgresql" => Some(Engine::Postgres),
-            _ => None,
-        }
-    }
-}
-
-/// Host, port and database of a server URL, or the file of a SQLite URL; `None` when the URL
-/// cannot be split by the URL rules without guessing. Where a password holds a reserved
-/// character, the authority ends early and part of the password would pass for the host or
-/// port: any `@` after the authority, or a host or port that is not one, means "do not guess".
-fn describe_target(url: &str) -> Option<String> {
-    let (scheme, rest) = url.split_once(':')?;
-    if scheme == "sqlite" {
-        let path = rest.strip_prefix("//").unwrap_or(rest);
-        let path = path.split(['?', '#']).next().unwrap_or_default();
-        if path.is_empty() || path == ":memory:" || rest.contains("mode=memory") {
-            return Some("in memory".to_owned());
-        }
-        if path.chars().any(char::is_control) {
-            return None;
-        }
-        return Some(path.to_owned());
-    }
-    let default_port = match scheme {
-        "mysql" | "mariadb" => 3306,
-        "postgres" | "postgresql" => 5432,
-        _ => return None,
-    };
-    let rest = rest.strip_prefix("//")?;
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, after) = rest.split_at(authority_end);
-    if after.contains('@') {
-        return None;
-    }
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let (host, port) = if let Some(v6) = host_port.strip_prefix('[') {
-        let (inner, tail) = v6.split_once(']')?;
-        if !inner
-            .chars()
-            .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.')
-        {
-            return None;
-        }
-        (format!("[{inner}]"), tail.strip_prefix(':'))
-    } else {
-        match host_port.split_once(':') {
-            Some((h, p)) => (h.to_owned(), Some(p)),
-            None => (host_port.to_owned(), None),
-        }
-    };
-    let host_ok = !host.is_empty()
-        && (host.starts_with('[')
-            || host
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')));
-    if !host_ok {
-        return None;
-    }
-    let port = match port {
-        None => default_port,
-        Some(p) => p.parse::<u16>().ok()?,
-    };
-    let path = after.split(['?', '#']).next().unwrap_or_default();
-    let database = path.trim_start_matches('/');
-    if database.chars().any(|c| c.is_control() || c == '`') {
-        return None;
-    }
-    if database.is_empty() {
-        Some(format!("on {host}:{port} (no database named)"))
-    } else {
-        Some(format!("`{database}` on {host}:{port}"))
-    }
-}
-
-impl Default for DatabaseUrl {
-    fn default() -> Self {
-        Self::new(DEFAULT_DATABASE_URL)
-    }
-}
-
-impl fmt::Debug for DatabaseUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.redacted())
-    }
-}
-
-impl fmt::Display for DatabaseUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.redacted())
-    }
-}
-
-impl Serialize for DatabaseUrl {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.redacted())
-    }
-}
-
-impl<'de> Deserialize<'de> for DatabaseUrl {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        lenient_string(deserializer).map(DatabaseUrl::new)
-    }
-}
-
-/// The database engines syncerd speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Engine {
-    Sqlite,
-    MySql,
-    Postgres,
-}
-
-impl fmt::Display for Engine {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Engine::Sqlite => "SQLite",
-            Engine::MySql => "MySQL/MariaDB",
-            Engine::Postgres => "PostgreSQL",
-        })
-    }
-}
 
 /// The whole effective configuration.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -216,14 +64,12 @@ pub struct DatabaseSettings {
     /// Path of a file holding `url` (wins over `url` when set).
     pub url_file: Option<PathBuf>,
     /// Pool size for MySQL/PostgreSQL (SQLite uses a small pool of its own).
-    #[serde(deserialize_with = "lenient_number")]
     pub max_connections: u32,
     /// How long to wait for a connection to the database.
-    #[serde(with = "duration_text")]
+    #[serde(with = "text::duration_text")]
     pub connect_timeout: Duration,
     /// Casdoor's `tableNamePrefix`: in front of every Casdoor table but `casbin_user_rule`, and
     /// of syncerd's own tables.
-    #[serde(deserialize_with = "lenient_string")]
     pub table_prefix: String,
 }
 
@@ -244,34 +90,27 @@ impl Default for DatabaseSettings {
 #[serde(default)]
 pub struct DingTalkSettings {
     /// Base URL of DingTalk's old ("oapi") API family; point it at a simulator for tests.
-    #[serde(deserialize_with = "lenient_string")]
     pub api_base: String,
     /// Calls per second per API per App Key (DingTalk allows 20 on the standard edition).
-    #[serde(deserialize_with = "lenient_number")]
     pub qps_per_api: u32,
     /// Requests in flight at once per fetch.
-    #[serde(deserialize_with = "lenient_number")]
     pub max_concurrency: usize,
     /// Timeout of one HTTP request.
-    #[serde(with = "duration_text")]
+    #[serde(with = "text::duration_text")]
     pub request_timeout: Duration,
     /// Attempts per request for retryable failures (throttling, busy, 5xx, transport).
-    #[serde(deserialize_with = "lenient_number")]
     pub max_attempts: u32,
     /// How long every call of an app pauses after DingTalk's IP-ban answer.
-    #[serde(with = "duration_text")]
+    #[serde(with = "text::duration_text")]
     pub ip_ban_pause: Duration,
     /// Largest answer body read, in bytes; a longer answer fails the run unread.
-    #[serde(deserialize_with = "lenient_number")]
     pub max_response_bytes: u64,
     /// Member pages read per department at most (100 members a page).
-    #[serde(deserialize_with = "lenient_number")]
     pub max_pages_per_department: u64,
     /// Departments one fetch walks at most, the root included.
-    #[serde(deserialize_with = "lenient_number")]
     pub max_departments: usize,
     /// Longest a whole fetch (every call of one run) may take.
-    #[serde(with = "duration_text")]
+    #[serde(with = "text::duration_text")]
     pub fetch_timeout: Duration,
 }
 
@@ -297,23 +136,20 @@ impl Default for DingTalkSettings {
 #[serde(default)]
 pub struct SchedulerSettings {
     /// How often the daemon re-reads the `syncer` table.
-    #[serde(with = "duration_text")]
+    #[serde(with = "text::duration_text")]
     pub reload_interval: Duration,
     /// Runs at once in one process, over all syncers.
-    #[serde(deserialize_with = "lenient_number")]
     pub max_concurrent_runs: usize,
     /// Floor of a syncer's `sync_interval`.
-    #[serde(with = "duration_text")]
+    #[serde(with = "text::duration_text")]
     pub min_interval: Duration,
     /// How long shutdown waits for running syncs to reach a safe point.
-    #[serde(with = "duration_text")]
+    #[serde(with = "text::duration_text")]
     pub shutdown_grace: Duration,
     /// `syncer.type` values this daemon runs.
-    #[serde(deserialize_with = "lenient_string_list")]
     pub accepted_types: Vec<String>,
     /// Syncers this daemon runs even while their `is_enabled` is 0. Beside a running Casdoor,
     /// keep such rows disabled so Casdoor's own scheduler leaves them alone, and list them here.
-    #[serde(deserialize_with = "lenient_string_list")]
     pub claimed_syncers: Vec<String>,
 }
 
@@ -332,7 +168,7 @@ impl Default for SchedulerSettings {
 
 /// What happens to a user this syncer owns once it is missing from a complete directory.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase", try_from = "String")]
 pub enum LeaverPolicy {
     /// Set `is_forbidden` (the user can no longer sign in); reversible.
     #[default]
@@ -362,30 +198,22 @@ impl FromStr for LeaverPolicy {
 #[serde(default)]
 pub struct SyncSettings {
     /// Rows per write transaction.
-    #[serde(deserialize_with = "lenient_number")]
     pub batch_size: usize,
-    #[serde(deserialize_with = "lenient_parse")]
     pub leaver_policy: LeaverPolicy,
     /// A run that would act on more leavers than this is held instead.
-    #[serde(deserialize_with = "lenient_number")]
     pub max_removals: u64,
     /// ... or on more than this percentage of the users the syncer owns.
-    #[serde(deserialize_with = "lenient_number")]
     pub max_removal_percent: f64,
     /// Take over existing users and department groups that match a DingTalk user (on the key
     /// column) or department but that no syncer owns yet. Off: they are reported as conflicts.
-    #[serde(deserialize_with = "lenient_bool")]
     pub adopt_existing: bool,
     /// Lower-case the names of the users syncerd creates, as Casdoor's `isUsernameLowered`
     /// does; existing names are never rewritten.
-    #[serde(deserialize_with = "lenient_bool")]
     pub lowercase_names: bool,
     /// User names that may be adopted although they are admins, have a password or are bound to
     /// another DingTalk account (such rows are never adopted otherwise).
-    #[serde(deserialize_with = "lenient_string_list")]
     pub adopt_only: Vec<String>,
     /// Up to this many leaver removals never hold a run on `max_removal_percent` alone.
-    #[serde(deserialize_with = "lenient_number")]
     pub min_removals_allowed: u64,
 }
 
@@ -409,7 +237,6 @@ impl Default for SyncSettings {
 #[serde(default)]
 pub struct HttpSettings {
     /// Address of `/healthz`, `/readyz`, `/metrics` and the admin API.
-    #[serde(deserialize_with = "lenient_string")]
     pub listen: String,
     /// Bearer token of the admin API; the admin API is off when unset.
     pub admin_token: Option<Secret>,
@@ -417,14 +244,13 @@ pub struct HttpSettings {
     pub admin_token_file: Option<PathBuf>,
     /// How long a client may take to send a request's headers, counted from when the
     /// connection opens or the previous answer went out (so it also ends waiting keep-alives).
-    #[serde(with = "duration_text")]
+    #[serde(with = "text::duration_text")]
     pub header_read_timeout: Duration,
     /// A connection with no request going on that moves no byte for this long is closed.
-    #[serde(with = "duration_text")]
+    #[serde(with = "text::duration_text")]
     pub idle_timeout: Duration,
     /// Connections served at once; more are answered 503 and closed at once, so stalled
     /// clients cannot take every file descriptor the database needs.
-    #[serde(deserialize_with = "lenient_number")]
     pub max_connections: usize,
 }
 
@@ -465,7 +291,7 @@ impl HttpSettings {
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase", try_from = "String")]
 pub enum LogFormat {
     #[default]
     Text,
@@ -487,7 +313,7 @@ impl FromStr for LogFormat {
 
 /// How often log files rotate.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase", try_from = "String")]
 pub enum LogRotation {
     #[default]
     Daily,
@@ -507,21 +333,30 @@ impl FromStr for LogRotation {
     }
 }
 
+/// The enum-like keys read their text through `FromStr`, in any case, with its message.
+macro_rules! from_text {
+    ($($ty:ty),*) => {$(
+        impl TryFrom<String> for $ty {
+            type Error = String;
+            fn try_from(text: String) -> Result<Self, String> {
+                text.parse()
+            }
+        }
+    )*};
+}
+from_text!(LeaverPolicy, LogFormat, LogRotation);
+
 /// `[log]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct LogSettings {
     /// A tracing filter: `info`, `debug`, `info,syncerd=debug`, ...
-    #[serde(deserialize_with = "lenient_string")]
     pub level: String,
-    #[serde(deserialize_with = "lenient_parse")]
     pub format: LogFormat,
     /// Directory of rotating log files; unset means stderr only.
     pub dir: Option<PathBuf>,
-    #[serde(deserialize_with = "lenient_parse")]
     pub rotation: LogRotation,
     /// Rotated files kept.
-    #[serde(deserialize_with = "lenient_number")]
     pub max_files: usize,
 }
 
@@ -622,10 +457,10 @@ impl Settings {
                 path: path.clone(),
                 message: e.to_string().trim().to_owned(),
             })?;
-            figment = figment.merge(Toml::file_exact(path));
+            figment = figment.merge(Typed::new(Toml::file_exact(path)));
         }
-        figment = figment.merge(EnvText::new(&sources.env));
-        figment = figment.merge(FlagOverrides(sources.overrides.clone()));
+        figment = figment.merge(Typed::new(EnvText::new(&sources.env)));
+        figment = figment.merge(Typed::new(FlagOverrides(sources.overrides.clone())));
 
         let warnings = unknown_key_warnings(&figment);
         let mut settings: Settings = figment
@@ -641,13 +476,11 @@ impl Settings {
     }
 
     fn resolve_secret_files(&mut self) -> Result<(), ConfigError> {
-        if let Some(path) = &self.database.url_file {
-            let value = read_secret_file("database.url_file", path)?;
-            self.database.url = DatabaseUrl::new(value);
-        }
-        if let Some(path) = &self.http.admin_token_file {
-            let value = read_secret_file("http.admin_token_file", path)?;
-            self.http.admin_token = Some(Secret::new(value));
+        for secret in SECRET_KEYS {
+            if let Some(path) = (secret.file)(self).map(Path::to_path_buf) {
+                let value = read_secret_file(secret.file_key, &path)?;
+                (secret.set)(self, value);
+            }
         }
         if self.http.admin_token.as_ref().is_some_and(Secret::is_empty) {
             self.http.admin_token = None;
@@ -762,6 +595,37 @@ impl Settings {
     }
 }
 
+/// A key whose value is a secret: never shown (in `config show`, errors or reload lines), and
+/// read from the file its `*_file` twin names when that is set.
+struct SecretKey {
+    key: &'static str,
+    file_key: &'static str,
+    value: fn(&Settings) -> Option<&str>,
+    file: fn(&Settings) -> Option<&Path>,
+    set: fn(&mut Settings, String),
+}
+
+const SECRET_KEYS: &[SecretKey] = &[
+    SecretKey {
+        key: "database.url",
+        file_key: "database.url_file",
+        value: |s| Some(s.database.url.expose()),
+        file: |s| s.database.url_file.as_deref(),
+        set: |s, v| s.database.url = DatabaseUrl::new(v),
+    },
+    SecretKey {
+        key: "http.admin_token",
+        file_key: "http.admin_token_file",
+        value: |s| s.http.admin_token.as_ref().map(Secret::expose),
+        file: |s| s.http.admin_token_file.as_deref(),
+        set: |s, v| s.http.admin_token = Some(Secret::new(v)),
+    },
+];
+
+fn is_secret_key(key: &str) -> bool {
+    SECRET_KEYS.iter().any(|s| s.key == key)
+}
+
 fn read_secret_file(key: &'static str, path: &Path) -> Result<String, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::SecretFile {
         key,
@@ -769,346 +633,6 @@ fn read_secret_file(key: &'static str, path: &Path) -> Result<String, ConfigErro
         source,
     })?;
     Ok(text.trim_end_matches(['\r', '\n']).to_owned())
-}
-
-fn describe_figment_error(error: figment::Error, file: Option<&Path>) -> ConfigError {
-    let mut messages = Vec::new();
-    for e in error {
-        let key = if e.path.is_empty() {
-            "configuration".to_owned()
-        } else {
-            e.path.join(".")
-        };
-        let source = e
-            .metadata
-            .as_ref()
-            .map(|m| {
-                if m.name.contains("environment") {
-                    format!(" (from environment variable {})", env_var_name(&key))
-                } else if m.name.contains("TOML") {
-                    match file {
-                        Some(f) => format!(" (from {})", f.display()),
-                        None => " (from the config file)".to_owned(),
-                    }
-                } else if m.name.contains("flag") {
-                    " (from a command-line flag)".to_owned()
-                } else {
-                    String::new()
-                }
-            })
-            .unwrap_or_default();
-        // Figment's message may quote the offending value; values of secret keys must not show.
-        let kind = redact_url(&e.kind.to_string());
-        let kind = if is_secret_key(&key) {
-            "invalid value".to_owned()
-        } else {
-            kind
-        };
-        messages.push(format!("{key}{source}: {kind}"));
-    }
-    ConfigError::Invalid(messages.join("; "))
-}
-
-fn is_secret_key(key: &str) -> bool {
-    matches!(key, "database.url" | "http.admin_token")
-}
-
-/// The environment variable that sets `key` (`database.url` → `SYNCERD_DATABASE__URL`).
-pub fn env_var_name(key: &str) -> String {
-    format!(
-        "{ENV_PREFIX}{}",
-        key.replace('.', "__").to_ascii_uppercase()
-    )
-}
-
-/// Every key path a [`Settings`] understands, such as `database.url`.
-pub fn known_keys() -> BTreeSet<String> {
-    let mut keys = BTreeSet::new();
-    if let Ok(Value::Dict(_, dict)) = Value::serialize(Settings::default()) {
-        collect_keys("", &dict, &mut keys);
-    }
-    // Keys whose default is None are not serialized as values; add them by hand.
-    for key in [
-        "database.url_file",
-        "http.admin_token",
-        "http.admin_token_file",
-        "log.dir",
-    ] {
-        keys.insert(key.to_owned());
-    }
-    keys
-}
-
-fn collect_keys(prefix: &str, dict: &Dict, keys: &mut BTreeSet<String>) {
-    for (k, v) in dict {
-        let path = if prefix.is_empty() {
-            k.clone()
-        } else {
-            format!("{prefix}.{k}")
-        };
-        match v {
-            Value::Dict(_, inner) => collect_keys(&path, inner, keys),
-            _ => {
-                keys.insert(path);
-            }
-        }
-    }
-}
-
-fn unknown_key_warnings(figment: &Figment) -> Vec<ConfigWarning> {
-    let known = known_keys();
-    let sections: BTreeSet<String> = known
-        .iter()
-        .filter_map(|k| k.split('.').next().map(str::to_owned))
-        .collect();
-    let mut present = BTreeSet::new();
-    if let Ok(Value::Dict(_, dict)) = figment.find_value("") {
-        collect_keys("", &dict, &mut present);
-    } else if let Ok(dict) = figment
-        .data()
-        .map(|mut d| d.remove(&Profile::Default).unwrap_or_default())
-    {
-        collect_keys("", &dict, &mut present);
-    }
-    let mut warnings = Vec::new();
-    for key in present.difference(&known) {
-        let from = figment
-            .find_metadata(key)
-            .map(|m| m.name.to_string())
-            .unwrap_or_default();
-        let hint = if from.contains("environment") {
-            format!("environment variable {}", env_var_name(key))
-        } else {
-            from
-        };
-        let suggestion = known
-            .iter()
-            .find(|k| k.rsplit('.').next() == key.rsplit('.').next())
-            .map(|k| format!("; did you mean `{k}`?"))
-            .unwrap_or_default();
-        let section_note = match key.split('.').next() {
-            Some(s) if !sections.contains(s) => format!(" (there is no [{s}] section)"),
-            _ => String::new(),
-        };
-        warnings.push(ConfigWarning(format!(
-            "unknown configuration key `{key}` from {hint}{section_note} is ignored{suggestion}"
-        )));
-    }
-    warnings
-}
-
-/// `SYNCERD_` environment variables as a figment provider that keeps every value as text.
-struct EnvText {
-    dict: Dict,
-}
-
-impl EnvText {
-    fn new(vars: &[(String, String)]) -> Self {
-        let mut dict = Dict::new();
-        for (name, value) in vars {
-            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
-                continue;
-            };
-            // Test-harness variables share the prefix but are not configuration.
-            if rest.starts_with("TEST_") || rest.is_empty() {
-                continue;
-            }
-            let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
-            insert_path(&mut dict, &path, Value::from(value.clone()));
-        }
-        Self { dict }
-    }
-}
-
-fn insert_path(dict: &mut Dict, path: &[String], value: Value) {
-    match path {
-        [] => {}
-        [last] => {
-            dict.insert(last.clone(), value);
-        }
-        [first, rest @ ..] => {
-            let entry = dict
-                .entry(first.clone())
-                .or_insert_with(|| Value::from(Dict::new()));
-            if !matches!(entry, Value::Dict(..)) {
-                *entry = Value::from(Dict::new());
-            }
-            if let Value::Dict(_, inner) = entry {
-                insert_path(inner, rest, value);
-            }
-        }
-    }
-}
-
-impl Provider for EnvText {
-    fn metadata(&self) -> Metadata {
-        Metadata::named("`SYNCERD_` environment variable(s)")
-    }
-
-    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
-        Ok(Profile::Default.collect(self.dict.clone()))
-    }
-}
-
-/// CLI flags as the last configuration layer.
-struct FlagOverrides(Vec<(String, String)>);
-
-impl Provider for FlagOverrides {
-    fn metadata(&self) -> Metadata {
-        Metadata::named("command-line flag(s)")
-    }
-
-    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
-        let mut dict = Dict::new();
-        for (key, value) in &self.0 {
-            let path: Vec<String> = key.split('.').map(str::to_owned).collect();
-            insert_path(&mut dict, &path, Value::from(value.clone()));
-        }
-        Ok(Profile::Default.collect(dict))
-    }
-}
-
-/// Accepts a string, or a number or bool written where a string was meant.
-fn lenient_string<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Text {
-        S(String),
-        I(i64),
-        U(u64),
-        F(f64),
-        B(bool),
-    }
-    Ok(match Text::deserialize(deserializer)? {
-        Text::S(s) => s,
-        Text::I(i) => i.to_string(),
-        Text::U(u) => u.to_string(),
-        Text::F(f) => f.to_string(),
-        Text::B(b) => b.to_string(),
-    })
-}
-
-/// Accepts a bool, or text such as `true`, `false`, `1`, `0`, `yes`, `no` (the environment's form).
-fn lenient_bool<'de, D: Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
-    let s = lenient_string(deserializer)?;
-    match s.trim().to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" | "on" => Ok(true),
-        "false" | "0" | "no" | "off" => Ok(false),
-        other => Err(D::Error::custom(format!("`{other}` is not true or false"))),
-    }
-}
-
-/// Accepts a list of strings, or one comma-separated string (the environment's form).
-fn lenient_string_list<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum List {
-        Many(Vec<String>),
-        One(String),
-    }
-    Ok(match List::deserialize(deserializer)? {
-        List::Many(v) => v,
-        List::One(s) => s
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect(),
-    })
-}
-
-/// Accepts a native number, or text that parses as one (the environment's form).
-fn lenient_number<'de, D, T>(deserializer: D) -> Result<T, D::Error>
-where
-    D: Deserializer<'de>,
-    T: FromStr + Deserialize<'de>,
-    T::Err: fmt::Display,
-{
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Num<T> {
-        Native(T),
-        Text(String),
-    }
-    match Num::<T>::deserialize(deserializer)? {
-        Num::Native(v) => Ok(v),
-        Num::Text(s) => s
-            .trim()
-            .parse()
-            .map_err(|e| D::Error::custom(format!("`{s}` is not a valid number: {e}"))),
-    }
-}
-
-/// Parses an enum-like value from text, case-insensitively.
-fn lenient_parse<'de, D, T>(deserializer: D) -> Result<T, D::Error>
-where
-    D: Deserializer<'de>,
-    T: FromStr<Err = String>,
-{
-    let s = lenient_string(deserializer)?;
-    s.parse().map_err(D::Error::custom)
-}
-
-/// Parses `"30"`, `"30s"`, `"500ms"`, `"5m"`, `"2h"` or a bare number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration (examples: 30s, 500ms, 5m, 2h)"))?;
-    let seconds = match unit.trim() {
-        "" | "s" | "sec" | "secs" => value,
-        "ms" => value / 1000.0,
-        "m" | "min" | "mins" => value * 60.0,
-        "h" => value * 3600.0,
-        other => {
-            return Err(format!(
-                "`{text}` has an unknown unit `{other}` (use ms, s, m or h)"
-            ));
-        }
-    };
-    if !seconds.is_finite() || seconds < 0.0 {
-        return Err(format!("`{text}` is not a valid duration"));
-    }
-    Ok(Duration::from_secs_f64(seconds))
-}
-
-/// Renders a duration the way [`parse_duration`] reads it back.
-pub fn format_duration(d: Duration) -> String {
-    if d.subsec_millis() != 0 || d.as_secs() == 0 {
-        format!("{}ms", d.as_millis())
-    } else {
-        format!("{}s", d.as_secs())
-    }
-}
-
-mod duration_text {
-    use super::*;
-
-    pub fn serialize<S: Serializer>(d: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&format_duration(*d))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Dur {
-            Secs(u64),
-            Float(f64),
-            Text(String),
-        }
-        match Dur::deserialize(deserializer)? {
-            Dur::Secs(s) => Ok(Duration::from_secs(s)),
-            Dur::Float(f) if f.is_finite() && f >= 0.0 => Ok(Duration::from_secs_f64(f)),
-            Dur::Float(f) => Err(D::Error::custom(format!("{f} is not a valid duration"))),
-            Dur::Text(t) => parse_duration(&t).map_err(D::Error::custom),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -1420,6 +944,121 @@ mod tests {
             );
             assert!(!text.contains("Sup") && !text.contains("tiger"), "{text}");
         }
+    }
+
+    #[test]
+    fn text_in_any_layer_becomes_the_kind_of_the_default() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let file = write_file(
+            &dir,
+            "s.toml",
+            "[sync]\nbatch_size = \"7\"\nadopt_existing = \"yes\"\nmax_removal_percent = \"12.5\"\n\
+             leaver_policy = \"KEEP\"\n[scheduler]\nreload_interval = 2\naccepted_types = \"A, B\"\n\
+             [database]\ntable_prefix = 7\n",
+        );
+        let sources = ConfigSources {
+            file: Some(file),
+            env: env(&[("SYNCERD_SYNC__LOWERCASE_NAMES", "On")]),
+            overrides: vec![("dingtalk.max_attempts".into(), "3".into())],
+        };
+        let s = load(&sources).settings;
+        assert_eq!(s.sync.batch_size, 7);
+        assert!(s.sync.adopt_existing && s.sync.lowercase_names);
+        assert_eq!(s.sync.max_removal_percent, 12.5);
+        assert_eq!(s.sync.leaver_policy, LeaverPolicy::Keep);
+        assert_eq!(s.scheduler.reload_interval, Duration::from_secs(2));
+        assert_eq!(s.scheduler.accepted_types, ["A", "B"]);
+        assert_eq!(s.database.table_prefix, "7");
+        assert_eq!(s.dingtalk.max_attempts, 3);
+    }
+
+    #[test]
+    fn text_that_is_not_the_kind_of_its_key_is_refused_with_the_key_and_variable() {
+        let error = |pairs: &[(&str, &str)]| {
+            Settings::load(&ConfigSources {
+                env: env(pairs),
+                ..Default::default()
+            })
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+        };
+        assert_eq!(
+            error(&[("SYNCERD_SYNC__BATCH_SIZE", "many")]),
+            "invalid configuration: sync.batch_size (from environment variable \
+             SYNCERD_SYNC__BATCH_SIZE): `many` is not a valid number: invalid digit found in string"
+        );
+        assert!(
+            error(&[("SYNCERD_SYNC__ADOPT_EXISTING", "Perhaps")])
+                .ends_with("SYNCERD_SYNC__ADOPT_EXISTING): `perhaps` is not true or false")
+        );
+        assert!(
+            error(&[("SYNCERD_LOG__FORMAT", "xml")])
+                .ends_with("unknown log format `xml` (expected text or json)")
+        );
+        assert!(
+            error(&[("SYNCERD_HTTP__IDLE_TIMEOUT", "soon")])
+                .contains("`soon` is not a duration (examples: 30s, 500ms, 5m, 2h)")
+        );
+    }
+
+    #[test]
+    fn known_keys_include_the_keys_unset_by_default() {
+        let keys = known_keys();
+        for key in [
+            "database.url_file",
+            "http.admin_token",
+            "http.admin_token_file",
+            "log.dir",
+            "sync.batch_size",
+        ] {
+            assert!(keys.contains(key), "{key}: {keys:?}");
+        }
+    }
+
+    #[test]
+    fn reload_applies_the_live_keys_and_names_the_others_without_their_secrets() {
+        let running = Settings::default();
+        let mut new = Settings::default();
+        new.log.level = "debug".into();
+        new.scheduler.reload_interval = Duration::from_millis(300);
+        new.scheduler.claimed_syncers = vec!["a".into(), "b".into()];
+        new.http.admin_token = Some(Secret::new("new-admin-token-0123456789"));
+        new.sync.batch_size = 7;
+        new.database.url = DatabaseUrl::new("mysql://u:Secret-pw@db/casdoor");
+        new.log.format = LogFormat::Json;
+
+        let reload = running.reload(&new);
+        let applied: Vec<String> = reload.applied.iter().map(|c| c.to_string()).collect();
+        assert_eq!(
+            applied,
+            [
+                "http.admin_token changed",
+                "log.level info → debug",
+                "scheduler.claimed_syncers (none) → a,b",
+                "scheduler.reload_interval 5s → 300ms",
+            ]
+        );
+        assert_eq!(
+            reload.needs_restart,
+            ["database.url", "log.format", "sync.batch_size"]
+        );
+        assert!(!format!("{reload:?}").contains("Secret-pw"));
+        assert!(!format!("{reload:?}").contains("new-admin-token"));
+        let next = &reload.next;
+        assert_eq!(
+            (next.log.level.as_str(), next.scheduler.reload_interval),
+            ("debug", Duration::from_millis(300))
+        );
+        assert_eq!(next.http.admin_token, new.http.admin_token);
+        assert_eq!(
+            (next.sync.batch_size, next.log.format),
+            (500, LogFormat::Text)
+        );
+        assert_eq!(next.database.url, running.database.url);
+        // The restart keys keep their running value, so the next reload warns again.
+        assert_eq!(next.reload(&new).needs_restart, reload.needs_restart);
+        assert!(next.reload(&new).applied.is_empty());
     }
 
     #[test]
