@@ -29,7 +29,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::Engine;
 use crate::db::entities::{casbin_user_rule, group, syncer_link, user};
-use crate::db::{Db, RunMode, Table, TableNames, utc_millis};
+use crate::db::{Db, RunCounts, RunMode, Table, TableNames, utc_millis};
 use crate::secret::redact_text;
 
 use super::columns::FieldRef;
@@ -226,52 +226,16 @@ pub enum ApplyError {
     DryRunRollback { message: String },
 }
 
-/// What the committed units did (in a dry run: what they would have done).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Applied {
-    pub created: u64,
-    pub updated: u64,
-    pub forbidden: u64,
-    pub unforbidden: u64,
-    pub deleted: u64,
-    pub undeleted: u64,
-    pub groups_created: u64,
-    pub groups_updated: u64,
-    pub memberships_changed: u64,
-    pub casbin_added: u64,
-    pub casbin_removed: u64,
-    pub links_written: u64,
-    pub links_deleted: u64,
+/// The result of [`apply_plan`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApplyOutcome {
+    /// What the committed units did (in a dry run: what they would have done): the write
+    /// counters and `rows_rejected`; the run adds the others.
+    pub counts: RunCounts,
     /// Users whose tokens were expired.
     pub tokens_revoked: u64,
     /// Users whose rows in Casdoor's `session` table were deleted.
     pub sessions_deleted: u64,
-}
-
-impl Applied {
-    fn add(&mut self, other: &Applied) {
-        self.created += other.created;
-        self.updated += other.updated;
-        self.forbidden += other.forbidden;
-        self.unforbidden += other.unforbidden;
-        self.deleted += other.deleted;
-        self.undeleted += other.undeleted;
-        self.groups_created += other.groups_created;
-        self.groups_updated += other.groups_updated;
-        self.memberships_changed += other.memberships_changed;
-        self.casbin_added += other.casbin_added;
-        self.casbin_removed += other.casbin_removed;
-        self.links_written += other.links_written;
-        self.links_deleted += other.links_deleted;
-        self.tokens_revoked += other.tokens_revoked;
-        self.sessions_deleted += other.sessions_deleted;
-    }
-}
-
-/// The result of [`apply_plan`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ApplyOutcome {
-    pub applied: Applied,
     pub row_errors: Vec<RowError>,
     pub rows_written: u64,
     pub rows_total: u64,
@@ -342,25 +306,19 @@ impl<'p> Unit<'p> {
         }
     }
 
-    fn applied(&self, token_table: bool, session_table: bool) -> Applied {
-        let mut a = Applied {
-            created: u64::from(self.user_create.is_some()),
-            updated: u64::from(matches!(self.user_update, Some(RowUpdate::Directory(_)))),
-            groups_created: u64::from(self.group_create.is_some()),
-            groups_updated: u64::from(self.group_update.is_some_and(|g| !g.changes.is_empty())),
-            casbin_added: self.casbin_add.len() as u64,
-            casbin_removed: self.casbin_remove.len() as u64,
-            links_written: self.links.len() as u64,
-            links_deleted: self.link_deletes.len() as u64,
-            ..Applied::default()
-        };
+    /// Adds what this unit did, once it is committed, to `outcome`.
+    fn count(&self, outcome: &mut ApplyOutcome, token_table: bool, session_table: bool) {
+        let c = &mut outcome.counts;
+        c.created += u64::from(self.user_create.is_some());
+        c.updated += u64::from(matches!(self.user_update, Some(RowUpdate::Directory(_))));
+        c.groups_created += u64::from(self.group_create.is_some());
+        c.groups_updated += u64::from(self.group_update.is_some_and(|g| !g.changes.is_empty()));
         if let Some(update) = &self.user_update {
-            for c in update.changes() {
-                match (c.column.as_str(), &c.new) {
-                    ("is_forbidden", FieldValue::Bool(true)) => a.forbidden += 1,
-                    ("is_forbidden", FieldValue::Bool(false)) => a.unforbidden += 1,
-                    ("is_deleted", FieldValue::Bool(true)) => a.deleted += 1,
-                    ("is_deleted", FieldValue::Bool(false)) => a.undeleted += 1,
+            for change in update.changes() {
+                match (change.column.as_str(), &change.new) {
+                    ("is_forbidden", FieldValue::Bool(true)) => c.forbidden += 1,
+                    ("is_forbidden", FieldValue::Bool(false)) => c.unforbidden += 1,
+                    ("is_deleted", FieldValue::Bool(true)) => c.deleted += 1,
                     _ => {}
                 }
             }
@@ -369,12 +327,11 @@ impl<'p> Unit<'p> {
             || matches!(self.user_update, Some(RowUpdate::Directory(u)) if u.groups.is_some())
             || matches!(self.user_update, Some(RowUpdate::Leaver(l))
                 if l.changes.iter().any(|c| c.column == "groups"));
-        a.memberships_changed = u64::from(
+        c.memberships_changed += u64::from(
             groups_written || !self.casbin_add.is_empty() || !self.casbin_remove.is_empty(),
         );
-        a.tokens_revoked = u64::from(self.revoke_tokens && token_table);
-        a.sessions_deleted = u64::from(self.revoke_tokens && session_table);
-        a
+        outcome.tokens_revoked += u64::from(self.revoke_tokens && token_table);
+        outcome.sessions_deleted += u64::from(self.revoke_tokens && session_table);
     }
 }
 
@@ -1214,9 +1171,7 @@ pub async fn apply_plan(db: &Db, plan: &Plan, settings: ApplySettings<'_>) -> Ap
         match scope.write(&writer, batch).await {
             Ok(()) => {
                 for unit in batch {
-                    outcome
-                        .applied
-                        .add(&unit.applied(writer.token_table, writer.session_table));
+                    unit.count(&mut outcome, writer.token_table, writer.session_table);
                 }
             }
             Err(e) if is_systemic(&e) => {
@@ -1235,9 +1190,9 @@ pub async fn apply_plan(db: &Db, plan: &Plan, settings: ApplySettings<'_>) -> Ap
                 );
                 for unit in batch {
                     match scope.write(&writer, &[unit]).await {
-                        Ok(()) => outcome
-                            .applied
-                            .add(&unit.applied(writer.token_table, writer.session_table)),
+                        Ok(()) => {
+                            unit.count(&mut outcome, writer.token_table, writer.session_table);
+                        }
                         Err(e) if is_systemic(&e) => {
                             outcome.failure = Some(ApplyError::Batch {
                                 batch: index + 1,
@@ -1258,6 +1213,7 @@ pub async fn apply_plan(db: &Db, plan: &Plan, settings: ApplySettings<'_>) -> Ap
                             );
                             debug!(error = %error, "rejected row");
                             outcome.row_errors.push(error);
+                            outcome.counts.rows_rejected += 1;
                         }
                     }
                 }
@@ -1361,7 +1317,12 @@ mod tests {
         assert!(alice.user_create.is_some());
         assert_eq!(alice.casbin_add.len(), 1);
         assert_eq!(alice.links.len(), 1);
-        assert_eq!(alice.applied(true, true).memberships_changed, 1);
+        let counted = |unit: &Unit<'_>, tables: bool| {
+            let mut outcome = ApplyOutcome::default();
+            unit.count(&mut outcome, tables, tables);
+            outcome
+        };
+        assert_eq!(counted(alice, true).counts.memberships_changed, 1);
         let carol = &units[3];
         assert_eq!(
             carol.subject,
@@ -1372,9 +1333,9 @@ mod tests {
         );
         let dave = &units[4];
         assert!(dave.revoke_tokens);
-        let applied = dave.applied(true, true);
-        assert_eq!((applied.forbidden, applied.tokens_revoked), (1, 1));
-        assert_eq!(dave.applied(false, false).tokens_revoked, 0);
+        let applied = counted(dave, true);
+        assert_eq!((applied.counts.forbidden, applied.tokens_revoked), (1, 1));
+        assert_eq!(counted(dave, false).tokens_revoked, 0);
     }
 
     #[test]

@@ -18,7 +18,7 @@ pub mod report;
 pub mod run;
 pub mod table_columns;
 
-pub use apply::{Applied, ApplyError, ApplyOutcome, ApplySettings, RowError, Subject, apply_plan};
+pub use apply::{ApplyError, ApplyOutcome, ApplySettings, RowError, Subject, apply_plan};
 pub use columns::{Columns, FieldRef};
 pub use groups::{CasbinGrouping, ExistingGroup, GroupCreate, GroupUpdate};
 pub use load::{DbState, OrganizationRow, SchemaFacts, find_organization, load_state};
@@ -29,8 +29,8 @@ pub use plan::{
     UserUpdate,
 };
 pub use report::{
-    ChangeAction, ColumnChange, ErrorKind, ObjectKind, Phase, PlannedChange, Progress,
-    ReportCounts, ReportError, RunReport,
+    ChangeAction, ColumnChange, ErrorKind, ObjectKind, Phase, PlannedChange, Progress, ReportError,
+    RunReport,
 };
 pub use run::{
     FetchFailure, RunContext, RunError, RunOptions, SyncerProblem, process_instance, run_once,

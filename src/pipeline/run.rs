@@ -19,8 +19,8 @@ use tracing::{Instrument as _, debug, info, info_span, warn};
 
 use crate::config::SyncSettings;
 use crate::db::{
-    self, DINGTALK_TYPE, Db, DbError, NewRun, RunMode, RunOutcome, RunStatus, RunTrigger,
-    SyncerRow, casdoor_timestamp, utc_millis,
+    self, DINGTALK_TYPE, Db, DbError, NewRun, RunCounts, RunMode, RunOutcome, RunStatus,
+    RunTrigger, SyncerRow, casdoor_timestamp, utc_millis,
 };
 use crate::dingtalk::types::Directory;
 use crate::dingtalk::{CallCounter, FetchError};
@@ -508,21 +508,14 @@ impl Runner<'_> {
             elapsed_ms = phase_started.elapsed().as_millis() as u64,
             "applied"
         );
-        let applied = outcome.applied;
-        let counts = &mut self.report.counts;
-        counts.created = applied.created;
-        counts.updated = applied.updated;
-        counts.unchanged = plan.unchanged as u64;
-        counts.forbidden = applied.forbidden;
-        counts.unforbidden = applied.unforbidden;
-        counts.deleted = applied.deleted;
-        counts.groups_created = applied.groups_created;
-        counts.groups_updated = applied.groups_updated;
-        counts.memberships_changed = applied.memberships_changed;
-        counts.record_errors = plan.record_errors.len() as u64;
-        counts.rows_rejected = outcome.row_errors.len() as u64;
-        counts.conflicts = plan.conflicts.len() as u64;
-        counts.held_removals = plan.held.as_ref().map_or(0, |h| h.removals as u64);
+        self.report.counts = RunCounts {
+            fetched: self.report.counts.fetched,
+            unchanged: plan.unchanged as u64,
+            record_errors: plan.record_errors.len() as u64,
+            conflicts: plan.conflicts.len() as u64,
+            held_removals: plan.held.as_ref().map_or(0, |h| h.removals as u64),
+            ..outcome.counts
+        };
         for e in &plan.record_errors {
             self.report.push_error(ReportError::from_record(e));
         }
@@ -540,16 +533,16 @@ impl Runner<'_> {
         self.report
             .notices
             .extend(plan.notices.iter().map(ToString::to_string));
-        if applied.tokens_revoked > 0 {
+        if outcome.tokens_revoked > 0 {
             self.report.notices.push(format!(
                 "expired the Casdoor tokens (if any) of {} users who were forbidden or deleted",
-                applied.tokens_revoked
+                outcome.tokens_revoked
             ));
         }
-        if applied.sessions_deleted > 0 {
+        if outcome.sessions_deleted > 0 {
             self.report.notices.push(format!(
                 "deleted the Casdoor sessions (if any) of {} users who were forbidden or deleted",
-                applied.sessions_deleted
+                outcome.sessions_deleted
             ));
         }
         self.report.held = plan.held.as_ref().map(ToString::to_string);
@@ -604,7 +597,7 @@ impl Runner<'_> {
             if let Some(id) = report.run_id {
                 let outcome = RunOutcome {
                     status,
-                    counts: report.counts.run_counts(),
+                    counts: report.counts,
                     api_calls: report.api_calls,
                     error_summary: report.summary_line(),
                     details: Some(report.details()),
