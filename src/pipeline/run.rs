@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, debug, info, info_span, warn};
 
 use crate::config::SyncSettings;
+use crate::db::casdoor::{DbState, OrganizationRow, SchemaFacts, find_organization, load_state};
 use crate::db::{
     self, DINGTALK_TYPE, Db, DbError, NewRun, RunCounts, RunMode, RunOutcome, RunStatus,
     RunTrigger, SyncerRow, casdoor_timestamp, utc_millis,
@@ -27,7 +28,6 @@ use crate::dingtalk::{CallCounter, FetchError};
 use crate::secret::redact_text;
 
 use super::apply::{ApplyError, ApplyOutcome, ApplySettings, apply_plan};
-use super::load::{DbState, OrganizationRow, SchemaFacts, find_organization, load_state};
 use super::map::{MappedUser, Mapping, RecordError, map_directory};
 use super::plan::{Plan, PlanInput, PlanOptions, plan};
 use super::report::{ErrorKind, Phase, Progress, ReportError, RunReport, planned_changes};
