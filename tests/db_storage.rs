@@ -646,6 +646,7 @@ async fn run_history_records_outcomes_filters_and_lists_newest_first() {
                 groups_updated: 6,
                 memberships_changed: 7,
                 record_errors: 1,
+                ..RunCounts::default()
             },
             api_calls: 42,
             error_summary: Some(

@@ -237,7 +237,7 @@ async fn run_history_and_error_text_are_written_as_specified_and_never_hold_the_
         );
         assert_eq!(row.syncer_name, SYNCER);
         assert_eq!(row.organization, ORG);
-        assert_eq!(row.counts, ok.counts.run_counts());
+        assert_eq!(row.counts, ok.counts.as_stored());
         assert_eq!(row.counts.created, 30);
         assert_eq!(row.api_calls, dir.total_calls());
         assert!(row.finished_at.is_some() && row.duration.is_some());

@@ -156,7 +156,7 @@ fn run_json(r: &RunRow) -> Value {
         "started_at": r.started_at.to_rfc3339(),
         "finished_at": r.finished_at.map(|t| t.to_rfc3339()),
         "duration_ms": r.duration.map(|d| d.as_millis() as u64),
-        "counts": r.counts,
+        "counts": r.counts.stored_json(),
         "api_calls": r.api_calls,
         "error_summary": r.error_summary,
         "details": r.details,

@@ -3,14 +3,15 @@
 //! [`connect`] opens a pool with timeouts, [`migrate`] creates what is missing (Casdoor's tables
 //! only in embedded mode, syncerd's own tables always), [`check_schema`] verifies a database before
 //! a daemon relies on it. Casdoor's tables are read and written through the entities in
-//! [`entities`]; [`syncers`] and [`runs`] hold the small repository functions the CLI and the
-//! daemon use.
+//! [`entities`]; [`casdoor`] reads an organization's state for a run and writes its plan;
+//! [`syncers`] and [`runs`] hold the small repository functions the CLI and the daemon use.
 
 mod error;
 mod schema;
 mod tables;
 mod time;
 
+pub mod casdoor;
 pub mod entities;
 pub mod leases;
 pub mod runs;

@@ -9,8 +9,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
+    ActiveModelTrait as _,
     ActiveValue::{NotSet, Set},
-    ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    ColumnTrait, EntityTrait, IdenStatic as _, QueryFilter, QueryOrder, QuerySelect,
 };
 use serde::{Deserialize, Serialize};
 
@@ -96,9 +97,12 @@ text_enum! {
     }
 }
 
-/// The per-run counters stored as separate columns.
+/// The counters of one run, from apply to the run row to the report: apply fills what it
+/// wrote, the run adds what it fetched and planned. In a dry run they say what a real run would
+/// have done. A new counter is a field here, where it is filled, and where it is shown.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunCounts {
+    /// Users the fetch returned.
     pub fetched: u64,
     pub created: u64,
     pub updated: u64,
@@ -108,8 +112,76 @@ pub struct RunCounts {
     pub deleted: u64,
     pub groups_created: u64,
     pub groups_updated: u64,
+    /// Users whose `groups` column or casbin rows changed.
     pub memberships_changed: u64,
+    /// DingTalk records that could not be mapped (and were skipped).
     pub record_errors: u64,
+    /// Rows the database rejected (rolled back on their own; the rest committed).
+    pub rows_rejected: u64,
+    pub conflicts: u64,
+    /// Leaver removals held back by the removal limits.
+    pub held_removals: u64,
+}
+
+impl RunCounts {
+    /// The counters `syncer_run` has a column for. Rejected rows share the `record_errors`
+    /// column; conflicts and held removals are kept only in `details`.
+    fn stored(&self) -> [(syncer_run::Column, u64); 11] {
+        use syncer_run::Column as C;
+        [
+            (C::Fetched, self.fetched),
+            (C::Created, self.created),
+            (C::Updated, self.updated),
+            (C::Unchanged, self.unchanged),
+            (C::Forbidden, self.forbidden),
+            (C::Unforbidden, self.unforbidden),
+            (C::Deleted, self.deleted),
+            (C::GroupsCreated, self.groups_created),
+            (C::GroupsUpdated, self.groups_updated),
+            (C::MembershipsChanged, self.memberships_changed),
+            (C::RecordErrors, self.record_errors + self.rows_rejected),
+        ]
+    }
+
+    /// The counters of a `syncer_run` row (the others are zero).
+    fn from_stored(m: &syncer_run::Model) -> Self {
+        Self {
+            fetched: from_db(m.fetched),
+            created: from_db(m.created),
+            updated: from_db(m.updated),
+            unchanged: from_db(m.unchanged),
+            forbidden: from_db(m.forbidden),
+            unforbidden: from_db(m.unforbidden),
+            deleted: from_db(m.deleted),
+            groups_created: from_db(m.groups_created),
+            groups_updated: from_db(m.groups_updated),
+            memberships_changed: from_db(m.memberships_changed),
+            record_errors: from_db(m.record_errors),
+            ..Self::default()
+        }
+    }
+
+    /// These counts as the run history keeps them: what [`get_run`] returns once
+    /// [`finish_run`] stored them.
+    pub fn as_stored(&self) -> Self {
+        Self {
+            record_errors: self.record_errors + self.rows_rejected,
+            rows_rejected: 0,
+            conflicts: 0,
+            held_removals: 0,
+            ..*self
+        }
+    }
+
+    /// The stored counters by column name, as the run history shows them
+    /// (`syncerd runs --format json`).
+    pub fn stored_json(&self) -> serde_json::Value {
+        self.stored()
+            .into_iter()
+            .map(|(column, value)| (column.as_str().to_owned(), serde_json::Value::from(value)))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    }
 }
 
 /// A run that is starting.
@@ -213,8 +285,7 @@ pub async fn insert_run(db: &Db, run: NewRun) -> Result<i64, DbError> {
         )
     };
     let _turn = db.write_turn().await.with_context(context)?;
-    let zero = || Set(0_i64);
-    let row = syncer_run::ActiveModel {
+    let mut row = syncer_run::ActiveModel {
         id: NotSet,
         syncer_name: Set(run.syncer_name.clone()),
         organization: Set(run.organization.clone()),
@@ -224,22 +295,15 @@ pub async fn insert_run(db: &Db, run: NewRun) -> Result<i64, DbError> {
         started_at: Set(utc_millis(run.started_at)),
         finished_at: Set(None),
         duration_ms: Set(None),
-        fetched: zero(),
-        created: zero(),
-        updated: zero(),
-        unchanged: zero(),
-        forbidden: zero(),
-        unforbidden: zero(),
-        deleted: zero(),
-        groups_created: zero(),
-        groups_updated: zero(),
-        memberships_changed: zero(),
-        record_errors: zero(),
-        api_calls: zero(),
+        api_calls: Set(0),
         error_summary: Set(None),
         details: Set(None),
         instance: Set(run.instance.clone()),
+        ..Default::default()
     };
+    for (column, _) in RunCounts::default().stored() {
+        row.set(column, 0_i64.into());
+    }
     let result = db
         .tables()
         .at(syncer_run::Entity::insert(row))
@@ -254,10 +318,11 @@ pub async fn finish_run(db: &Db, id: i64, outcome: RunOutcome) -> Result<(), DbE
     let context = || format!("recording the outcome of run {id} in syncer_run");
     let _turn = db.write_turn().await.with_context(context)?;
     let details = outcome.details.as_ref().map(serde_json::Value::to_string);
-    let c = outcome.counts;
-    let result = db
-        .tables()
-        .at(syncer_run::Entity::update_many())
+    let mut update = db.tables().at(syncer_run::Entity::update_many());
+    for (column, value) in outcome.counts.stored() {
+        update = update.col_expr(column, Expr::value(to_db(value)));
+    }
+    let result = update
         .col_expr(
             syncer_run::Column::Status,
             Expr::value(outcome.status.as_str()),
@@ -269,38 +334,6 @@ pub async fn finish_run(db: &Db, id: i64, outcome: RunOutcome) -> Result<(), DbE
         .col_expr(
             syncer_run::Column::DurationMs,
             Expr::value(duration_ms(outcome.duration)),
-        )
-        .col_expr(syncer_run::Column::Fetched, Expr::value(to_db(c.fetched)))
-        .col_expr(syncer_run::Column::Created, Expr::value(to_db(c.created)))
-        .col_expr(syncer_run::Column::Updated, Expr::value(to_db(c.updated)))
-        .col_expr(
-            syncer_run::Column::Unchanged,
-            Expr::value(to_db(c.unchanged)),
-        )
-        .col_expr(
-            syncer_run::Column::Forbidden,
-            Expr::value(to_db(c.forbidden)),
-        )
-        .col_expr(
-            syncer_run::Column::Unforbidden,
-            Expr::value(to_db(c.unforbidden)),
-        )
-        .col_expr(syncer_run::Column::Deleted, Expr::value(to_db(c.deleted)))
-        .col_expr(
-            syncer_run::Column::GroupsCreated,
-            Expr::value(to_db(c.groups_created)),
-        )
-        .col_expr(
-            syncer_run::Column::GroupsUpdated,
-            Expr::value(to_db(c.groups_updated)),
-        )
-        .col_expr(
-            syncer_run::Column::MembershipsChanged,
-            Expr::value(to_db(c.memberships_changed)),
-        )
-        .col_expr(
-            syncer_run::Column::RecordErrors,
-            Expr::value(to_db(c.record_errors)),
         )
         .col_expr(
             syncer_run::Column::ApiCalls,
@@ -422,19 +455,7 @@ fn run_row(m: syncer_run::Model) -> Result<RunRow, DbError> {
             .map(|t| time("finished_at", t))
             .transpose()?,
         duration: m.duration_ms.map(|ms| Duration::from_millis(from_db(ms))),
-        counts: RunCounts {
-            fetched: from_db(m.fetched),
-            created: from_db(m.created),
-            updated: from_db(m.updated),
-            unchanged: from_db(m.unchanged),
-            forbidden: from_db(m.forbidden),
-            unforbidden: from_db(m.unforbidden),
-            deleted: from_db(m.deleted),
-            groups_created: from_db(m.groups_created),
-            groups_updated: from_db(m.groups_updated),
-            memberships_changed: from_db(m.memberships_changed),
-            record_errors: from_db(m.record_errors),
-        },
+        counts: RunCounts::from_stored(&m),
         api_calls: from_db(m.api_calls),
         error_summary: m.error_summary,
         details: m
@@ -469,5 +490,20 @@ mod tests {
         );
         let err = "done".parse::<RunStatus>().err().unwrap_or_default();
         assert!(err.contains("done") && err.contains("succeeded"), "{err}");
+    }
+
+    #[test]
+    fn the_run_history_counts_rejected_rows_as_record_errors() {
+        let counts = RunCounts {
+            record_errors: 2,
+            rows_rejected: 3,
+            conflicts: 1,
+            ..RunCounts::default()
+        };
+        let stored = counts.stored_json();
+        assert_eq!(stored["record_errors"], 5);
+        assert_eq!(stored.as_object().map(serde_json::Map::len), Some(11));
+        assert_eq!(counts.as_stored().record_errors, 5);
+        assert_eq!(counts.as_stored().conflicts, 0);
     }
 }

@@ -1,27 +1,29 @@
 //! One run of one syncer: map → plan → apply.
 //!
 //! [`map`] and [`plan`] are pure (values in, values out, no clock, no I/O) so the whole decision
-//! of a run can be unit-tested and shown as a dry run; apply only carries out a [`plan::Plan`].
+//! of a run can be unit-tested and shown as a dry run; apply only carries out a [`plan::Plan`],
+//! through `db::casdoor`, which holds the SQL of Casdoor's tables.
 //!
 //! Flow of [`run_once`]: validate the syncer ([`Mapping::from_syncer`] among others) → record the
-//! run → fetch → [`map_directory`] → [`load::load_state`] fills a [`plan::PlanInput`] →
+//! run → fetch → [`map_directory`] → [`load_state`] (in `db::casdoor`) fills a [`plan::PlanInput`] →
 //! [`plan::plan`] → [`apply::apply_plan`] → record the outcome in a [`RunReport`].
 
 pub mod apply;
 pub mod columns;
 pub mod groups;
 pub mod hash;
-pub mod load;
 pub mod map;
 pub mod plan;
 pub mod report;
 pub mod run;
 pub mod table_columns;
 
-pub use apply::{Applied, ApplyError, ApplyOutcome, ApplySettings, RowError, Subject, apply_plan};
+pub use crate::db::casdoor::{
+    DbState, OrganizationRow, SchemaFacts, find_organization, load_state,
+};
+pub use apply::{ApplyError, ApplyOutcome, ApplySettings, RowError, Subject, apply_plan};
 pub use columns::{Columns, FieldRef};
 pub use groups::{CasbinGrouping, ExistingGroup, GroupCreate, GroupUpdate};
-pub use load::{DbState, OrganizationRow, SchemaFacts, find_organization, load_state};
 pub use map::{FieldValue, MappedUser, Mapping, NameSource, RecordError, map_directory, map_user};
 pub use plan::{
     Conflict, ExistingUser, FieldChange, ForeignClaim, Hold, LeaverAction, LeftAction, LinkKind,
@@ -29,8 +31,8 @@ pub use plan::{
     UserUpdate,
 };
 pub use report::{
-    ChangeAction, ColumnChange, ErrorKind, ObjectKind, Phase, PlannedChange, Progress,
-    ReportCounts, ReportError, RunReport,
+    ChangeAction, ColumnChange, ErrorKind, ObjectKind, Phase, PlannedChange, Progress, ReportError,
+    RunReport,
 };
 pub use run::{
     FetchFailure, RunContext, RunError, RunOptions, SyncerProblem, process_instance, run_once,

@@ -18,18 +18,18 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, debug, info, info_span, warn};
 
 use crate::config::SyncSettings;
+use crate::db::casdoor::{DbState, OrganizationRow, SchemaFacts, find_organization, load_state};
 use crate::db::{
-    self, DINGTALK_TYPE, Db, DbError, NewRun, RunMode, RunOutcome, RunStatus, RunTrigger,
-    SyncerRow, casdoor_timestamp, utc_millis,
+    self, DINGTALK_TYPE, Db, DbError, NewRun, RunCounts, RunMode, RunOutcome, RunStatus,
+    RunTrigger, SyncerRow, casdoor_timestamp, utc_millis,
 };
-use crate::dingtalk::types::Directory;
+use crate::dingtalk::types::{Department, Directory, DirectoryUser};
 use crate::dingtalk::{CallCounter, FetchError};
 use crate::secret::redact_text;
 
-use super::apply::{ApplyError, ApplySettings, apply_plan};
-use super::load::{OrganizationRow, find_organization, load_state};
-use super::map::{Mapping, map_directory};
-use super::plan::{PlanInput, PlanOptions, plan};
+use super::apply::{ApplyError, ApplyOutcome, ApplySettings, apply_plan};
+use super::map::{MappedUser, Mapping, RecordError, map_directory};
+use super::plan::{Plan, PlanInput, PlanOptions, plan};
 use super::report::{ErrorKind, Phase, Progress, ReportError, RunReport, planned_changes};
 use super::table_columns::MappingError;
 
@@ -99,10 +99,9 @@ impl RunOptions {
 }
 
 /// Runs mapping or planning, which hold the CPU for up to a second at 100,000 users, without
-/// stalling the runtime's other tasks. On a multi-thread runtime the work stays on this worker
-/// thread (`block_in_place` hands its other tasks to the other workers): glibc's arena of this
-/// thread holds the memory the fetch just freed, where a fresh blocking-pool thread would take
-/// new memory and the run's peak would carry both. A panic comes back as its message.
+/// stalling the runtime's other tasks: on a multi-thread runtime `block_in_place` hands them to
+/// the other workers. Not `spawn_blocking`: the work borrows from the run. A panic comes back as
+/// its message.
 fn cpu_bound<T>(work: impl FnOnce() -> T) -> Result<T, String> {
     let guarded = || std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
     let outcome = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
@@ -268,6 +267,26 @@ where
     .await
 }
 
+/// Why a run ends before its last phase.
+enum Stop {
+    Failed(RunError),
+    /// Cancelled at a safe point; the message says what was written.
+    Interrupted(String),
+}
+
+impl From<RunError> for Stop {
+    fn from(error: RunError) -> Self {
+        Stop::Failed(error)
+    }
+}
+
+/// The mapped directory and the database's state, for planning.
+struct Loaded {
+    users: Vec<MappedUser>,
+    record_errors: Vec<RecordError>,
+    state: DbState,
+}
+
 struct Runner<'a> {
     ctx: &'a RunContext,
     syncer: &'a SyncerRow,
@@ -293,29 +312,8 @@ impl Runner<'_> {
         E: FetchFailure,
     {
         self.phase(Phase::Starting);
-        let db = &self.ctx.db;
-        if self.opts.mode == RunMode::Apply {
-            let new_run = NewRun {
-                syncer_name: self.syncer.name.clone(),
-                organization: self.syncer.organization.clone(),
-                trigger: self.opts.trigger,
-                mode: self.opts.mode,
-                started_at: Utc::now(),
-                instance: self.ctx.instance.clone(),
-            };
-            match db::insert_run(db, new_run).await {
-                Ok(id) => {
-                    self.report.run_id = Some(id);
-                    tracing::Span::current().record("run_id", id);
-                }
-                Err(source) => {
-                    let error = RunError::History {
-                        syncer: self.name(),
-                        source,
-                    };
-                    return self.fail(error).await;
-                }
-            }
+        if let Err(error) = self.record_start().await {
+            return self.fail(error).await;
         }
         info!(
             trigger = %self.opts.trigger,
@@ -342,27 +340,44 @@ impl Runner<'_> {
             warn!("{notice}");
             self.report.notices.push(notice);
         }
-        // Beside Casdoor, users of an organization it does not know would be unreachable: stop
-        // before spending API calls. syncerd's embedded database has no organization table.
-        let organization = self.syncer.organization.clone();
-        match find_organization(db, &organization).await {
-            Ok(OrganizationRow::Missing) => {
-                let error = RunError::InvalidSyncer {
-                    syncer: self.name(),
-                    problem: SyncerProblem::UnknownOrganization { organization },
-                };
-                return self.fail(error).await;
-            }
-            Ok(OrganizationRow::NoTable | OrganizationRow::Found { .. }) => {}
-            Err(source) => {
-                let error = RunError::Load {
-                    syncer: self.name(),
-                    organization,
-                    source,
-                };
-                return self.fail(error).await;
-            }
+        match self.carry_out(&mapping, fetch).await {
+            Ok(status) => self.finish(status).await,
+            Err(Stop::Failed(error)) => self.fail(error).await,
+            Err(Stop::Interrupted(message)) => self.interrupt(&message).await,
         }
+    }
+
+    /// Records the run as `running` (not in a dry run), so the fetch's calls have a row.
+    async fn record_start(&mut self) -> Result<(), RunError> {
+        if self.opts.mode != RunMode::Apply {
+            return Ok(());
+        }
+        let new_run = NewRun {
+            syncer_name: self.syncer.name.clone(),
+            organization: self.syncer.organization.clone(),
+            trigger: self.opts.trigger,
+            mode: self.opts.mode,
+            started_at: Utc::now(),
+            instance: self.ctx.instance.clone(),
+        };
+        let id = db::insert_run(&self.ctx.db, new_run)
+            .await
+            .map_err(|source| RunError::History {
+                syncer: self.name(),
+                source,
+            })?;
+        self.report.run_id = Some(id);
+        tracing::Span::current().record("run_id", id);
+        Ok(())
+    }
+
+    /// Every phase after validation; the status the run ends with, or why it stopped early.
+    async fn carry_out<F, E>(&mut self, mapping: &Mapping, fetch: F) -> Result<RunStatus, Stop>
+    where
+        F: Future<Output = Result<Directory, E>>,
+        E: FetchFailure,
+    {
+        self.check_organization().await?;
         if !self.syncer.is_read_only {
             debug!(
                 "is_read_only is off on this syncer; it changes nothing: syncerd never writes back to DingTalk"
@@ -370,11 +385,88 @@ impl Runner<'_> {
         }
 
         self.phase(Phase::Fetching);
+        let Directory {
+            departments,
+            users,
+            complete,
+            ..
+        } = self.fetch(fetch).await?;
+
+        self.phase(Phase::Loading);
+        let loaded = self.map_and_load(users, mapping).await?;
+
+        self.phase(Phase::Planning);
+        let now = casdoor_timestamp(Local::now());
+        let facts = loaded.state.facts;
+        let plan = self
+            .plan(mapping, loaded, departments, complete, &now)
+            .map_err(|message| RunError::Internal {
+                syncer: self.name(),
+                what: "planning",
+                message,
+            })?;
+        if self.opts.cancel.is_cancelled() {
+            return Err(Stop::Interrupted(
+                "cancelled before writing; nothing was written".to_owned(),
+            ));
+        }
+
+        self.phase(Phase::Applying);
+        let outcome = self.apply(&plan, facts, &now).await;
+        self.fold(&plan, &outcome);
+        if let Some(source) = outcome.failure {
+            return Err(Stop::Failed(RunError::Apply {
+                syncer: self.name(),
+                source,
+            }));
+        }
+        if outcome.interrupted {
+            return Err(Stop::Interrupted(format!(
+                "cancelled between batches: {} of {} rows were written, the rest was not (the next run picks it up)",
+                outcome.rows_written, outcome.rows_total
+            )));
+        }
+        Ok(if plan.held.is_some() {
+            RunStatus::Held
+        } else if self.report.errors_total > 0 || !complete {
+            RunStatus::Partial
+        } else {
+            RunStatus::Succeeded
+        })
+    }
+
+    /// Beside Casdoor, users of an organization it does not know would be unreachable: stop
+    /// before spending API calls. syncerd's embedded database has no organization table.
+    async fn check_organization(&self) -> Result<(), RunError> {
+        let organization = self.syncer.organization.clone();
+        match find_organization(&self.ctx.db, &organization).await {
+            Ok(OrganizationRow::Missing) => Err(RunError::InvalidSyncer {
+                syncer: self.name(),
+                problem: SyncerProblem::UnknownOrganization { organization },
+            }),
+            Ok(OrganizationRow::NoTable | OrganizationRow::Found { .. }) => Ok(()),
+            Err(source) => Err(RunError::Load {
+                syncer: self.name(),
+                organization,
+                source,
+            }),
+        }
+    }
+
+    /// Waits for the directory (or a cancellation); keeps its call count and why it is
+    /// incomplete.
+    async fn fetch<F, E>(&mut self, fetch: F) -> Result<Directory, Stop>
+    where
+        F: Future<Output = Result<Directory, E>>,
+        E: FetchFailure,
+    {
         let fetched = tokio::select! {
             biased;
             () = self.opts.cancel.cancelled() => {
                 self.report.api_calls = self.opts.api_calls.get();
-                return self.interrupt("cancelled while fetching the DingTalk directory; nothing was written").await;
+                return Err(Stop::Interrupted(
+                    "cancelled while fetching the DingTalk directory; nothing was written".to_owned(),
+                ));
             }
             fetched = fetch => fetched,
         };
@@ -382,23 +474,15 @@ impl Runner<'_> {
             Ok(d) => d,
             Err(e) => {
                 self.report.api_calls = e.api_calls();
-                let error = RunError::Fetch {
+                return Err(Stop::Failed(RunError::Fetch {
                     syncer: self.name(),
                     message: redact_text(&e.to_string()),
-                };
-                return self.fail(error).await;
+                }));
             }
         };
         self.report.counts.fetched = directory.users.len() as u64;
         self.report.api_calls = directory.total_calls();
-        let Directory {
-            departments,
-            users: directory_users,
-            complete,
-            incomplete_reasons,
-            stats: _,
-        } = directory;
-        for reason in &incomplete_reasons {
+        for reason in &directory.incomplete_reasons {
             self.report.push_error(ReportError {
                 kind: ErrorKind::Department,
                 userid: None,
@@ -406,51 +490,66 @@ impl Runner<'_> {
                 message: reason.clone(),
             });
         }
+        Ok(directory)
+    }
 
-        self.phase(Phase::Loading);
+    /// Maps the directory's users and reads the organization's state from the database.
+    async fn map_and_load(
+        &self,
+        directory_users: Vec<DirectoryUser>,
+        mapping: &Mapping,
+    ) -> Result<Loaded, RunError> {
         let phase_started = Instant::now();
-        let mapped = cpu_bound(|| map_directory(directory_users, &mapping));
-        let (users, record_errors) = match mapped {
-            Ok(m) => m,
-            Err(e) => {
-                let error = RunError::Internal {
-                    syncer: self.name(),
-                    what: "mapping the directory",
-                    message: e,
-                };
-                return self.fail(error).await;
-            }
-        };
-        let organization = self.syncer.organization.clone();
-        let state = match load_state(db, &organization, &self.syncer.name, &mapping).await {
-            Ok(s) => s,
-            Err(source) => {
-                let error = RunError::Load {
-                    syncer: self.name(),
-                    organization,
-                    source,
-                };
-                return self.fail(error).await;
-            }
-        };
-
+        let mapped = cpu_bound(|| map_directory(directory_users, mapping));
+        let (users, record_errors) = mapped.map_err(|message| RunError::Internal {
+            syncer: self.name(),
+            what: "mapping the directory",
+            message,
+        })?;
+        let organization = &self.syncer.organization;
+        let state = load_state(&self.ctx.db, organization, &self.syncer.name, mapping)
+            .await
+            .map_err(|source| RunError::Load {
+                syncer: self.name(),
+                organization: organization.clone(),
+                source,
+            })?;
         debug!(
             elapsed_ms = phase_started.elapsed().as_millis() as u64,
             "mapped and loaded"
         );
-        self.phase(Phase::Planning);
+        Ok(Loaded {
+            users,
+            record_errors,
+            state,
+        })
+    }
+
+    /// Decides what to write, on the CPU without stalling the runtime; a panic comes back as
+    /// its message.
+    fn plan(
+        &self,
+        mapping: &Mapping,
+        loaded: Loaded,
+        departments: Vec<Department>,
+        directory_complete: bool,
+        now: &str,
+    ) -> Result<Plan, String> {
         let phase_started = Instant::now();
-        let now = casdoor_timestamp(Local::now());
-        let facts = state.facts;
+        let Loaded {
+            users,
+            record_errors,
+            state,
+        } = loaded;
         let input = PlanInput {
-            organization: organization.clone(),
+            organization: self.syncer.organization.clone(),
             root_group_display_name: state.root_group_display_name,
             syncer: self.syncer.name.clone(),
             key_column: mapping.key_column().to_owned(),
             users,
             record_errors,
             departments,
-            directory_complete: complete,
+            directory_complete,
             existing_users: state.existing_users,
             links: state.links,
             foreign_claims: state.foreign_claims,
@@ -463,66 +562,50 @@ impl Runner<'_> {
                 self.opts.allow_removals,
                 self.opts.adopt_existing,
             ),
-            now: now.clone(),
+            now: now.to_owned(),
         };
-        let planned = cpu_bound(|| plan(input));
-        let plan = match planned {
-            Ok(p) => p,
-            Err(e) => {
-                let error = RunError::Internal {
-                    syncer: self.name(),
-                    what: "planning",
-                    message: e,
-                };
-                return self.fail(error).await;
-            }
-        };
+        let plan = cpu_bound(|| plan(input))?;
         let summary = plan.summary();
         debug!(%summary, elapsed_ms = phase_started.elapsed().as_millis() as u64, "planned");
-        if self.opts.cancel.is_cancelled() {
-            return self
-                .interrupt("cancelled before writing; nothing was written")
-                .await;
-        }
+        Ok(plan)
+    }
 
-        self.phase(Phase::Applying);
+    /// Writes the plan (in a dry run: inside a transaction that is rolled back).
+    async fn apply(&self, plan: &Plan, facts: SchemaFacts, now: &str) -> ApplyOutcome {
         let phase_started = Instant::now();
         let outcome = apply_plan(
-            db,
-            &plan,
+            &self.ctx.db,
+            plan,
             ApplySettings {
-                organization: &organization,
+                organization: &self.syncer.organization,
                 syncer: &self.syncer.name,
                 run_id: self.report.run_id,
                 batch_size: self.ctx.sync.batch_size,
                 mode: self.opts.mode,
                 facts,
-                now: &now,
+                now,
                 cancel: &self.opts.cancel,
                 progress: self.opts.progress.as_ref(),
             },
         )
         .await;
-
         debug!(
             elapsed_ms = phase_started.elapsed().as_millis() as u64,
             "applied"
         );
-        let applied = outcome.applied;
-        let counts = &mut self.report.counts;
-        counts.created = applied.created;
-        counts.updated = applied.updated;
-        counts.unchanged = plan.unchanged as u64;
-        counts.forbidden = applied.forbidden;
-        counts.unforbidden = applied.unforbidden;
-        counts.deleted = applied.deleted;
-        counts.groups_created = applied.groups_created;
-        counts.groups_updated = applied.groups_updated;
-        counts.memberships_changed = applied.memberships_changed;
-        counts.record_errors = plan.record_errors.len() as u64;
-        counts.rows_rejected = outcome.row_errors.len() as u64;
-        counts.conflicts = plan.conflicts.len() as u64;
-        counts.held_removals = plan.held.as_ref().map_or(0, |h| h.removals as u64);
+        outcome
+    }
+
+    /// Puts the plan's and the apply's counts, errors and notices into the report.
+    fn fold(&mut self, plan: &Plan, outcome: &ApplyOutcome) {
+        self.report.counts = RunCounts {
+            fetched: self.report.counts.fetched,
+            unchanged: plan.unchanged as u64,
+            record_errors: plan.record_errors.len() as u64,
+            conflicts: plan.conflicts.len() as u64,
+            held_removals: plan.held.as_ref().map_or(0, |h| h.removals as u64),
+            ..outcome.counts
+        };
         for e in &plan.record_errors {
             self.report.push_error(ReportError::from_record(e));
         }
@@ -540,45 +623,22 @@ impl Runner<'_> {
         self.report
             .notices
             .extend(plan.notices.iter().map(ToString::to_string));
-        if applied.tokens_revoked > 0 {
+        if outcome.tokens_revoked > 0 {
             self.report.notices.push(format!(
                 "expired the Casdoor tokens (if any) of {} users who were forbidden or deleted",
-                applied.tokens_revoked
+                outcome.tokens_revoked
             ));
         }
-        if applied.sessions_deleted > 0 {
+        if outcome.sessions_deleted > 0 {
             self.report.notices.push(format!(
                 "deleted the Casdoor sessions (if any) of {} users who were forbidden or deleted",
-                applied.sessions_deleted
+                outcome.sessions_deleted
             ));
         }
         self.report.held = plan.held.as_ref().map(ToString::to_string);
         if self.opts.mode == RunMode::DryRun {
-            self.report.changes = planned_changes(&plan);
+            self.report.changes = planned_changes(plan);
         }
-
-        if let Some(source) = outcome.failure {
-            let error = RunError::Apply {
-                syncer: self.name(),
-                source,
-            };
-            return self.fail(error).await;
-        }
-        if outcome.interrupted {
-            let message = format!(
-                "cancelled between batches: {} of {} rows were written, the rest was not (the next run picks it up)",
-                outcome.rows_written, outcome.rows_total
-            );
-            return self.interrupt(&message).await;
-        }
-        let status = if plan.held.is_some() {
-            RunStatus::Held
-        } else if self.report.errors_total > 0 || !complete {
-            RunStatus::Partial
-        } else {
-            RunStatus::Succeeded
-        };
-        self.finish(status).await
     }
 
     async fn fail(mut self, error: RunError) -> RunReport {
@@ -604,7 +664,7 @@ impl Runner<'_> {
             if let Some(id) = report.run_id {
                 let outcome = RunOutcome {
                     status,
-                    counts: report.counts.run_counts(),
+                    counts: report.counts,
                     api_calls: report.api_calls,
                     error_summary: report.summary_line(),
                     details: Some(report.details()),

@@ -17,50 +17,14 @@ use tracing::{debug, warn};
 use crate::config::Engine;
 use crate::db::entities::{casbin_user_rule, group, syncer_link, user};
 use crate::db::{Db, DbError, SYNCER_OWNER, Table, table_columns};
+use crate::pipeline::columns::Columns;
+use crate::pipeline::groups::{CasbinGrouping, ExistingGroup};
+use crate::pipeline::hash::ContentHash;
+use crate::pipeline::map::{FieldValue, Mapping};
+use crate::pipeline::plan::{ExistingUser, ForeignClaim, LeftAction, OwnershipLink, RowIdentity};
+use crate::pipeline::table_columns::{ColumnKind, column_spec};
 
-use super::columns::Columns;
-use super::groups::{CasbinGrouping, ExistingGroup};
-use super::hash::ContentHash;
-use super::map::{FieldValue, Mapping};
-use super::plan::{
-    ExistingUser, ForeignClaim, LeftAction, LinkKind, LinkState, OwnershipLink, RowIdentity,
-};
-use super::table_columns::{ColumnKind, column_spec};
-
-/// Casbin's `ptype` of a user-group membership.
-pub(crate) const GROUPING_PTYPE: &str = "g";
-
-/// The stored text of a link's kind.
-pub(crate) fn link_kind_text(kind: LinkKind) -> &'static str {
-    match kind {
-        LinkKind::User => "user",
-        LinkKind::Group => "group",
-    }
-}
-
-/// The stored text of a link's state.
-pub(crate) fn link_state_text(state: LinkState) -> &'static str {
-    match state {
-        LinkState::Present => "present",
-        LinkState::Left => "left",
-    }
-}
-
-fn parse_link_kind(text: &str) -> Option<LinkKind> {
-    match text {
-        "user" => Some(LinkKind::User),
-        "group" => Some(LinkKind::Group),
-        _ => None,
-    }
-}
-
-fn parse_link_state(text: &str) -> Option<LinkState> {
-    match text {
-        "present" => Some(LinkState::Present),
-        "left" => Some(LinkState::Left),
-        _ => None,
-    }
-}
+use super::{GROUPING_PTYPE, parse_link_kind, parse_link_state};
 
 /// What the database holds for one syncer's organization, in the shapes the plan takes.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -87,7 +51,7 @@ pub struct DbState {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SchemaFacts {
     /// Casdoor's `token` table exists with `organization`, `user` and `expires_in`: tokens of
-    /// users that get forbidden or deleted are expired (spec §9).
+    /// users that get forbidden or deleted are expired, as Casdoor does.
     pub token_table: bool,
     /// Casdoor's global unique index on `group.name` (`UQE_group_name`, or any unique index on
     /// `name` alone) exists: group names must be unique across organizations.
@@ -661,15 +625,5 @@ mod tests {
         }
         let unique: BTreeSet<&str> = columns.iter().copied().collect();
         assert_eq!(unique.len(), columns.len());
-    }
-
-    #[test]
-    fn link_texts_round_trip() {
-        for kind in [LinkKind::User, LinkKind::Group] {
-            assert_eq!(parse_link_kind(link_kind_text(kind)), Some(kind));
-        }
-        for state in [LinkState::Present, LinkState::Left] {
-            assert_eq!(parse_link_state(link_state_text(state)), Some(state));
-        }
     }
 }
