@@ -8,46 +8,12 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use crate::dingtalk::types::{DirectoryUser, User};
 
-use super::columns::Columns;
+use super::columns::{Columns, FieldValue};
 use super::hash::{ContentHash, hash_input};
 use super::table_columns::{
     ColumnKind, ColumnSpec, Limit, MappedColumn, MappingError, SourceField, TableColumn,
     column_spec, parse_table_columns, validate_columns,
 };
-
-/// The value of one Casdoor user column.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum FieldValue {
-    Text(String),
-    Bool(bool),
-    Int(i64),
-}
-
-impl FieldValue {
-    /// Casdoor's canonical string form, used in the hash: text as is, bools `1`/`0`, ints decimal.
-    pub fn canonical(&self) -> String {
-        match self {
-            Self::Text(s) => s.clone(),
-            Self::Bool(b) => if *b { "1" } else { "0" }.to_owned(),
-            Self::Int(i) => i.to_string(),
-        }
-    }
-
-    pub fn kind(&self) -> ColumnKind {
-        match self {
-            Self::Text(_) => ColumnKind::Text,
-            Self::Bool(_) => ColumnKind::Bool,
-            Self::Int(_) => ColumnKind::Int,
-        }
-    }
-
-    pub fn as_text(&self) -> Option<&str> {
-        match self {
-            Self::Text(s) => Some(s),
-            _ => None,
-        }
-    }
-}
 
 /// A validated field mapping of one syncer.
 #[derive(Debug, Clone, PartialEq, Eq)]
