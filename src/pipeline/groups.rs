@@ -234,18 +234,16 @@ fn take_group(
     if owned {
         Ok(false)
     } else if let Some(syncer) = foreign.get(g.name.as_str()) {
-        let syncer = (*syncer).to_owned();
         Err(Conflict::GroupOwnedByAnotherSyncer {
             dept_id,
             group,
-            syncer,
+            syncer: (*syncer).to_owned(),
         })
     } else if current.group_type != DEPARTMENT_GROUP_TYPE {
-        let found_type = current.group_type.clone();
         Err(Conflict::GroupNotDepartment {
             dept_id,
             group,
-            found_type,
+            found_type: current.group_type.clone(),
         })
     } else if !adopt_existing {
         Err(Conflict::GroupNotOwned { dept_id, group })

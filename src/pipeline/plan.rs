@@ -245,13 +245,12 @@ fn resolve_users<'a>(
         if let Some(link) = existing.link_by_userid.get(u.userid.as_str()).copied() {
             if let Some(row) = existing.by_name.get(link.casdoor_name.as_str()).copied() {
                 if link.holds(row) {
-                    let link = Some(link);
                     resolved.push((
                         u,
                         Target::Existing {
                             row,
                             adopt: false,
-                            link,
+                            link: Some(link),
                         },
                     ));
                 } else {
@@ -307,11 +306,10 @@ fn match_by_key<'a>(
                 other_userid: own.external_id.clone(),
             })
         } else if own.holds(row) {
-            let link = Some(own);
             Ok(Target::Existing {
                 row,
                 adopt: false,
-                link,
+                link: Some(own),
             })
         } else {
             Err(Conflict::LinkedRowReplaced {
@@ -321,11 +319,10 @@ fn match_by_key<'a>(
         };
     }
     if let Some(syncer) = foreign_users.get(row.name.as_str()) {
-        let syncer = (*syncer).to_owned();
         return Err(Conflict::OwnedByAnotherSyncer {
             userid: userid(),
             name: name(),
-            syncer,
+            syncer: (*syncer).to_owned(),
         });
     }
     if !opts.adopt_existing {
