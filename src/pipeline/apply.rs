@@ -26,9 +26,10 @@ use crate::db::casdoor::{
 use crate::db::{Db, RunCounts, RunMode};
 use crate::secret::redact_text;
 
-use super::groups::{CasbinGrouping, GroupCreate, GroupUpdate};
-use super::map::FieldValue;
-use super::plan::{LinkKind, NewUser, OwnershipLink, Plan};
+use super::columns::FieldValue;
+use super::model::{
+    CasbinGrouping, GroupCreate, GroupUpdate, LinkKind, NewUser, OwnershipLink, Plan,
+};
 use super::report::{Phase, Progress};
 
 /// Progress is logged at info at most this often.
@@ -594,7 +595,7 @@ mod tests {
     use super::*;
     use crate::pipeline::columns::Columns;
     use crate::pipeline::hash::ContentHash;
-    use crate::pipeline::plan::{FieldChange, LeaverAction, LeftAction, LinkState, Plan};
+    use crate::pipeline::model::{FieldChange, LeaverAction, LeftAction, LinkState, Plan};
 
     fn link(kind: LinkKind, external_id: &str, name: &str) -> OwnershipLink {
         OwnershipLink {

@@ -1,4 +1,4 @@
-//! [`Columns`]: the values of one user's mapped columns, packed.
+//! [`Columns`]: the values of one user's mapped columns, packed; [`FieldValue`]: one such value.
 //!
 //! A run holds every mapped DingTalk user and every existing user row of the organization at
 //! once: 200,000 of these for 100,000 users. A map per user with a `String` per text cost about
@@ -7,8 +7,49 @@
 
 use std::fmt;
 
-use super::map::FieldValue;
 use super::table_columns::{ColumnKind, WRITABLE_USER_COLUMNS, column_spec};
+
+/// The value of one Casdoor user column.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FieldValue {
+    Text(String),
+    Bool(bool),
+    Int(i64),
+}
+
+impl FieldValue {
+    /// Casdoor's canonical string form, used in the hash: text as is, bools `1`/`0`, ints decimal.
+    pub fn canonical(&self) -> String {
+        match self {
+            Self::Text(s) => s.clone(),
+            Self::Bool(b) => if *b { "1" } else { "0" }.to_owned(),
+            Self::Int(i) => i.to_string(),
+        }
+    }
+
+    pub fn kind(&self) -> ColumnKind {
+        match self {
+            Self::Text(_) => ColumnKind::Text,
+            Self::Bool(_) => ColumnKind::Bool,
+            Self::Int(_) => ColumnKind::Int,
+        }
+    }
+
+    pub fn as_text(&self) -> Option<&str> {
+        match self {
+            Self::Text(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_ref(&self) -> FieldRef<'_> {
+        match self {
+            Self::Text(s) => FieldRef::Text(s),
+            Self::Bool(b) => FieldRef::Bool(*b),
+            Self::Int(i) => FieldRef::Int(*i),
+        }
+    }
+}
 
 /// A column's value, borrowed from a [`Columns`] or a [`FieldValue`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -36,16 +77,6 @@ impl FieldRef<'static> {
             ColumnKind::Text => Self::Text(""),
             ColumnKind::Bool => Self::Bool(false),
             ColumnKind::Int => Self::Int(0),
-        }
-    }
-}
-
-impl FieldValue {
-    pub fn as_ref(&self) -> FieldRef<'_> {
-        match self {
-            Self::Text(s) => FieldRef::Text(s),
-            Self::Bool(b) => FieldRef::Bool(*b),
-            Self::Int(i) => FieldRef::Int(*i),
         }
     }
 }

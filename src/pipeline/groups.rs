@@ -1,6 +1,6 @@
 //! DingTalk departments → Casdoor groups, and department memberships of users.
 //!
-//! Groups follow Casdoor's tree semantics (spec §3.1): name = department id, the root's parent is
+//! Groups follow Casdoor's tree semantics: name = department id, the root's parent is
 //! the organization and only it is a top group. Memberships live in two places that must agree:
 //! `user.groups` (a JSON list of `"<org>/<group>"`) and casbin `g` rows. Only groups this syncer
 //! owns are managed; every other membership is left exactly as it is.
@@ -9,10 +9,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::dingtalk::types::Department;
 
+use super::columns::FieldValue;
 use super::hash::ContentHash;
-use super::map::FieldValue;
-use super::plan::{
-    Conflict, FieldChange, ForeignClaim, LinkKind, LinkState, Notice, OwnershipLink,
+use super::model::{
+    CasbinGrouping, Conflict, ExistingGroup, FieldChange, ForeignClaim, GroupCreate, GroupUpdate,
+    LinkKind, LinkState, Notice, OwnershipLink,
 };
 
 /// `group.type` of the groups syncerd makes from departments.
@@ -23,25 +24,6 @@ const CASBIN_VALUE_MAX_CHARS: usize = 100;
 /// `group.display_name` is VARCHAR(100).
 const GROUP_DISPLAY_NAME_MAX_CHARS: usize = 100;
 
-/// A group of the organization as stored (NULL read as `''`/false).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ExistingGroup {
-    pub owner: String,
-    pub name: String,
-    pub display_name: String,
-    pub parent_id: String,
-    pub is_top_group: bool,
-    pub group_type: String,
-}
-
-/// A casbin `g` row: `v0 = "<org>/<user>"`, `v1 = "group:<org>/<group>"` (`ptype = 'g'`,
-/// `v2..v5 = ''`).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct CasbinGrouping {
-    pub v0: String,
-    pub v1: String,
-}
-
 /// A department group as it should be.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct DesiredGroup {
@@ -50,28 +32,6 @@ pub struct DesiredGroup {
     pub display_name: String,
     pub parent_id: String,
     pub is_top_group: bool,
-}
-
-/// A group to insert with `type = 'department'`, `is_enabled = 1`, `created_time = updated_time`
-/// and every other column at its zero value.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct GroupCreate {
-    pub dept_id: i64,
-    pub name: String,
-    pub display_name: String,
-    pub parent_id: String,
-    pub is_top_group: bool,
-    pub created_time: String,
-}
-
-/// Columns of an owned (or just adopted) group to change: `display_name`, `parent_id`,
-/// `is_top_group`. `changes` is empty for an adoption that needs no change.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct GroupUpdate {
-    pub dept_id: i64,
-    pub name: String,
-    pub changes: Vec<FieldChange>,
-    pub adopted: bool,
 }
 
 /// The group part of a plan.
@@ -179,34 +139,14 @@ pub fn plan_groups(input: &GroupInput<'_>) -> GroupPlan {
         .map(|g| (g.name.as_str(), g))
         .collect();
     keep_unfetched_root_names(&mut desired, input.departments, &existing);
-    let mut own_links: Vec<&OwnershipLink> = input
-        .links
-        .iter()
-        .filter(|l| l.kind == LinkKind::Group)
-        .collect();
-    own_links.sort();
-    let mut own_by_dept: BTreeMap<&str, &OwnershipLink> = BTreeMap::new();
-    for link in &own_links {
-        own_by_dept.entry(link.external_id.as_str()).or_insert(link);
-    }
+    let (own_links, own_by_dept) = OwnershipLink::of_kind(input.links, LinkKind::Group);
     let owned_names: BTreeSet<&str> = own_links.iter().map(|l| l.casdoor_name.as_str()).collect();
-    let mut foreign: BTreeMap<&str, &str> = BTreeMap::new();
-    for claim in input
-        .foreign_claims
-        .iter()
-        .filter(|c| c.kind == LinkKind::Group)
-    {
-        let syncer = foreign
-            .entry(claim.casdoor_name.as_str())
-            .or_insert(&claim.syncer);
-        *syncer = (*syncer).min(claim.syncer.as_str());
-    }
+    let foreign = ForeignClaim::owners(input.foreign_claims, LinkKind::Group);
     // Every group this syncer already owns keeps managed memberships, even when its department
     // is gone (members are then removed from it after a complete fetch).
     out.managed
         .extend(owned_names.iter().map(|n| (*n).to_owned()));
 
-    let desired_depts: BTreeSet<String> = desired.iter().map(|g| g.dept_id.to_string()).collect();
     for g in &desired {
         if g.display_name.chars().count() > GROUP_DISPLAY_NAME_MAX_CHARS
             || g.display_name.contains('\0')
@@ -216,6 +156,19 @@ pub fn plan_groups(input: &GroupInput<'_>) -> GroupPlan {
             continue;
         }
         let dept = g.name.as_str();
+        let decision = match existing.get(dept) {
+            None => new_group(g, input).map(|create| out.creates.push(create)),
+            Some(current) => {
+                let owned = owned_names.contains(dept);
+                take_group(g, current, owned, &foreign, input.adopt_existing)
+                    .map(|adopted| out.updates.extend(group_update(current, g, adopted)))
+            }
+        };
+        if let Err(conflict) = decision {
+            out.conflicts.push(conflict);
+            continue;
+        }
+        out.managed.insert(g.name.clone());
         let link = OwnershipLink {
             kind: LinkKind::Group,
             external_id: dept.to_owned(),
@@ -226,102 +179,14 @@ pub fn plan_groups(input: &GroupInput<'_>) -> GroupPlan {
             row: None,
             adopted: false,
         };
-        let link_is_current = own_by_dept.get(dept).is_some_and(|l| **l == link);
-        let Some(current) = existing.get(dept) else {
-            if input.organization_names.contains(dept) {
-                out.conflicts.push(Conflict::GroupNameIsOrganization {
-                    dept_id: g.dept_id,
-                    group: g.name.clone(),
-                });
-                continue;
-            }
-            if input.group_names_in_other_orgs.contains(dept) {
-                out.conflicts.push(Conflict::GroupNameUsedByAnotherOrg {
-                    dept_id: g.dept_id,
-                    group: g.name.clone(),
-                });
-                continue;
-            }
-            out.creates.push(GroupCreate {
-                dept_id: g.dept_id,
-                name: g.name.clone(),
-                display_name: g.display_name.clone(),
-                parent_id: g.parent_id.clone(),
-                is_top_group: g.is_top_group,
-                created_time: input.now.to_owned(),
-            });
-            out.managed.insert(g.name.clone());
-            if !link_is_current {
-                out.link_writes.push(link);
-            }
-            continue;
-        };
-        let adopted = if owned_names.contains(dept) {
-            false
-        } else if let Some(syncer) = foreign.get(dept) {
-            out.conflicts.push(Conflict::GroupOwnedByAnotherSyncer {
-                dept_id: g.dept_id,
-                group: g.name.clone(),
-                syncer: (*syncer).to_owned(),
-            });
-            continue;
-        } else if current.group_type != DEPARTMENT_GROUP_TYPE {
-            out.conflicts.push(Conflict::GroupNotDepartment {
-                dept_id: g.dept_id,
-                group: g.name.clone(),
-                found_type: current.group_type.clone(),
-            });
-            continue;
-        } else if !input.adopt_existing {
-            out.conflicts.push(Conflict::GroupNotOwned {
-                dept_id: g.dept_id,
-                group: g.name.clone(),
-            });
-            continue;
-        } else {
-            true
-        };
-        out.managed.insert(g.name.clone());
-        if !link_is_current {
+        if own_by_dept.get(dept).is_none_or(|l| **l != link) {
             out.link_writes.push(link);
-        }
-        let mut changes = Vec::new();
-        let mut diff = |column: &str, old: FieldValue, new: FieldValue| {
-            if old != new {
-                changes.push(FieldChange {
-                    column: column.to_owned(),
-                    old,
-                    new,
-                });
-            }
-        };
-        diff(
-            "display_name",
-            FieldValue::Text(current.display_name.clone()),
-            FieldValue::Text(g.display_name.clone()),
-        );
-        diff(
-            "parent_id",
-            FieldValue::Text(current.parent_id.clone()),
-            FieldValue::Text(g.parent_id.clone()),
-        );
-        diff(
-            "is_top_group",
-            FieldValue::Bool(current.is_top_group),
-            FieldValue::Bool(g.is_top_group),
-        );
-        changes.sort();
-        if !changes.is_empty() || adopted {
-            out.updates.push(GroupUpdate {
-                dept_id: g.dept_id,
-                name: g.name.clone(),
-                changes,
-                adopted,
-            });
         }
     }
 
     if input.directory_complete {
+        let desired_depts: BTreeSet<String> =
+            desired.iter().map(|g| g.dept_id.to_string()).collect();
         for link in own_by_dept.values() {
             if !desired_depts.contains(&link.external_id) {
                 out.notices.push(Notice::DepartmentGone {
@@ -332,6 +197,96 @@ pub fn plan_groups(input: &GroupInput<'_>) -> GroupPlan {
         }
     }
     out
+}
+
+/// The group to create for a department no group is named after, unless the name is refused:
+/// it is an organization's, or (under Casdoor's global unique index) another organization's
+/// group's.
+fn new_group(g: &DesiredGroup, input: &GroupInput<'_>) -> Result<GroupCreate, Conflict> {
+    let (dept_id, group) = (g.dept_id, g.name.clone());
+    if input.organization_names.contains(&g.name) {
+        return Err(Conflict::GroupNameIsOrganization { dept_id, group });
+    }
+    if input.group_names_in_other_orgs.contains(&g.name) {
+        return Err(Conflict::GroupNameUsedByAnotherOrg { dept_id, group });
+    }
+    Ok(GroupCreate {
+        dept_id,
+        name: group,
+        display_name: g.display_name.clone(),
+        parent_id: g.parent_id.clone(),
+        is_top_group: g.is_top_group,
+        created_time: input.now.to_owned(),
+    })
+}
+
+/// Whether the existing group named after a department is this syncer's to manage: owned
+/// (`Ok(false)`), adopted (`Ok(true)`: an unowned department group while adoption is on), or a
+/// conflict naming why not.
+fn take_group(
+    g: &DesiredGroup,
+    current: &ExistingGroup,
+    owned: bool,
+    foreign: &BTreeMap<&str, &str>,
+    adopt_existing: bool,
+) -> Result<bool, Conflict> {
+    let (dept_id, group) = (g.dept_id, g.name.clone());
+    if owned {
+        Ok(false)
+    } else if let Some(syncer) = foreign.get(g.name.as_str()) {
+        Err(Conflict::GroupOwnedByAnotherSyncer {
+            dept_id,
+            group,
+            syncer: (*syncer).to_owned(),
+        })
+    } else if current.group_type != DEPARTMENT_GROUP_TYPE {
+        Err(Conflict::GroupNotDepartment {
+            dept_id,
+            group,
+            found_type: current.group_type.clone(),
+        })
+    } else if !adopt_existing {
+        Err(Conflict::GroupNotOwned { dept_id, group })
+    } else {
+        Ok(true)
+    }
+}
+
+/// The update of a managed group whose `display_name`, `parent_id` or `is_top_group` differ
+/// from its department's; an adopted group gets one even without changes.
+fn group_update(current: &ExistingGroup, g: &DesiredGroup, adopted: bool) -> Option<GroupUpdate> {
+    let mut changes: Vec<FieldChange> = [
+        (
+            "display_name",
+            FieldValue::Text(current.display_name.clone()),
+            FieldValue::Text(g.display_name.clone()),
+        ),
+        (
+            "parent_id",
+            FieldValue::Text(current.parent_id.clone()),
+            FieldValue::Text(g.parent_id.clone()),
+        ),
+        (
+            "is_top_group",
+            FieldValue::Bool(current.is_top_group),
+            FieldValue::Bool(g.is_top_group),
+        ),
+    ]
+    .into_iter()
+    .filter(|(_, old, new)| old != new)
+    .map(|(column, old, new)| FieldChange {
+        column: column.to_owned(),
+        old,
+        new,
+    })
+    .collect();
+    changes.sort();
+    (!changes.is_empty() || adopted).then(|| GroupUpdate {
+        dept_id: g.dept_id,
+        name: g.name.clone(),
+        changes,
+        adopted,
+    })
 }
 
 /// Why the memberships of one user are left alone.

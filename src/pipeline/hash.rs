@@ -1,4 +1,4 @@
-//! Casdoor's syncer content hash (spec §2.4).
+//! Casdoor's syncer content hash, as its syncer writes `user.hash`.
 //!
 //! Lowercase hex MD5 of the hashed columns' canonical values joined by `|`, in `table_columns`
 //! order. Writing `hash = pre_hash =` this value makes Casdoor treat a row as in sync. There is

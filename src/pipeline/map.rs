@@ -6,48 +6,15 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
+use crate::db::DEFAULT_TABLE_COLUMNS;
 use crate::dingtalk::types::{DirectoryUser, User};
 
-use super::columns::Columns;
+use super::columns::{Columns, FieldValue};
 use super::hash::{ContentHash, hash_input};
 use super::table_columns::{
     ColumnKind, ColumnSpec, Limit, MappedColumn, MappingError, SourceField, TableColumn,
     column_spec, parse_table_columns, validate_columns,
 };
-
-/// The value of one Casdoor user column.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum FieldValue {
-    Text(String),
-    Bool(bool),
-    Int(i64),
-}
-
-impl FieldValue {
-    /// Casdoor's canonical string form, used in the hash: text as is, bools `1`/`0`, ints decimal.
-    pub fn canonical(&self) -> String {
-        match self {
-            Self::Text(s) => s.clone(),
-            Self::Bool(b) => if *b { "1" } else { "0" }.to_owned(),
-            Self::Int(i) => i.to_string(),
-        }
-    }
-
-    pub fn kind(&self) -> ColumnKind {
-        match self {
-            Self::Text(_) => ColumnKind::Text,
-            Self::Bool(_) => ColumnKind::Bool,
-            Self::Int(_) => ColumnKind::Int,
-        }
-    }
-
-    pub fn as_text(&self) -> Option<&str> {
-        match self {
-            Self::Text(s) => Some(s),
-            _ => None,
-        }
-    }
-}
 
 /// A validated field mapping of one syncer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,18 +33,6 @@ pub struct Mapping {
     lowercase_names: bool,
 }
 
-/// The seed's table: `(DingTalk field, Casdoor field)`, all hashed, key = the first (`Id`).
-const DEFAULT_COLUMNS: &[(&str, &str)] = &[
-    ("userid", "Id"),
-    ("job_number", "Name"),
-    ("name", "DisplayName"),
-    ("email", "Email"),
-    ("mobile", "Phone"),
-    ("avatar", "Avatar"),
-    ("title", "Title"),
-    ("active", "IsForbidden"),
-];
-
 impl Mapping {
     /// The mapping of a syncer row. Empty, NULL, `null` or `[]` `table_columns` give the default
     /// mapping (the documented DingTalk table); anything else must be a valid Casdoor mapping.
@@ -87,15 +42,17 @@ impl Mapping {
     ) -> Result<Mapping, MappingError> {
         let parsed = parse_table_columns(table_columns)?;
         if parsed.is_empty() {
-            return Self::build(&default_table_columns(), avatar_base_url, true);
+            return Self::default_mapping(avatar_base_url);
         }
         Self::build(&parsed, avatar_base_url, false)
     }
 
     /// The default mapping: userid→Id, job_number→Name (userid when empty), name→DisplayName,
     /// email→Email, mobile→Phone, avatar→Avatar, title→Title, active→IsForbidden (inverted).
+    /// It is read from the text `syncer add` writes, so the two cannot drift apart.
     pub fn default_mapping(avatar_base_url: &str) -> Result<Mapping, MappingError> {
-        Self::build(&default_table_columns(), avatar_base_url, true)
+        let columns = parse_table_columns(Some(DEFAULT_TABLE_COLUMNS))?;
+        Self::build(&columns, avatar_base_url, true)
     }
 
     fn build(
@@ -162,18 +119,6 @@ impl Mapping {
         let set: BTreeSet<&'static str> = self.columns.iter().map(|c| c.target.column).collect();
         set.into_iter().collect()
     }
-}
-
-fn default_table_columns() -> Vec<TableColumn> {
-    DEFAULT_COLUMNS
-        .iter()
-        .map(|(name, casdoor)| TableColumn {
-            name: (*name).to_owned(),
-            casdoor_name: (*casdoor).to_owned(),
-            is_key: false,
-            is_hashed: true,
-        })
-        .collect()
 }
 
 /// Where a mapped user's Casdoor name came from.

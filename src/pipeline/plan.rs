@@ -8,776 +8,19 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 
 use unicode_normalization::UnicodeNormalization as _;
 
-use crate::config::{LeaverPolicy, SyncSettings};
-use crate::dingtalk::types::Department;
+use crate::config::LeaverPolicy;
 
-use super::columns::{Columns, FieldRef, zero_of};
-use super::groups::{
-    CasbinGrouping, ExistingGroup, GroupCreate, GroupInput, GroupUpdate, MembershipProblem,
-    encode_groups, plan_groups, plan_membership,
+use super::columns::{Columns, FieldValue};
+use super::groups::{GroupInput, MembershipProblem, encode_groups, plan_groups, plan_membership};
+use super::map::{MappedUser, NameSource, RecordError};
+use super::model::{
+    Adoption, AdoptionRisk, CasbinGrouping, Conflict, ExistingUser, FieldChange, ForeignClaim,
+    Hold, LeaverAction, LeftAction, LinkKind, LinkState, NewUser, Notice, OwnershipLink, Plan,
+    PlanInput, PlanOptions, Reappearance, RowIdentity, UserUpdate,
 };
-use super::hash::ContentHash;
-use super::map::{FieldValue, MappedUser, NameSource, RecordError};
-
-/// What an ownership link points at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum LinkKind {
-    User,
-    Group,
-}
-
-/// Whether the linked DingTalk object was in the last complete directory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum LinkState {
-    Present,
-    Left,
-}
-
-/// What the syncer did to a user when it left; stored in the link and undone on return.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum LeftAction {
-    /// Set `is_forbidden`.
-    Forbid,
-    /// Left the row as it was.
-    Keep,
-    /// Casdoor soft delete: `is_deleted`, `deleted_time`.
-    Delete,
-}
-
-impl LeftAction {
-    /// The stored form: `forbid`, `keep`, `delete`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Forbid => "forbid",
-            Self::Keep => "keep",
-            Self::Delete => "delete",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "forbid" => Some(Self::Forbid),
-            "keep" => Some(Self::Keep),
-            "delete" => Some(Self::Delete),
-            _ => None,
-        }
-    }
-}
-
-/// One row of this syncer's ownership links: DingTalk object → Casdoor row it owns.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct OwnershipLink {
-    pub kind: LinkKind,
-    /// The DingTalk userid, or the department id in decimal.
-    pub external_id: String,
-    /// `user.name` or `group.name` within the organization.
-    pub casdoor_name: String,
-    /// The content hash last written (users; `''` for groups).
-    pub content_hash: ContentHash,
-    pub state: LinkState,
-    /// What this syncer did to the user when it left (`None` while present). Undone when the
-    /// user re-appears.
-    pub left_action: Option<LeftAction>,
-    /// Which user row the link was made for (`None` for groups, and for links written before
-    /// it was recorded: filled from the row on the next run). A row of the same name but another
-    /// identity is a different person's: the link never writes to it.
-    pub row: Option<RowIdentity>,
-    /// The user row was adopted, not created: its e-mail and phone, the channels Casdoor's
-    /// password recovery uses, stay as they were found.
-    pub adopted: bool,
-}
-
-/// What tells one user row from a later row of the same name: Casdoor's `id` and
-/// `created_time`, neither of which syncerd rewrites on an existing row.
-#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct RowIdentity {
-    pub id: String,
-    pub created_time: String,
-}
-
-impl RowIdentity {
-    pub fn of(row: &ExistingUser) -> Self {
-        Self {
-            id: row.id.clone(),
-            created_time: row.created_time.clone(),
-        }
-    }
-}
-
-impl OwnershipLink {
-    /// Whether `row` is the row this link was made for (unknown identities match).
-    fn holds(&self, row: &ExistingUser) -> bool {
-        self.row
-            .as_ref()
-            .is_none_or(|r| r.id == row.id && r.created_time == row.created_time)
-    }
-}
-
-/// A Casdoor row owned by another syncer (from the other syncers' links of this organization).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct ForeignClaim {
-    pub kind: LinkKind,
-    pub casdoor_name: String,
-    pub syncer: String,
-}
-
-/// A user row of the organization, with only the columns planning reads. NULLs are read as zero
-/// values (`''`, false, 0).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ExistingUser {
-    pub owner: String,
-    pub name: String,
-    /// Value of the mapping's key column (`Mapping::key_column`, `id` by default).
-    pub key_value: String,
-    /// Current values of the mapped columns (`Mapping::target_columns`). A missing entry reads as
-    /// the column's zero value. `is_forbidden` is read from the field below.
-    pub values: Columns,
-    pub hash: ContentHash,
-    pub pre_hash: ContentHash,
-    pub is_forbidden: bool,
-    pub is_deleted: bool,
-    pub deleted_time: String,
-    /// `user.groups` as stored (JSON text), `None` for NULL.
-    pub groups: Option<String>,
-    pub dingtalk: String,
-    /// Casdoor's `id` and `created_time`: the row's identity for ownership links.
-    pub id: String,
-    pub created_time: String,
-    /// `is_admin` (or `is_global_admin`, where that column exists) is set.
-    pub is_admin: bool,
-    /// `password` is not empty. Only this is read, never the password (hash) itself.
-    pub has_password: bool,
-}
-
-impl ExistingUser {
-    /// The current value of a column, zero when not read.
-    pub fn current(&self, column: &str) -> FieldValue {
-        self.current_ref(column).to_value()
-    }
-
-    /// [`ExistingUser::current`], borrowed.
-    pub fn current_ref(&self, column: &str) -> FieldRef<'_> {
-        match column {
-            "is_forbidden" => FieldRef::Bool(self.is_forbidden),
-            "is_deleted" => FieldRef::Bool(self.is_deleted),
-            "deleted_time" => FieldRef::Text(&self.deleted_time),
-            _ => self.values.value(column).unwrap_or_else(|| zero_of(column)),
-        }
-    }
-}
-
-/// Run options that shape the plan.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PlanOptions {
-    pub leaver_policy: LeaverPolicy,
-    /// Leaver actions above this count are held.
-    pub max_removals: u64,
-    /// ... or above this percentage of the users the syncer owns.
-    pub max_removal_percent: f64,
-    /// One-shot override of the removal limits (`syncerd sync NAME --allow-removals`).
-    pub allow_removals: bool,
-    /// Whether unowned users and groups matching a DingTalk object may be taken over.
-    pub adopt_existing: bool,
-    /// User names that may be adopted although they are admins, have a password or carry
-    /// another DingTalk identity (`sync.adopt_only`).
-    pub adopt_only: BTreeSet<String>,
-    /// Up to this many removals never trip `max_removal_percent` (`sync.min_removals_allowed`),
-    /// so one leaver of a small team is acted on.
-    pub min_removals_allowed: u64,
-}
-
-impl PlanOptions {
-    pub fn from_settings(sync: &SyncSettings, allow_removals: bool, adopt_existing: bool) -> Self {
-        Self {
-            leaver_policy: sync.leaver_policy,
-            max_removals: sync.max_removals,
-            max_removal_percent: sync.max_removal_percent,
-            allow_removals,
-            adopt_existing,
-            adopt_only: sync.adopt_only.iter().cloned().collect(),
-            min_removals_allowed: sync.min_removals_allowed,
-        }
-    }
-}
-
-/// Everything one plan is computed from. Apply fills it from the database and the fetch.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PlanInput {
-    pub organization: String,
-    /// Display name of the root department's group (listsub does not name the root): the
-    /// organization's display name, or its name.
-    pub root_group_display_name: String,
-    pub syncer: String,
-    /// The user column matched on (`Mapping::key_column`), for messages.
-    pub key_column: String,
-    pub users: Vec<MappedUser>,
-    pub record_errors: Vec<RecordError>,
-    pub departments: Vec<Department>,
-    pub directory_complete: bool,
-    pub existing_users: Vec<ExistingUser>,
-    /// This syncer's links.
-    pub links: Vec<OwnershipLink>,
-    /// Rows of this organization that other syncers own.
-    pub foreign_claims: Vec<ForeignClaim>,
-    pub existing_groups: Vec<ExistingGroup>,
-    /// Group names used by other organizations; fill only while Casdoor's global unique index
-    /// `UQE_group_name` exists (empty otherwise).
-    pub group_names_in_other_orgs: BTreeSet<String>,
-    /// Names of Casdoor's organizations: Casdoor refuses a group named like one.
-    pub organization_names: BTreeSet<String>,
-    /// Casbin `g` rows whose `v0` is a user of the organization.
-    pub casbin_groupings: Vec<CasbinGrouping>,
-    pub options: PlanOptions,
-    /// The run's time, RFC 3339 (for `created_time`, `deleted_time`).
-    pub now: String,
-}
-
-/// One column changing from `old` to `new`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct FieldChange {
-    pub column: String,
-    pub old: FieldValue,
-    pub new: FieldValue,
-}
-
-/// A user to insert. Apply writes these columns plus Casdoor's insert defaults (spec §2.3:
-/// `owner` = organization, `type = 'normal-user'`, `register_type = 'Add Users'`,
-/// `updated_time = created_time`, `properties = '{}'`, `address = '[]'`, every other column at
-/// its zero value), `hash = pre_hash = hash`, and what is the same for every user of the run
-/// (`register_source = <org>/<syncer>`, `created_time` = the run's time), so 100,000 new users
-/// do not carry 100,000 copies of it.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct NewUser {
-    pub name: String,
-    pub userid: String,
-    /// Every mapped column except `name`; absent DingTalk values as the column's zero value.
-    pub values: Columns,
-    pub hash: ContentHash,
-    pub dingtalk: String,
-    /// `user.groups` JSON.
-    pub groups: String,
-}
-
-/// Writes to one existing user row. Only what is `Some`/listed is written.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct UserUpdate {
-    pub name: String,
-    pub userid: String,
-    /// Mapped columns that differ, plus `is_forbidden`/`is_deleted`/`deleted_time` when a
-    /// re-appeared user's leaver action is undone.
-    pub changes: Vec<FieldChange>,
-    /// New value for both `hash` and `pre_hash`.
-    pub hash: Option<String>,
-    /// `user.dingtalk`, written only when it was empty (an OAuth link may have put the openId
-    /// there; rewriting it would break that sign-in).
-    pub dingtalk: Option<String>,
-    /// New `user.groups` JSON.
-    pub groups: Option<String>,
-}
-
-/// An unowned user taken over (its writes are in `updates` when it differs).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Adoption {
-    pub name: String,
-    pub userid: String,
-}
-
-/// An owned user that is back in the directory after it left.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Reappearance {
-    pub name: String,
-    pub userid: String,
-    /// The leaver action undone (its writes are in `updates`).
-    pub undone: Option<LeftAction>,
-}
-
-/// What happens to one owned user missing from a complete directory.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct LeaverAction {
-    pub name: String,
-    pub userid: String,
-    /// What is recorded in the link's `left_action`: the policy when it changed the row, `Keep`
-    /// when the row needed nothing (already forbidden/deleted, or claimed by a present user).
-    pub action: LeftAction,
-    /// Writes to the user row (empty for `Keep`).
-    pub changes: Vec<FieldChange>,
-}
-
-/// Leaver actions held back because they exceed the removal limits.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Hold {
-    pub syncer: String,
-    /// The actions that were not applied.
-    pub leavers: Vec<LeaverAction>,
-    /// How many of them would forbid or delete a user.
-    pub removals: usize,
-    /// Users the syncer owns once this run's creations and adoptions are done.
-    pub owned: usize,
-    pub max_removals: u64,
-    pub max_removal_percent: f64,
-    pub min_removals_allowed: u64,
-}
-
-impl fmt::Display for Hold {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "held {} leaver removals of {} owned users (limits: sync.max_removals = {}, sync.max_removal_percent = {}% \
-             beyond sync.min_removals_allowed = {}); everything else was applied. If these people really left, raise \
-             sync.max_removals / sync.max_removal_percent or run once with `syncerd sync {} --allow-removals`",
-            self.removals,
-            self.owned,
-            self.max_removals,
-            self.max_removal_percent,
-            self.min_removals_allowed,
-            self.syncer
-        )
-    }
-}
-
-/// Something the run will not do, and why; the operator decides.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Conflict {
-    /// A new user's name is taken by an existing user with another key.
-    NameTaken {
-        userid: String,
-        name: String,
-    },
-    /// Several new DingTalk users would get the same name.
-    SameNameInDirectory {
-        userid: String,
-        name: String,
-    },
-    /// Several existing users share the DingTalk user's key value.
-    AmbiguousKey {
-        userid: String,
-        column: String,
-        names: Vec<String>,
-    },
-    /// Several DingTalk users have the same key value.
-    DuplicateKeyInDirectory {
-        userid: String,
-        column: String,
-    },
-    /// The matching user is not owned by this syncer and adoption is off.
-    NotOwned {
-        userid: String,
-        name: String,
-    },
-    OwnedByAnotherSyncer {
-        userid: String,
-        name: String,
-        syncer: String,
-    },
-    /// The matching user belongs to this syncer under another DingTalk userid.
-    OwnedForAnotherUserid {
-        userid: String,
-        name: String,
-        other_userid: String,
-    },
-    /// Several DingTalk users lead to the same Casdoor user.
-    UserClaimedTwice {
-        userid: String,
-        name: String,
-    },
-    /// The user's memberships are left alone: `user.groups` is not a JSON list.
-    GroupsNotAList {
-        userid: String,
-        name: String,
-    },
-    /// The user's memberships are left alone: a casbin value would exceed 100 characters.
-    MembershipTooLong {
-        userid: String,
-        name: String,
-    },
-    GroupNotDepartment {
-        dept_id: i64,
-        group: String,
-        found_type: String,
-    },
-    GroupNotOwned {
-        dept_id: i64,
-        group: String,
-    },
-    GroupOwnedByAnotherSyncer {
-        dept_id: i64,
-        group: String,
-        syncer: String,
-    },
-    GroupNameUsedByAnotherOrg {
-        dept_id: i64,
-        group: String,
-    },
-    /// The group name equals an organization's name, which Casdoor refuses for a group.
-    GroupNameIsOrganization {
-        dept_id: i64,
-        group: String,
-    },
-    /// The department name is over 100 characters or holds a NUL byte.
-    GroupDisplayNameUnusable {
-        dept_id: i64,
-    },
-    /// The unowned matching user is not adopted: taking it over would hand a privileged or
-    /// password-protected account to whoever controls the DingTalk entry.
-    AdoptionRefused {
-        userid: String,
-        name: String,
-        reason: AdoptionRisk,
-    },
-    /// The user this syncer kept for the DingTalk user was replaced by another row of the same
-    /// name (other `id` or `created_time`): nothing is written to it and it is never a leaver.
-    LinkedRowReplaced {
-        userid: String,
-        name: String,
-    },
-}
-
-/// Why an unowned user is not adopted without `sync.adopt_only`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum AdoptionRisk {
-    Admin,
-    Password,
-    /// `user.dingtalk` holds another DingTalk identity than the userid.
-    OtherDingtalk,
-}
-
-impl AdoptionRisk {
-    /// What makes `row` unsafe to adopt for DingTalk user `userid`, if anything.
-    fn of(row: &ExistingUser, userid: &str) -> Option<Self> {
-        if row.is_admin {
-            Some(Self::Admin)
-        } else if row.has_password {
-            Some(Self::Password)
-        } else if !row.dingtalk.is_empty() && row.dingtalk != userid {
-            Some(Self::OtherDingtalk)
-        } else {
-            None
-        }
-    }
-}
-
-impl fmt::Display for AdoptionRisk {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Admin => "is an administrator",
-            Self::Password => "has a password",
-            Self::OtherDingtalk => "is bound to another DingTalk account",
-        })
-    }
-}
-
-impl fmt::Display for Conflict {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::NameTaken { userid, name } => write!(
-                f,
-                "DingTalk user {userid:?} would be created as {name:?}, but a user of that name with another key exists; \
-                 it is left alone (rename one of them, or map another Name column)"
-            ),
-            Self::SameNameInDirectory { userid, name } => write!(
-                f,
-                "DingTalk user {userid:?} and another DingTalk user would both be named {name:?}; neither is created \
-                 (fix the duplicate value in DingTalk or map another Name column)"
-            ),
-            Self::AmbiguousKey {
-                userid,
-                column,
-                names,
-            } => write!(
-                f,
-                "DingTalk user {userid:?} matches several users on `{column}` ({}); none is touched until only one remains",
-                names.join(", ")
-            ),
-            Self::DuplicateKeyInDirectory { userid, column } => write!(
-                f,
-                "DingTalk user {userid:?} shares its `{column}` key value with another DingTalk user; both are skipped \
-                 (choose a unique key column)"
-            ),
-            Self::NotOwned { userid, name } => write!(
-                f,
-                "DingTalk user {userid:?} matches the existing user {name:?}, which this syncer does not own; \
-                 it is left alone (enable adopting existing users to take it over)"
-            ),
-            Self::OwnedByAnotherSyncer {
-                userid,
-                name,
-                syncer,
-            } => write!(
-                f,
-                "DingTalk user {userid:?} matches the user {name:?}, owned by syncer {syncer:?}; it is left alone"
-            ),
-            Self::OwnedForAnotherUserid {
-                userid,
-                name,
-                other_userid,
-            } => write!(
-                f,
-                "DingTalk user {userid:?} matches the user {name:?}, which this syncer keeps for DingTalk user \
-                 {other_userid:?}; it is left alone"
-            ),
-            Self::UserClaimedTwice { userid, name } => write!(
-                f,
-                "DingTalk user {userid:?} and another DingTalk user both lead to the user {name:?}; it is left alone"
-            ),
-            Self::GroupsNotAList { userid, name } => write!(
-                f,
-                "the groups column of user {name:?} (DingTalk {userid:?}) is not a JSON list; its memberships are left alone"
-            ),
-            Self::MembershipTooLong { userid, name } => write!(
-                f,
-                "the casbin rule of user {name:?} (DingTalk {userid:?}) would exceed 100 characters; its memberships are left alone"
-            ),
-            Self::GroupNotDepartment {
-                dept_id,
-                group,
-                found_type,
-            } => write!(
-                f,
-                "department {dept_id} needs group {group:?}, but a group of type {found_type:?} has that name; it is left alone"
-            ),
-            Self::GroupNotOwned { dept_id, group } => write!(
-                f,
-                "department {dept_id} matches the existing department group {group:?}, which this syncer does not own; \
-                 it is left alone (enable adopting existing objects to take it over)"
-            ),
-            Self::GroupOwnedByAnotherSyncer {
-                dept_id,
-                group,
-                syncer,
-            } => write!(
-                f,
-                "department {dept_id} matches group {group:?}, owned by syncer {syncer:?}; it is left alone"
-            ),
-            Self::GroupNameUsedByAnotherOrg { dept_id, group } => write!(
-                f,
-                "department {dept_id} needs group {group:?}, but another organization has a group of that name and \
-                 Casdoor's unique index UQE_group_name forbids a second one; it is not created"
-            ),
-            Self::GroupNameIsOrganization { dept_id, group } => write!(
-                f,
-                "department {dept_id} needs group {group:?}, but an organization has that name and Casdoor \
-                 refuses a group named like an organization; it is not created (rename the organization)"
-            ),
-            Self::GroupDisplayNameUnusable { dept_id } => write!(
-                f,
-                "the name of department {dept_id} is longer than 100 characters or holds a NUL byte; its group is not written"
-            ),
-            Self::AdoptionRefused {
-                userid,
-                name,
-                reason,
-            } => write!(
-                f,
-                "DingTalk user {userid:?} matches the existing user {name:?}, which {reason}; it is not adopted, \
-                 so that the DingTalk entry cannot take the account over (list {name:?} in sync.adopt_only to adopt it on purpose)"
-            ),
-            Self::LinkedRowReplaced { userid, name } => write!(
-                f,
-                "the user {name:?} kept for DingTalk user {userid:?} was deleted and a different user now has that name; \
-                 it is left alone (rename or remove one of them in Casdoor)"
-            ),
-        }
-    }
-}
-
-/// Information for the run report; nothing to fix necessarily.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Notice {
-    /// The mapped Name changed; the user's name (primary key) is never rewritten.
-    NameNotRewritten {
-        userid: String,
-        name: String,
-        mapped_name: String,
-    },
-    /// The fetch was incomplete: no leaver is acted on and no membership is removed.
-    DirectoryIncomplete,
-    /// The directory has no user at all: no leaver is acted on.
-    DirectoryEmpty,
-    /// A department this syncer made a group for is gone; the group is kept.
-    DepartmentGone {
-        dept_id: String,
-        group: String,
-    },
-    DepartmentUnnamed {
-        dept_id: i64,
-    },
-    /// The user this syncer kept for a DingTalk user no longer exists; it is matched anew.
-    LinkedUserMissing {
-        userid: String,
-        name: String,
-    },
-}
-
-impl fmt::Display for Notice {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::NameNotRewritten {
-                userid,
-                name,
-                mapped_name,
-            } => write!(
-                f,
-                "DingTalk user {userid:?} now maps to the name {mapped_name:?}; the user keeps its name {name:?} \
-                 (names are never rewritten)"
-            ),
-            Self::DirectoryIncomplete => write!(
-                f,
-                "the DingTalk fetch was incomplete: no leaver was acted on and no membership was removed"
-            ),
-            Self::DirectoryEmpty => write!(
-                f,
-                "DingTalk returned no user at all: no leaver was acted on (check the app's contact permissions)"
-            ),
-            Self::DepartmentGone { dept_id, group } => write!(
-                f,
-                "department {dept_id} is gone from DingTalk; its group {group:?} is kept"
-            ),
-            Self::DepartmentUnnamed { dept_id } => write!(
-                f,
-                "department {dept_id} has no name in DingTalk; its group is named by its id"
-            ),
-            Self::LinkedUserMissing { userid, name } => write!(
-                f,
-                "the user {name:?} kept for DingTalk user {userid:?} no longer exists; it is matched anew"
-            ),
-        }
-    }
-}
-
-/// Everything one run will write, and what it will not and why. Every list is sorted.
-///
-/// Apply contract: insert `creates` (with Casdoor's insert defaults, `hash = pre_hash`); for each
-/// of `updates` write exactly the listed columns (`hash` sets `hash` and `pre_hash`); write the
-/// `changes` of `leavers` (none for `Keep`); insert `group_creates`, update `group_updates`;
-/// delete `casbin_remove` rows and insert `casbin_add` rows after the users exist (Casdoor writes
-/// them first and leaves orphans on failure); upsert `link_writes` and delete `link_deletes` by
-/// (kind, external_id). `held`, `conflicts`, `notices` and `record_errors` are only reported.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Plan {
-    pub creates: Vec<NewUser>,
-    pub updates: Vec<UserUpdate>,
-    /// Matched users that need no user-row write (a count: 100,000 names are not worth
-    /// holding for it).
-    pub unchanged: usize,
-    pub adopted: Vec<Adoption>,
-    pub reappeared: Vec<Reappearance>,
-    /// Leaver actions to apply (empty when held).
-    pub leavers: Vec<LeaverAction>,
-    pub held: Option<Hold>,
-    pub group_creates: Vec<GroupCreate>,
-    pub group_updates: Vec<GroupUpdate>,
-    pub casbin_add: Vec<CasbinGrouping>,
-    pub casbin_remove: Vec<CasbinGrouping>,
-    /// Links to insert or overwrite, keyed by (kind, external_id).
-    pub link_writes: Vec<OwnershipLink>,
-    /// User links to delete (by kind and external_id): their user row no longer exists.
-    pub link_deletes: Vec<OwnershipLink>,
-    pub conflicts: Vec<Conflict>,
-    pub notices: Vec<Notice>,
-    pub record_errors: Vec<RecordError>,
-}
-
-/// Counts of a plan, for logs and run history.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PlanSummary {
-    pub created: usize,
-    /// Updates that change at least one column.
-    pub updated: usize,
-    /// Updates that only rewrite `hash`/`pre_hash` (and maybe `dingtalk`).
-    pub hash_only: usize,
-    pub unchanged: usize,
-    pub adopted: usize,
-    pub reappeared: usize,
-    pub leavers: usize,
-    pub held_leavers: usize,
-    pub memberships_changed: usize,
-    pub casbin_added: usize,
-    pub casbin_removed: usize,
-    pub groups_created: usize,
-    pub groups_updated: usize,
-    pub conflicts: usize,
-    pub notices: usize,
-    pub record_errors: usize,
-}
-
-impl fmt::Display for PlanSummary {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "users: {} created, {} updated, {} hash-only, {} unchanged, {} adopted, {} re-appeared, {} leavers ({} held); \
-             memberships: {} users changed, +{}/-{} casbin rows; groups: {} created, {} updated; \
-             {} conflicts, {} record errors, {} notices",
-            self.created,
-            self.updated,
-            self.hash_only,
-            self.unchanged,
-            self.adopted,
-            self.reappeared,
-            self.leavers,
-            self.held_leavers,
-            self.memberships_changed,
-            self.casbin_added,
-            self.casbin_removed,
-            self.groups_created,
-            self.groups_updated,
-            self.conflicts,
-            self.record_errors,
-            self.notices
-        )
-    }
-}
-
-impl Plan {
-    pub fn summary(&self) -> PlanSummary {
-        let updated = self
-            .updates
-            .iter()
-            .filter(|u| !u.changes.is_empty())
-            .count();
-        let hash_only = self
-            .updates
-            .iter()
-            .filter(|u| u.changes.is_empty() && u.groups.is_none() && u.hash.is_some())
-            .count();
-        PlanSummary {
-            created: self.creates.len(),
-            updated,
-            hash_only,
-            unchanged: self.unchanged,
-            adopted: self.adopted.len(),
-            reappeared: self.reappeared.len(),
-            leavers: self.leavers.len(),
-            held_leavers: self.held.as_ref().map_or(0, |h| h.leavers.len()),
-            memberships_changed: self.creates.iter().filter(|c| c.groups != "[]").count()
-                + self.updates.iter().filter(|u| u.groups.is_some()).count(),
-            casbin_added: self.casbin_add.len(),
-            casbin_removed: self.casbin_remove.len(),
-            groups_created: self.group_creates.len(),
-            groups_updated: self.group_updates.len(),
-            conflicts: self.conflicts.len(),
-            notices: self.notices.len(),
-            record_errors: self.record_errors.len(),
-        }
-    }
-
-    /// Whether applying the plan writes anything (users, groups, casbin rows or links). Held
-    /// leavers, conflicts and notices are not writes.
-    pub fn has_writes(&self) -> bool {
-        !(self.creates.is_empty()
-            && self.updates.is_empty()
-            && self.leavers.is_empty()
-            && self.group_creates.is_empty()
-            && self.group_updates.is_empty()
-            && self.casbin_add.is_empty()
-            && self.casbin_remove.is_empty()
-            && self.link_writes.is_empty()
-            && self.link_deletes.is_empty())
-    }
-}
 
 /// How a DingTalk user resolved against the existing rows.
 enum Target<'a> {
@@ -791,54 +34,126 @@ enum Target<'a> {
     },
 }
 
+/// A DingTalk user and what it resolved to.
+type Resolved<'a> = (&'a MappedUser, Target<'a>);
+
 /// Computes the plan of one run. Takes the input by value: the mapped columns of new users move
 /// into the plan instead of being copied, so a first import holds them once.
+///
+/// The passes, in order: matching (with adoption), collisions, groups, user writes (with
+/// memberships), leavers (with the removal limits), stale links. What a pass builds is dropped
+/// when it returns: a 100,000-user run would otherwise hold every index at once at the end.
 pub fn plan(input: PlanInput) -> Plan {
-    let org = input.organization.as_str();
-    let opts = &input.options;
     let mut out = Plan {
         record_errors: input.record_errors.clone(),
         ..Plan::default()
     };
-
-    let rows: Vec<&ExistingUser> = input
-        .existing_users
+    let existing = Existing::new(&input);
+    let users = directory_users(&input, &mut out);
+    let present: BTreeSet<&str> = users
         .iter()
-        .filter(|u| u.owner == org)
+        .map(|(_, u)| u.userid.as_str())
+        .chain(input.record_errors.iter().filter_map(RecordError::userid))
         .collect();
-    let by_name: BTreeMap<&str, &ExistingUser> =
-        rows.iter().map(|u| (u.name.as_str(), *u)).collect();
+    let mut resolved = resolve_users(&input, &existing, &users, &mut out);
+    drop(users);
+    drop_collisions(&existing.rows, &mut resolved, &mut out);
 
-    let mut user_links: Vec<&OwnershipLink> = input
-        .links
-        .iter()
-        .filter(|l| l.kind == LinkKind::User)
-        .collect();
-    user_links.sort();
-    let mut link_by_userid: BTreeMap<&str, &OwnershipLink> = BTreeMap::new();
-    let mut owner_of_row: BTreeMap<&str, &OwnershipLink> = BTreeMap::new();
-    for link in &user_links {
-        link_by_userid
-            .entry(link.external_id.as_str())
-            .or_insert(link);
-        owner_of_row
-            .entry(link.casdoor_name.as_str())
-            .or_insert(link);
+    let groups = plan_groups(&GroupInput {
+        organization: &input.organization,
+        root_display_name: &input.root_group_display_name,
+        departments: &input.departments,
+        directory_complete: input.directory_complete,
+        existing_groups: &input.existing_groups,
+        links: &input.links,
+        foreign_claims: &input.foreign_claims,
+        group_names_in_other_orgs: &input.group_names_in_other_orgs,
+        organization_names: &input.organization_names,
+        adopt_existing: input.options.adopt_existing,
+        now: &input.now,
+    });
+    let memberships = Memberships::new(&input, &groups.managed);
+    let (claimed_rows, new_user_columns) =
+        plan_user_writes(&input.now, &existing, &resolved, &memberships, &mut out);
+    let left = Leaving {
+        existing: &existing,
+        present: &present,
+        claimed_rows: &claimed_rows,
+        memberships: &memberships,
+    };
+    plan_leavers(&input, &left, owned_after(&existing, &resolved), &mut out);
+    leave_groups_of_deleted(&left, &mut out);
+    drop((memberships, present, claimed_rows));
+    out.link_deletes = stale_links(&existing, &resolved);
+    drop((resolved, existing));
+
+    // Every borrow of the mapped users has ended: move their columns into the new users.
+    let mut mapped = input.users;
+    for (create, index) in new_user_columns {
+        if let (Some(new), Some(u)) = (out.creates.get_mut(create), mapped.get_mut(index)) {
+            new.values = std::mem::take(&mut u.fields).with_zeros();
+        }
     }
-    let mut foreign_users: BTreeMap<&str, &str> = BTreeMap::new();
-    for claim in input
-        .foreign_claims
-        .iter()
-        .filter(|c| c.kind == LinkKind::User)
-    {
-        let syncer = foreign_users
-            .entry(claim.casdoor_name.as_str())
-            .or_insert(&claim.syncer);
-        *syncer = (*syncer).min(claim.syncer.as_str());
+    drop(mapped);
+
+    out.group_creates = groups.creates;
+    out.group_updates = groups.updates;
+    out.conflicts.extend(groups.conflicts);
+    out.notices.extend(groups.notices);
+    out.link_writes.extend(groups.link_writes);
+    sort_plan(&mut out);
+    out
+}
+
+/// The organization's user rows and this syncer's user links, indexed the ways planning looks
+/// them up.
+struct Existing<'a> {
+    rows: Vec<&'a ExistingUser>,
+    by_name: BTreeMap<&'a str, &'a ExistingUser>,
+    /// This syncer's user links, sorted.
+    user_links: Vec<&'a OwnershipLink>,
+    /// The first of `user_links` per DingTalk userid.
+    link_by_userid: BTreeMap<&'a str, &'a OwnershipLink>,
+    /// The first of `user_links` per user name.
+    owner_of_row: BTreeMap<&'a str, &'a OwnershipLink>,
+}
+
+impl<'a> Existing<'a> {
+    fn new(input: &'a PlanInput) -> Self {
+        let rows: Vec<&ExistingUser> = input
+            .existing_users
+            .iter()
+            .filter(|u| u.owner == input.organization)
+            .collect();
+        let by_name = rows.iter().map(|u| (u.name.as_str(), *u)).collect();
+        let (user_links, link_by_userid) = OwnershipLink::of_kind(&input.links, LinkKind::User);
+        let mut owner_of_row = BTreeMap::new();
+        for link in &user_links {
+            owner_of_row
+                .entry(link.casdoor_name.as_str())
+                .or_insert(*link);
+        }
+        Self {
+            rows,
+            by_name,
+            user_links,
+            link_by_userid,
+            owner_of_row,
+        }
     }
 
-    // Directory users, once per userid.
-    let mut users: Vec<(usize, &MappedUser)> = Vec::with_capacity(input.users.len());
+    /// The row `link` was made for, while it exists under the link's name.
+    fn held_row(&self, link: &OwnershipLink) -> Option<&'a ExistingUser> {
+        self.by_name
+            .get(link.casdoor_name.as_str())
+            .copied()
+            .filter(|row| link.holds(row))
+    }
+}
+
+/// The directory's users, once per userid (a repeated userid is a record error).
+fn directory_users<'a>(input: &'a PlanInput, out: &mut Plan) -> Vec<(usize, &'a MappedUser)> {
+    let mut users = Vec::with_capacity(input.users.len());
     let mut seen_userids = BTreeSet::new();
     for (index, u) in input.users.iter().enumerate() {
         if seen_userids.insert(u.userid.as_str()) {
@@ -849,90 +164,101 @@ pub fn plan(input: PlanInput) -> Plan {
             });
         }
     }
-    // What planning builds per user is dropped as soon as it is done with: a 100,000-user run
-    // would otherwise hold every index at once at the end.
-    drop(seen_userids);
-    let present: BTreeSet<&str> = users
-        .iter()
-        .map(|(_, u)| u.userid.as_str())
-        .chain(input.record_errors.iter().filter_map(RecordError::userid))
-        .collect();
-    let mut key_count: BTreeMap<&str, usize> = BTreeMap::new();
-    for (_, u) in &users {
-        *key_count.entry(u.key.as_str()).or_default() += 1;
-    }
-    let key_column = input.key_column.as_str();
+    users
+}
 
-    // Rows are matched on the key they hold after this run: a row reached through a link whose
-    // key column this run rewrites gives up its old key value (an e-mail address handed on to
-    // another person), which is then free for another DingTalk user now, as in the next run.
-    // The one DingTalk user whose link reaches each row (`None`: several do).
-    let mut link_claims: BTreeMap<&str, Option<&MappedUser>> = BTreeMap::new();
-    for &(_, u) in &users {
-        if key_count.get(u.key.as_str()).copied().unwrap_or(0) > 1 {
-            continue;
+/// Rows by the key they hold after this run, sorted: the rows of one key are a range. Most keys
+/// are borrowed from the rows; 100,000 users are not worth 100,000 copies.
+struct RowsByKey<'a>(Vec<(Cow<'a, str>, &'a ExistingUser)>);
+
+impl<'a> RowsByKey<'a> {
+    /// Rows are matched on the key they hold after this run: a row reached through a link whose
+    /// key column this run rewrites gives up its old key value (an e-mail address handed on to
+    /// another person), which is then free for another DingTalk user now, as in the next run.
+    fn new(
+        existing: &Existing<'a>,
+        users: &[(usize, &'a MappedUser)],
+        unique_key: impl Fn(&MappedUser) -> bool,
+        key_column: &str,
+    ) -> Self {
+        // The one DingTalk user whose link reaches each row (`None`: several do).
+        let mut link_claims: BTreeMap<&str, Option<&MappedUser>> = BTreeMap::new();
+        for &(_, u) in users.iter().filter(|(_, u)| unique_key(u)) {
+            if let Some(link) = existing.link_by_userid.get(u.userid.as_str())
+                && existing.held_row(link).is_some()
+            {
+                link_claims
+                    .entry(link.casdoor_name.as_str())
+                    .and_modify(|claim| *claim = None)
+                    .or_insert(Some(u));
+            }
         }
-        if let Some(link) = link_by_userid.get(u.userid.as_str())
-            && by_name
-                .get(link.casdoor_name.as_str())
-                .is_some_and(|row| link.holds(row))
-        {
-            link_claims
-                .entry(link.casdoor_name.as_str())
-                .and_modify(|claim| *claim = None)
-                .or_insert(Some(u));
+        let mut by_key = Vec::with_capacity(existing.rows.len());
+        for row in &existing.rows {
+            let rewritten = match link_claims.get(row.name.as_str()) {
+                Some(Some(u)) => rewritten_key(row, u, key_column),
+                _ => None,
+            };
+            let key = rewritten.map_or(Cow::Borrowed(row.key_value.as_str()), Cow::Owned);
+            if !key.is_empty() {
+                by_key.push((key, *row));
+            }
         }
+        drop(link_claims);
+        by_key.sort_by(|a, b| a.0.cmp(&b.0));
+        Self(by_key)
     }
-    // Rows by the key they hold after this run, sorted: the rows of one key are a range. Most
-    // keys are borrowed from the rows; 100,000 users are not worth 100,000 copies.
-    let mut by_key: Vec<(Cow<'_, str>, &ExistingUser)> = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let rewritten = match link_claims.get(row.name.as_str()) {
-            Some(Some(u)) => rewritten_key(row, u, key_column),
-            _ => None,
-        };
-        let key = rewritten.map_or(Cow::Borrowed(row.key_value.as_str()), Cow::Owned);
-        if !key.is_empty() {
-            by_key.push((key, row));
-        }
-    }
-    drop(link_claims);
-    by_key.sort_by(|a, b| a.0.cmp(&b.0));
-    let rows_with_key = |key: &str| -> &[(Cow<'_, str>, &ExistingUser)] {
-        let start = by_key.partition_point(|(k, _)| k.as_ref() < key);
-        let from_start = by_key.get(start..).unwrap_or_default();
+
+    fn rows_with(&self, key: &str) -> &[(Cow<'a, str>, &'a ExistingUser)] {
+        let start = self.0.partition_point(|(k, _)| k.as_ref() < key);
+        let from_start = self.0.get(start..).unwrap_or_default();
         let len = from_start.partition_point(|(k, _)| k.as_ref() == key);
         from_start.get(..len).unwrap_or_default()
-    };
+    }
+}
 
-    // Resolve every DingTalk user to a row, a creation, or a conflict.
-    let mut resolved: Vec<(&MappedUser, Target<'_>)> = Vec::with_capacity(users.len());
-    for &(index, u) in &users {
-        if key_count.get(u.key.as_str()).copied().unwrap_or(0) > 1 {
+/// Matching: resolves every DingTalk user to a row (through its link, else by its key), to a
+/// creation, or to a conflict.
+fn resolve_users<'a>(
+    input: &PlanInput,
+    existing: &Existing<'a>,
+    users: &[(usize, &'a MappedUser)],
+    out: &mut Plan,
+) -> Vec<Resolved<'a>> {
+    let mut key_count: BTreeMap<&str, usize> = BTreeMap::new();
+    for (_, u) in users {
+        *key_count.entry(u.key.as_str()).or_default() += 1;
+    }
+    let unique_key = |u: &MappedUser| key_count.get(u.key.as_str()).copied().unwrap_or(0) <= 1;
+    let key_column = input.key_column.as_str();
+    let by_key = RowsByKey::new(existing, users, unique_key, key_column);
+    let foreign_users = ForeignClaim::owners(&input.foreign_claims, LinkKind::User);
+    let mut resolved = Vec::with_capacity(users.len());
+    for &(index, u) in users {
+        if !unique_key(u) {
             out.conflicts.push(Conflict::DuplicateKeyInDirectory {
                 userid: u.userid.clone(),
                 column: key_column.to_owned(),
             });
             continue;
         }
-        let link = link_by_userid.get(u.userid.as_str()).copied();
-        if let Some(link) = link {
-            if let Some(row) = by_name.get(link.casdoor_name.as_str()) {
-                if !link.holds(row) {
+        if let Some(link) = existing.link_by_userid.get(u.userid.as_str()).copied() {
+            if let Some(row) = existing.by_name.get(link.casdoor_name.as_str()).copied() {
+                if link.holds(row) {
+                    resolved.push((
+                        u,
+                        Target::Existing {
+                            row,
+                            adopt: false,
+                            link: Some(link),
+                        },
+                    ));
+                } else {
                     out.conflicts.push(Conflict::LinkedRowReplaced {
                         userid: u.userid.clone(),
                         name: row.name.clone(),
                     });
-                    continue;
                 }
-                resolved.push((
-                    u,
-                    Target::Existing {
-                        row,
-                        adopt: false,
-                        link: Some(link),
-                    },
-                ));
                 continue;
             }
             out.notices.push(Notice::LinkedUserMissing {
@@ -940,61 +266,12 @@ pub fn plan(input: PlanInput) -> Plan {
                 name: link.casdoor_name.clone(),
             });
         }
-        match rows_with_key(u.key.as_str()) {
+        match by_key.rows_with(u.key.as_str()) {
             [] => resolved.push((u, Target::New { index })),
-            [(_, row)] => {
-                if let Some(own) = owner_of_row.get(row.name.as_str()) {
-                    if own.external_id == u.userid && !own.holds(row) {
-                        out.conflicts.push(Conflict::LinkedRowReplaced {
-                            userid: u.userid.clone(),
-                            name: row.name.clone(),
-                        });
-                    } else if own.external_id == u.userid {
-                        resolved.push((
-                            u,
-                            Target::Existing {
-                                row,
-                                adopt: false,
-                                link: Some(own),
-                            },
-                        ));
-                    } else {
-                        out.conflicts.push(Conflict::OwnedForAnotherUserid {
-                            userid: u.userid.clone(),
-                            name: row.name.clone(),
-                            other_userid: own.external_id.clone(),
-                        });
-                    }
-                } else if let Some(syncer) = foreign_users.get(row.name.as_str()) {
-                    out.conflicts.push(Conflict::OwnedByAnotherSyncer {
-                        userid: u.userid.clone(),
-                        name: row.name.clone(),
-                        syncer: (*syncer).to_owned(),
-                    });
-                } else if let Some(reason) = AdoptionRisk::of(row, &u.userid)
-                    .filter(|_| opts.adopt_existing && !opts.adopt_only.contains(&row.name))
-                {
-                    out.conflicts.push(Conflict::AdoptionRefused {
-                        userid: u.userid.clone(),
-                        name: row.name.clone(),
-                        reason,
-                    });
-                } else if opts.adopt_existing {
-                    resolved.push((
-                        u,
-                        Target::Existing {
-                            row,
-                            adopt: true,
-                            link: None,
-                        },
-                    ));
-                } else {
-                    out.conflicts.push(Conflict::NotOwned {
-                        userid: u.userid.clone(),
-                        name: row.name.clone(),
-                    });
-                }
-            }
+            [(_, row)] => match match_by_key(u, row, existing, &foreign_users, &input.options) {
+                Ok(target) => resolved.push((u, target)),
+                Err(conflict) => out.conflicts.push(conflict),
+            },
             several => {
                 let mut names: Vec<String> = several.iter().map(|(_, r)| r.name.clone()).collect();
                 names.sort();
@@ -1006,22 +283,83 @@ pub fn plan(input: PlanInput) -> Plan {
             }
         }
     }
-    drop(by_key);
-    drop(key_count);
-    drop(foreign_users);
+    resolved
+}
 
-    // A row reached by two DingTalk users, or a new name wanted twice or already taken, is a
-    // conflict for each of them.
+/// Adoption: whether the one row holding a DingTalk user's key is taken. This syncer's own row
+/// for the same userid is; an unowned row is adopted when adoption is on and the row is safe to
+/// hand over (or listed in `sync.adopt_only`); any other row is a conflict.
+fn match_by_key<'a>(
+    u: &MappedUser,
+    row: &'a ExistingUser,
+    existing: &Existing<'a>,
+    foreign_users: &BTreeMap<&str, &str>,
+    opts: &PlanOptions,
+) -> Result<Target<'a>, Conflict> {
+    let userid = || u.userid.clone();
+    let name = || row.name.clone();
+    if let Some(own) = existing.owner_of_row.get(row.name.as_str()).copied() {
+        return if own.external_id != u.userid {
+            Err(Conflict::OwnedForAnotherUserid {
+                userid: userid(),
+                name: name(),
+                other_userid: own.external_id.clone(),
+            })
+        } else if own.holds(row) {
+            Ok(Target::Existing {
+                row,
+                adopt: false,
+                link: Some(own),
+            })
+        } else {
+            Err(Conflict::LinkedRowReplaced {
+                userid: userid(),
+                name: name(),
+            })
+        };
+    }
+    if let Some(syncer) = foreign_users.get(row.name.as_str()) {
+        return Err(Conflict::OwnedByAnotherSyncer {
+            userid: userid(),
+            name: name(),
+            syncer: (*syncer).to_owned(),
+        });
+    }
+    if !opts.adopt_existing {
+        return Err(Conflict::NotOwned {
+            userid: userid(),
+            name: name(),
+        });
+    }
+    if let Some(reason) = AdoptionRisk::of(row, &u.userid)
+        && !opts.adopt_only.contains(&row.name)
+    {
+        return Err(Conflict::AdoptionRefused {
+            userid: userid(),
+            name: name(),
+            reason,
+        });
+    }
+    Ok(Target::Existing {
+        row,
+        adopt: true,
+        link: None,
+    })
+}
+
+/// Collisions: a row reached by two DingTalk users, or a new name wanted twice or already taken,
+/// is a conflict for each of them. Names are compared folded ([`fold`]), as MySQL's default
+/// collation compares them without case.
+fn drop_collisions(rows: &[&ExistingUser], resolved: &mut Vec<Resolved<'_>>, out: &mut Plan) {
     let mut row_claims: BTreeMap<&str, usize> = BTreeMap::new();
     let mut new_names: BTreeMap<String, usize> = BTreeMap::new();
-    for (u, target) in &resolved {
+    for (u, target) in resolved.iter() {
         match target {
             Target::Existing { row, .. } => *row_claims.entry(row.name.as_str()).or_default() += 1,
             Target::New { .. } => *new_names.entry(fold(&u.name)).or_default() += 1,
         }
     }
-    // MySQL's default collation compares names without case: fold to find collisions. Only
-    // new users need it, so a run that creates nobody folds no name.
+    // Only new users need folding, so a run that creates nobody folds no name.
     let taken_names: BTreeSet<String> = if new_names.is_empty() {
         BTreeSet::new()
     } else {
@@ -1057,53 +395,68 @@ pub fn plan(input: PlanInput) -> Plan {
             }
         }
     });
-    drop((row_claims, new_names, taken_names));
+}
 
-    let groups = plan_groups(&GroupInput {
-        organization: org,
-        root_display_name: &input.root_group_display_name,
-        departments: &input.departments,
-        directory_complete: input.directory_complete,
-        existing_groups: &input.existing_groups,
-        links: &input.links,
-        foreign_claims: &input.foreign_claims,
-        group_names_in_other_orgs: &input.group_names_in_other_orgs,
-        organization_names: &input.organization_names,
-        adopt_existing: opts.adopt_existing,
-        now: &input.now,
-    });
-    // (subject, group) of every casbin row, sorted: a subject's rows are a range. A set per
-    // subject cost a B-tree node per user.
-    let mut rules_by_subject: Vec<(&str, &str)> = input
-        .casbin_groupings
-        .iter()
-        .map(|rule| (rule.v0.as_str(), rule.v1.as_str()))
-        .collect();
-    rules_by_subject.sort_unstable();
-    let remove_stale = input.directory_complete;
-    let membership = |user_name: &str,
-                      current: Option<&str>,
-                      u: &MappedUser,
-                      out: &mut Plan|
-     -> Option<String> {
-        let subject = format!("{org}/{user_name}");
-        let start = rules_by_subject.partition_point(|(s, _)| *s < subject.as_str());
-        let rules: BTreeSet<&str> = rules_by_subject
+/// What memberships are planned from: the organization's casbin `g` rows as (subject, group)
+/// pairs, sorted so that a subject's rows are a range (a set per subject cost a B-tree node per
+/// user), and the groups this syncer manages.
+struct Memberships<'a> {
+    organization: &'a str,
+    rules_by_subject: Vec<(&'a str, &'a str)>,
+    managed: &'a BTreeSet<String>,
+    /// Stale memberships are removed only after a complete fetch.
+    remove_stale: bool,
+}
+
+impl<'a> Memberships<'a> {
+    fn new(input: &'a PlanInput, managed: &'a BTreeSet<String>) -> Self {
+        let mut rules_by_subject: Vec<(&str, &str)> = input
+            .casbin_groupings
+            .iter()
+            .map(|rule| (rule.v0.as_str(), rule.v1.as_str()))
+            .collect();
+        rules_by_subject.sort_unstable();
+        Self {
+            organization: &input.organization,
+            rules_by_subject,
+            managed,
+            remove_stale: input.directory_complete,
+        }
+    }
+
+    /// The `v1` values of the casbin rows of `subject`.
+    fn rules_of(&self, subject: &str) -> BTreeSet<&'a str> {
+        let start = self.rules_by_subject.partition_point(|(s, _)| *s < subject);
+        self.rules_by_subject
             .get(start..)
             .unwrap_or_default()
             .iter()
-            .take_while(|(s, _)| *s == subject.as_str())
+            .take_while(|(s, _)| *s == subject)
             .map(|(_, group)| *group)
-            .collect();
-        match plan_membership(
+            .collect()
+    }
+
+    /// Memberships: the new `user.groups` of a present user (when it changes), its casbin rows
+    /// to add and remove into `out`, or a conflict when its memberships are left alone.
+    fn of_user(
+        &self,
+        user_name: &str,
+        current: Option<&str>,
+        u: &MappedUser,
+        out: &mut Plan,
+    ) -> Option<String> {
+        let org = self.organization;
+        let rules = self.rules_of(&format!("{org}/{user_name}"));
+        let diff = plan_membership(
             org,
             user_name,
             current,
             &rules,
             &u.departments,
-            &groups.managed,
-            remove_stale,
-        ) {
+            self.managed,
+            self.remove_stale,
+        );
+        match diff {
             Ok(diff) => {
                 out.casbin_add.extend(diff.casbin_add);
                 out.casbin_remove.extend(diff.casbin_remove);
@@ -1120,279 +473,16 @@ pub fn plan(input: PlanInput) -> Plan {
                 None
             }
         }
-    };
-
-    let mut claimed_rows: BTreeSet<&str> = BTreeSet::new();
-    // (position in `out.creates`, position in `input.users`): filled in at the end.
-    let mut new_user_columns: Vec<(usize, usize)> = Vec::new();
-    for (u, target) in &resolved {
-        let desired_link = OwnershipLink {
-            kind: LinkKind::User,
-            external_id: u.userid.clone(),
-            casdoor_name: String::new(),
-            content_hash: u.hash.clone(),
-            state: LinkState::Present,
-            left_action: None,
-            row: None,
-            adopted: false,
-        };
-        let current_link = link_by_userid.get(u.userid.as_str()).copied();
-        match target {
-            Target::New { index } => {
-                let groups_json =
-                    membership(&u.name, None, u, &mut out).unwrap_or_else(|| encode_groups(&[]));
-                new_user_columns.push((out.creates.len(), *index));
-                // The identity apply gives the new row: the mapped `id` (never rewritten later)
-                // and the run's time as `created_time`.
-                let identity = RowIdentity {
-                    id: u
-                        .fields
-                        .value("id")
-                        .map(|v| v.to_value().canonical())
-                        .unwrap_or_default(),
-                    created_time: input.now.clone(),
-                };
-                out.creates.push(NewUser {
-                    name: u.name.clone(),
-                    userid: u.userid.clone(),
-                    values: Columns::new(),
-                    hash: u.hash.clone(),
-                    dingtalk: u.userid.clone(),
-                    groups: groups_json,
-                });
-                let link = OwnershipLink {
-                    casdoor_name: u.name.clone(),
-                    row: Some(identity),
-                    ..desired_link
-                };
-                if current_link != Some(&link) {
-                    out.link_writes.push(link);
-                }
-            }
-            Target::Existing { row, adopt, link } => {
-                claimed_rows.insert(row.name.as_str());
-                // An adopted row keeps the e-mail and phone it was found with: they recover its
-                // password, and the person who set them may not be the DingTalk entry's.
-                let adopted = *adopt || link.is_some_and(|l| l.adopted);
-                let mut changes: Vec<FieldChange> = u
-                    .fields
-                    .iter()
-                    .filter(|(column, _)| *column != "id")
-                    .filter(|(column, _)| !(adopted && matches!(*column, "email" | "phone")))
-                    .filter_map(|(column, value)| {
-                        let new = value?;
-                        let old = row.current_ref(column);
-                        (old != new).then(|| FieldChange {
-                            column: column.to_owned(),
-                            old: old.to_value(),
-                            new: new.to_value(),
-                        })
-                    })
-                    .collect();
-                let left = link.filter(|l| l.state == LinkState::Left);
-                if let Some(left) = left {
-                    let undone = left.left_action;
-                    let mapped_forbidden = matches!(u.fields.get("is_forbidden"), Some(Some(_)));
-                    match undone {
-                        Some(LeftAction::Forbid) if !mapped_forbidden && row.is_forbidden => {
-                            changes.push(FieldChange {
-                                column: "is_forbidden".to_owned(),
-                                old: FieldValue::Bool(true),
-                                new: FieldValue::Bool(false),
-                            });
-                        }
-                        Some(LeftAction::Delete) if row.is_deleted => {
-                            changes.push(FieldChange {
-                                column: "is_deleted".to_owned(),
-                                old: FieldValue::Bool(true),
-                                new: FieldValue::Bool(false),
-                            });
-                            changes.push(FieldChange {
-                                column: "deleted_time".to_owned(),
-                                old: FieldValue::Text(row.deleted_time.clone()),
-                                new: FieldValue::Text(String::new()),
-                            });
-                        }
-                        _ => {}
-                    }
-                    out.reappeared.push(Reappearance {
-                        name: row.name.clone(),
-                        userid: u.userid.clone(),
-                        undone,
-                    });
-                }
-                changes.sort();
-                if u.name_source == NameSource::Mapped && u.name != row.name {
-                    out.notices.push(Notice::NameNotRewritten {
-                        userid: u.userid.clone(),
-                        name: row.name.clone(),
-                        mapped_name: u.name.clone(),
-                    });
-                }
-                let hash =
-                    (row.hash != u.hash || row.pre_hash != u.hash).then(|| u.hash.to_string());
-                let dingtalk = row.dingtalk.is_empty().then(|| u.userid.clone());
-                let groups_json = membership(&row.name, row.groups.as_deref(), u, &mut out);
-                if changes.is_empty()
-                    && hash.is_none()
-                    && dingtalk.is_none()
-                    && groups_json.is_none()
-                {
-                    out.unchanged += 1;
-                } else {
-                    out.updates.push(UserUpdate {
-                        name: row.name.clone(),
-                        userid: u.userid.clone(),
-                        changes,
-                        hash,
-                        dingtalk,
-                        groups: groups_json,
-                    });
-                }
-                if *adopt {
-                    out.adopted.push(Adoption {
-                        name: row.name.clone(),
-                        userid: u.userid.clone(),
-                    });
-                }
-                let link = OwnershipLink {
-                    casdoor_name: row.name.clone(),
-                    row: Some(RowIdentity::of(row)),
-                    adopted,
-                    ..desired_link
-                };
-                if current_link != Some(&link) {
-                    out.link_writes.push(link);
-                }
-            }
-        }
     }
 
-    // The removal percentage is taken of the users the syncer owns once this run's creations,
-    // adoptions and returns are done, so a held run and its re-run judge the same way.
-    let mut owned_after: Vec<&str> = user_links
-        .iter()
-        .filter(|l| {
-            l.state == LinkState::Present
-                && by_name
-                    .get(l.casdoor_name.as_str())
-                    .is_some_and(|row| l.holds(row))
-        })
-        .map(|l| l.external_id.as_str())
-        .chain(resolved.iter().map(|(u, _)| u.userid.as_str()))
-        .collect();
-    owned_after.sort_unstable();
-    owned_after.dedup();
-    plan_leavers(
-        &input,
-        &user_links,
-        &present,
-        &by_name,
-        &claimed_rows,
-        owned_after.len(),
-        &LeaverMemberships {
-            rules_by_subject: &rules_by_subject,
-            managed: &groups.managed,
-        },
-        &mut out,
-    );
-    leave_groups_of_deleted(
-        org,
-        &user_links,
-        &present,
-        &by_name,
-        &claimed_rows,
-        &LeaverMemberships {
-            rules_by_subject: &rules_by_subject,
-            managed: &groups.managed,
-        },
-        &mut out,
-    );
-    drop((owned_after, present, claimed_rows, rules_by_subject));
-
-    // A link whose user row is gone (deleted in Casdoor) holds nothing: drop it unless this plan
-    // points it at a row again, so a stale link can never capture a row created later.
-    let mut resolved_userids: Vec<&str> = resolved.iter().map(|(u, _)| u.userid.as_str()).collect();
-    resolved_userids.sort_unstable();
-    out.link_deletes = user_links
-        .iter()
-        .filter(|l| {
-            !by_name.contains_key(l.casdoor_name.as_str())
-                && resolved_userids
-                    .binary_search(&l.external_id.as_str())
-                    .is_err()
-        })
-        .map(|l| (*l).clone())
-        .collect();
-
-    // Every borrow of the mapped users has ended: move their columns into the new users.
-    let mut mapped = input.users;
-    for (create, index) in new_user_columns {
-        if let (Some(new), Some(u)) = (out.creates.get_mut(create), mapped.get_mut(index)) {
-            new.values = std::mem::take(&mut u.fields).with_zeros();
-        }
-    }
-    drop(mapped);
-
-    out.group_creates = groups.creates;
-    out.group_updates = groups.updates;
-    out.conflicts.extend(groups.conflicts);
-    out.notices.extend(groups.notices);
-    out.link_writes.extend(groups.link_writes);
-
-    out.creates.sort();
-    out.updates.sort();
-    out.adopted.sort();
-    out.reappeared.sort();
-    out.leavers.sort();
-    out.group_creates.sort();
-    out.group_updates.sort();
-    for rules in [&mut out.casbin_add, &mut out.casbin_remove] {
-        rules.sort();
-        rules.dedup();
-    }
-    out.link_writes.sort();
-    out.link_writes
-        .dedup_by(|a, b| a.kind == b.kind && a.external_id == b.external_id);
-    out.link_deletes.sort();
-    out.link_deletes
-        .dedup_by(|a, b| a.kind == b.kind && a.external_id == b.external_id);
-    out.conflicts.sort();
-    out.notices.sort();
-    out.notices.dedup();
-    out.record_errors.sort();
-    out
-}
-
-/// What a deleted leaver's memberships are planned from: the organization's casbin `g` rows as
-/// sorted (subject, group) pairs, and the groups this syncer manages.
-struct LeaverMemberships<'a> {
-    rules_by_subject: &'a [(&'a str, &'a str)],
-    managed: &'a BTreeSet<String>,
-}
-
-impl LeaverMemberships<'_> {
     /// Takes a deleted user out of every managed group, as Casdoor's DeleteUser drops a user's
     /// memberships: the new `user.groups` (if it changes) and the `g` rows to delete. Manual
     /// memberships stay. A `user.groups` that is not a JSON list is left as it is (the user's
     /// memberships were reported while it was present); its managed `g` rows still go.
-    fn leave(
-        &self,
-        organization: &str,
-        row: &ExistingUser,
-    ) -> (Option<String>, Vec<CasbinGrouping>) {
+    fn leave(&self, row: &ExistingUser) -> (Option<String>, Vec<CasbinGrouping>) {
+        let organization = self.organization;
         let subject = format!("{organization}/{}", row.name);
-        let start = self
-            .rules_by_subject
-            .partition_point(|(s, _)| *s < subject.as_str());
-        let rules: BTreeSet<&str> = self
-            .rules_by_subject
-            .get(start..)
-            .unwrap_or_default()
-            .iter()
-            .take_while(|(s, _)| *s == subject.as_str())
-            .map(|(_, group)| *group)
-            .collect();
+        let rules = self.rules_of(&subject);
         let group_prefix = format!("group:{organization}/");
         let casbin_remove = rules
             .iter()
@@ -1420,32 +510,281 @@ impl LeaverMemberships<'_> {
     }
 }
 
+/// User writes: for every resolved DingTalk user a new row or the writes to its row, and the
+/// link that records it. Returns the rows claimed and, per new user, (position in
+/// `out.creates`, position in [`PlanInput::users`]), for its columns to be moved in at the end.
+fn plan_user_writes<'a>(
+    now: &str,
+    existing: &Existing<'_>,
+    resolved: &[Resolved<'a>],
+    memberships: &Memberships<'_>,
+    out: &mut Plan,
+) -> (BTreeSet<&'a str>, Vec<(usize, usize)>) {
+    let mut claimed_rows = BTreeSet::new();
+    let mut new_user_columns = Vec::new();
+    for (u, target) in resolved {
+        let link = match *target {
+            Target::New { index } => {
+                new_user_columns.push((out.creates.len(), index));
+                plan_new_user(u, now, memberships, out)
+            }
+            Target::Existing { row, adopt, link } => {
+                claimed_rows.insert(row.name.as_str());
+                plan_existing_user(u, row, adopt, link, memberships, out)
+            }
+        };
+        if existing.link_by_userid.get(u.userid.as_str()).copied() != Some(&link) {
+            out.link_writes.push(link);
+        }
+    }
+    (claimed_rows, new_user_columns)
+}
+
+/// The link a DingTalk user's row is kept by, once `casdoor_name` and `row` are filled in.
+fn present_link(u: &MappedUser) -> OwnershipLink {
+    OwnershipLink {
+        kind: LinkKind::User,
+        external_id: u.userid.clone(),
+        casdoor_name: String::new(),
+        content_hash: u.hash.clone(),
+        state: LinkState::Present,
+        left_action: None,
+        row: None,
+        adopted: false,
+    }
+}
+
+/// A user to create (its mapped columns are moved in at the end), and its link.
+fn plan_new_user(
+    u: &MappedUser,
+    now: &str,
+    memberships: &Memberships<'_>,
+    out: &mut Plan,
+) -> OwnershipLink {
+    let groups = memberships
+        .of_user(&u.name, None, u, out)
+        .unwrap_or_else(|| encode_groups(&[]));
+    out.creates.push(NewUser {
+        name: u.name.clone(),
+        userid: u.userid.clone(),
+        values: Columns::new(),
+        hash: u.hash.clone(),
+        dingtalk: u.userid.clone(),
+        groups,
+    });
+    // The identity apply gives the new row: the mapped `id` (never rewritten later) and the
+    // run's time as `created_time`.
+    let identity = RowIdentity {
+        id: u
+            .fields
+            .value("id")
+            .map(|v| v.to_value().canonical())
+            .unwrap_or_default(),
+        created_time: now.to_owned(),
+    };
+    OwnershipLink {
+        casdoor_name: u.name.clone(),
+        row: Some(identity),
+        ..present_link(u)
+    }
+}
+
+/// The writes to a matched user's row (or a count of it as unchanged), and its link.
+fn plan_existing_user(
+    u: &MappedUser,
+    row: &ExistingUser,
+    adopt: bool,
+    link: Option<&OwnershipLink>,
+    memberships: &Memberships<'_>,
+    out: &mut Plan,
+) -> OwnershipLink {
+    // An adopted row keeps the e-mail and phone it was found with: they recover its password,
+    // and the person who set them may not be the DingTalk entry's.
+    let adopted = adopt || link.is_some_and(|l| l.adopted);
+    let mut changes = column_changes(u, row, adopted);
+    if let Some(left) = link.filter(|l| l.state == LinkState::Left) {
+        changes.extend(undo_leaver_action(u, row, left.left_action));
+        out.reappeared.push(Reappearance {
+            name: row.name.clone(),
+            userid: u.userid.clone(),
+            undone: left.left_action,
+        });
+    }
+    changes.sort();
+    if u.name_source == NameSource::Mapped && u.name != row.name {
+        out.notices.push(Notice::NameNotRewritten {
+            userid: u.userid.clone(),
+            name: row.name.clone(),
+            mapped_name: u.name.clone(),
+        });
+    }
+    let hash = (row.hash != u.hash || row.pre_hash != u.hash).then(|| u.hash.to_string());
+    let dingtalk = row.dingtalk.is_empty().then(|| u.userid.clone());
+    let groups = memberships.of_user(&row.name, row.groups.as_deref(), u, out);
+    if changes.is_empty() && hash.is_none() && dingtalk.is_none() && groups.is_none() {
+        out.unchanged += 1;
+    } else {
+        out.updates.push(UserUpdate {
+            name: row.name.clone(),
+            userid: u.userid.clone(),
+            changes,
+            hash,
+            dingtalk,
+            groups,
+        });
+    }
+    if adopt {
+        out.adopted.push(Adoption {
+            name: row.name.clone(),
+            userid: u.userid.clone(),
+        });
+    }
+    OwnershipLink {
+        casdoor_name: row.name.clone(),
+        row: Some(RowIdentity::of(row)),
+        adopted,
+        ..present_link(u)
+    }
+}
+
+/// The mapped columns whose value differs from the row's (never `id`; not `email` and `phone`
+/// of an adopted row). An absent DingTalk value changes nothing.
+fn column_changes(u: &MappedUser, row: &ExistingUser, adopted: bool) -> Vec<FieldChange> {
+    u.fields
+        .iter()
+        .filter(|(column, _)| *column != "id")
+        .filter(|(column, _)| !(adopted && matches!(*column, "email" | "phone")))
+        .filter_map(|(column, value)| {
+            let new = value?;
+            let old = row.current_ref(column);
+            (old != new).then(|| FieldChange {
+                column: column.to_owned(),
+                old: old.to_value(),
+                new: new.to_value(),
+            })
+        })
+        .collect()
+}
+
+/// The writes that undo what this syncer did to a user when it left, now that it is back (a
+/// mapped `is_forbidden` decides that column itself).
+fn undo_leaver_action(
+    u: &MappedUser,
+    row: &ExistingUser,
+    undone: Option<LeftAction>,
+) -> Vec<FieldChange> {
+    let mapped_forbidden = matches!(u.fields.get("is_forbidden"), Some(Some(_)));
+    match undone {
+        Some(LeftAction::Forbid) if !mapped_forbidden && row.is_forbidden => {
+            vec![flag_change("is_forbidden", false)]
+        }
+        Some(LeftAction::Delete) if row.is_deleted => vec![
+            flag_change("is_deleted", false),
+            FieldChange {
+                column: "deleted_time".to_owned(),
+                old: FieldValue::Text(row.deleted_time.clone()),
+                new: FieldValue::Text(String::new()),
+            },
+        ],
+        _ => Vec::new(),
+    }
+}
+
+/// A bool column turning to `new` from its opposite.
+fn flag_change(column: &str, new: bool) -> FieldChange {
+    FieldChange {
+        column: column.to_owned(),
+        old: FieldValue::Bool(!new),
+        new: FieldValue::Bool(new),
+    }
+}
+
+/// The owned user count the removal percentage is taken of: the users the syncer owns once this
+/// run's creations, adoptions and returns are done, so a held run and its re-run judge the same.
+fn owned_after(existing: &Existing<'_>, resolved: &[Resolved<'_>]) -> usize {
+    let mut owned: Vec<&str> = existing
+        .user_links
+        .iter()
+        .filter(|l| l.state == LinkState::Present && existing.held_row(l).is_some())
+        .map(|l| l.external_id.as_str())
+        .chain(resolved.iter().map(|(u, _)| u.userid.as_str()))
+        .collect();
+    owned.sort_unstable();
+    owned.dedup();
+    owned.len()
+}
+
+/// Stale links: a link whose user row is gone (deleted in Casdoor) holds nothing. It is deleted
+/// unless this plan points it at a row again, so a stale link can never capture a later row.
+fn stale_links(existing: &Existing<'_>, resolved: &[Resolved<'_>]) -> Vec<OwnershipLink> {
+    let mut resolved_userids: Vec<&str> = resolved.iter().map(|(u, _)| u.userid.as_str()).collect();
+    resolved_userids.sort_unstable();
+    existing
+        .user_links
+        .iter()
+        .filter(|l| {
+            !existing.by_name.contains_key(l.casdoor_name.as_str())
+                && resolved_userids
+                    .binary_search(&l.external_id.as_str())
+                    .is_err()
+        })
+        .map(|l| (*l).clone())
+        .collect()
+}
+
+/// Sorts every list of the plan (and drops repeats where a write must happen once), so the same
+/// input always gives the same plan.
+fn sort_plan(out: &mut Plan) {
+    out.creates.sort();
+    out.updates.sort();
+    out.adopted.sort();
+    out.reappeared.sort();
+    out.leavers.sort();
+    out.group_creates.sort();
+    out.group_updates.sort();
+    for rules in [&mut out.casbin_add, &mut out.casbin_remove] {
+        rules.sort();
+        rules.dedup();
+    }
+    for links in [&mut out.link_writes, &mut out.link_deletes] {
+        links.sort();
+        links.dedup_by(|a, b| a.kind == b.kind && a.external_id == b.external_id);
+    }
+    out.conflicts.sort();
+    out.notices.sort();
+    out.notices.dedup();
+    out.record_errors.sort();
+}
+
+/// What the leaver passes read besides the input: who is present, which rows present users
+/// claimed, and the memberships.
+struct Leaving<'a> {
+    existing: &'a Existing<'a>,
+    /// DingTalk userids in the directory (mapped or not).
+    present: &'a BTreeSet<&'a str>,
+    /// Rows resolved to a present user: a leaver's action never writes to them.
+    claimed_rows: &'a BTreeSet<&'a str>,
+    memberships: &'a Memberships<'a>,
+}
+
 /// Users this syncer deleted as leavers before deleted users left their groups (older
 /// syncerd versions) still hold managed memberships: they leave them now, once.
-fn leave_groups_of_deleted(
-    organization: &str,
-    user_links: &[&OwnershipLink],
-    present: &BTreeSet<&str>,
-    by_name: &BTreeMap<&str, &ExistingUser>,
-    claimed_rows: &BTreeSet<&str>,
-    memberships: &LeaverMemberships<'_>,
-    out: &mut Plan,
-) {
+fn leave_groups_of_deleted(left: &Leaving<'_>, out: &mut Plan) {
     let mut done: BTreeSet<&str> = BTreeSet::new();
-    for link in user_links {
+    for link in &left.existing.user_links {
         let name = link.casdoor_name.as_str();
         if link.state != LinkState::Left
             || link.left_action != Some(LeftAction::Delete)
-            || present.contains(link.external_id.as_str())
-            || claimed_rows.contains(name)
+            || left.present.contains(link.external_id.as_str())
+            || left.claimed_rows.contains(name)
             || done.contains(name)
         {
             continue;
         }
-        let Some(row) = by_name.get(name).filter(|r| r.is_deleted) else {
+        let Some(row) = left.existing.by_name.get(name).filter(|r| r.is_deleted) else {
             continue;
         };
-        let (groups, rules) = memberships.leave(organization, row);
+        let (groups, rules) = left.memberships.leave(row);
         if groups.is_none() && rules.is_empty() {
             continue;
         }
@@ -1460,11 +799,7 @@ fn leave_groups_of_deleted(
         match (leaver, groups) {
             (Some(leaver), Some(new)) => {
                 if !leaver.changes.iter().any(|c| c.column == "groups") {
-                    leaver.changes.push(FieldChange {
-                        column: "groups".to_owned(),
-                        old: FieldValue::Text(row.groups.clone().unwrap_or_default()),
-                        new: FieldValue::Text(new),
-                    });
+                    leaver.changes.push(groups_change(row, new));
                     leaver.changes.sort();
                 }
             }
@@ -1481,19 +816,18 @@ fn leave_groups_of_deleted(
     }
 }
 
-/// Leavers: owned users (link present) missing from a complete, non-empty directory.
-#[allow(clippy::too_many_arguments)]
-fn plan_leavers(
-    input: &PlanInput,
-    user_links: &[&OwnershipLink],
-    present: &BTreeSet<&str>,
-    by_name: &BTreeMap<&str, &ExistingUser>,
-    claimed_rows: &BTreeSet<&str>,
-    owned: usize,
-    memberships: &LeaverMemberships<'_>,
-    out: &mut Plan,
-) {
-    let opts = &input.options;
+/// `user.groups` of `row` changing to `new`.
+fn groups_change(row: &ExistingUser, new: String) -> FieldChange {
+    FieldChange {
+        column: "groups".to_owned(),
+        old: FieldValue::Text(row.groups.clone().unwrap_or_default()),
+        new: FieldValue::Text(new),
+    }
+}
+
+/// Leavers: owned users (link present) missing from a complete, non-empty directory get the
+/// leaver policy's action, unless the removals exceed the limits ([`removal_hold`]).
+fn plan_leavers(input: &PlanInput, left: &Leaving<'_>, owned: usize, out: &mut Plan) {
     if !input.directory_complete {
         out.notices.push(Notice::DirectoryIncomplete);
         return;
@@ -1502,73 +836,40 @@ fn plan_leavers(
         out.notices.push(Notice::DirectoryEmpty);
         return;
     }
+    let by_name = &left.existing.by_name;
     let mut acted_rows: BTreeSet<&str> = BTreeSet::new();
     let mut casbin_remove = Vec::new();
     let mut actions = Vec::new();
     let mut links = Vec::new();
     let mut seen_userids = BTreeSet::new();
-    for link in user_links {
+    for link in &left.existing.user_links {
+        let name = link.casdoor_name.as_str();
+        let Some(found) = by_name.get(name).copied() else {
+            continue;
+        };
         if link.state != LinkState::Present
-            || present.contains(link.external_id.as_str())
-            || !by_name.contains_key(link.casdoor_name.as_str())
+            || left.present.contains(link.external_id.as_str())
             || !seen_userids.insert(link.external_id.as_str())
         {
             continue;
         }
-        let name = link.casdoor_name.as_str();
-        if let Some(row) = by_name.get(name)
-            && !link.holds(row)
-        {
+        if !link.holds(found) {
             out.conflicts.push(Conflict::LinkedRowReplaced {
                 userid: link.external_id.clone(),
                 name: name.to_owned(),
             });
             continue;
         }
-        let row = by_name
-            .get(name)
-            .filter(|_| !claimed_rows.contains(name) && acted_rows.insert(name));
-        let (action, changes) = match (row, opts.leaver_policy) {
-            (Some(row), LeaverPolicy::Forbid) if !row.is_forbidden => (
-                LeftAction::Forbid,
-                vec![FieldChange {
-                    column: "is_forbidden".to_owned(),
-                    old: FieldValue::Bool(false),
-                    new: FieldValue::Bool(true),
-                }],
-            ),
-            (Some(row), LeaverPolicy::Delete) if !row.is_deleted => {
-                let mut changes = vec![
-                    FieldChange {
-                        column: "deleted_time".to_owned(),
-                        old: FieldValue::Text(row.deleted_time.clone()),
-                        new: FieldValue::Text(input.now.clone()),
-                    },
-                    FieldChange {
-                        column: "is_deleted".to_owned(),
-                        old: FieldValue::Bool(false),
-                        new: FieldValue::Bool(true),
-                    },
-                ];
-                let (groups, rules) = memberships.leave(&input.organization, row);
-                changes.extend(groups.map(|new| FieldChange {
-                    column: "groups".to_owned(),
-                    old: FieldValue::Text(row.groups.clone().unwrap_or_default()),
-                    new: FieldValue::Text(new),
-                }));
-                casbin_remove.extend(rules);
-                changes.sort();
-                (LeftAction::Delete, changes)
-            }
-            _ => (LeftAction::Keep, Vec::new()),
+        let row =
+            Some(found).filter(|_| !left.claimed_rows.contains(name) && acted_rows.insert(name));
+        let (action, changes) = match row {
+            Some(row) => leaver_changes(row, input, left.memberships, &mut casbin_remove),
+            None => (LeftAction::Keep, Vec::new()),
         };
         links.push(OwnershipLink {
             state: LinkState::Left,
             left_action: Some(action),
-            row: link
-                .row
-                .clone()
-                .or_else(|| by_name.get(name).map(|r| RowIdentity::of(r))),
+            row: link.row.clone().or_else(|| Some(RowIdentity::of(found))),
             ..(*link).clone()
         });
         actions.push(LeaverAction {
@@ -1578,27 +879,71 @@ fn plan_leavers(
             changes,
         });
     }
-    let removals = actions.iter().filter(|a| !a.changes.is_empty()).count();
-    let over_count = u64::try_from(removals).unwrap_or(u64::MAX) > opts.max_removals;
-    let over_percent = u64::try_from(removals).unwrap_or(u64::MAX) > opts.min_removals_allowed
-        && owned > 0
-        && (removals as f64) * 100.0 / (owned as f64) > opts.max_removal_percent;
-    if removals > 0 && (over_count || over_percent) && !opts.allow_removals {
-        actions.sort();
-        out.held = Some(Hold {
-            syncer: input.syncer.clone(),
-            leavers: actions,
-            removals,
-            owned,
-            max_removals: opts.max_removals,
-            max_removal_percent: opts.max_removal_percent,
-            min_removals_allowed: opts.min_removals_allowed,
-        });
+    if let Some(hold) = removal_hold(input, &mut actions, owned) {
+        out.held = Some(hold);
         return;
     }
     out.leavers.extend(actions);
     out.link_writes.extend(links);
     out.casbin_remove.extend(casbin_remove);
+}
+
+/// What the leaver policy does to a leaver's row: forbid it, or soft-delete it and take it out
+/// of the managed groups (its casbin rows go to `casbin_remove`). `Keep` when the row already is
+/// as the policy wants it.
+fn leaver_changes(
+    row: &ExistingUser,
+    input: &PlanInput,
+    memberships: &Memberships<'_>,
+    casbin_remove: &mut Vec<CasbinGrouping>,
+) -> (LeftAction, Vec<FieldChange>) {
+    match input.options.leaver_policy {
+        LeaverPolicy::Forbid if !row.is_forbidden => {
+            (LeftAction::Forbid, vec![flag_change("is_forbidden", true)])
+        }
+        LeaverPolicy::Delete if !row.is_deleted => {
+            let mut changes = vec![
+                FieldChange {
+                    column: "deleted_time".to_owned(),
+                    old: FieldValue::Text(row.deleted_time.clone()),
+                    new: FieldValue::Text(input.now.clone()),
+                },
+                flag_change("is_deleted", true),
+            ];
+            let (groups, rules) = memberships.leave(row);
+            changes.extend(groups.map(|new| groups_change(row, new)));
+            casbin_remove.extend(rules);
+            changes.sort();
+            (LeftAction::Delete, changes)
+        }
+        _ => (LeftAction::Keep, Vec::new()),
+    }
+}
+
+/// Removal limits: the hold that replaces this run's leaver actions when the removals among them
+/// exceed `sync.max_removals`, or `sync.max_removal_percent` of the `owned` users beyond
+/// `sync.min_removals_allowed`, and `--allow-removals` was not given.
+fn removal_hold(input: &PlanInput, actions: &mut Vec<LeaverAction>, owned: usize) -> Option<Hold> {
+    let opts = &input.options;
+    let removals = actions.iter().filter(|a| !a.changes.is_empty()).count();
+    let over_count = u64::try_from(removals).unwrap_or(u64::MAX) > opts.max_removals;
+    let over_percent = u64::try_from(removals).unwrap_or(u64::MAX) > opts.min_removals_allowed
+        && owned > 0
+        && (removals as f64) * 100.0 / (owned as f64) > opts.max_removal_percent;
+    if removals == 0 || !(over_count || over_percent) || opts.allow_removals {
+        return None;
+    }
+    let mut leavers = std::mem::take(actions);
+    leavers.sort();
+    Some(Hold {
+        syncer: input.syncer.clone(),
+        leavers,
+        removals,
+        owned,
+        max_removals: opts.max_removals,
+        max_removal_percent: opts.max_removal_percent,
+        min_removals_allowed: opts.min_removals_allowed,
+    })
 }
 
 /// The key value `row` holds after `user`'s update, when that update rewrites the key column

@@ -14,7 +14,7 @@ use crate::secret::REDACTED;
 
 use super::columns::FieldRef;
 use super::map::RecordError;
-use super::plan::{Conflict, FieldChange, Plan};
+use super::model::{Conflict, FieldChange, Plan};
 
 /// At most this many errors are kept in a report (and in the run history).
 pub const MAX_REPORTED_ERRORS: usize = 100;

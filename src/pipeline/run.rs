@@ -29,7 +29,8 @@ use crate::secret::redact_text;
 
 use super::apply::{ApplyError, ApplyOutcome, ApplySettings, apply_plan};
 use super::map::{MappedUser, Mapping, RecordError, map_directory};
-use super::plan::{Plan, PlanInput, PlanOptions, plan};
+use super::model::{Plan, PlanInput, PlanOptions};
+use super::plan::plan;
 use super::report::{ErrorKind, Phase, Progress, ReportError, RunReport, planned_changes};
 use super::table_columns::MappingError;
 

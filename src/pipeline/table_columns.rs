@@ -429,8 +429,8 @@ fn parse_entry(entry: usize, value: &Value) -> Result<TableColumn, MappingError>
     })
 }
 
-/// Casdoor's key rule (spec §1.4): the last entry with `isKey`; else the last whose source name is
-/// `id`; else the first. `None` only for an empty list.
+/// Casdoor's key rule: the last entry with `isKey`; else the last whose source name is `id`;
+/// else the first. `None` only for an empty list.
 pub fn select_key_index(columns: &[TableColumn]) -> Option<usize> {
     columns
         .iter()

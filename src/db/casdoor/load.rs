@@ -17,11 +17,13 @@ use tracing::{debug, warn};
 use crate::config::Engine;
 use crate::db::entities::{casbin_user_rule, group, syncer_link, user};
 use crate::db::{Db, DbError, SYNCER_OWNER, Table, table_columns};
-use crate::pipeline::columns::Columns;
-use crate::pipeline::groups::{CasbinGrouping, ExistingGroup};
+use crate::pipeline::columns::{Columns, FieldValue};
 use crate::pipeline::hash::ContentHash;
-use crate::pipeline::map::{FieldValue, Mapping};
-use crate::pipeline::plan::{ExistingUser, ForeignClaim, LeftAction, OwnershipLink, RowIdentity};
+use crate::pipeline::map::Mapping;
+use crate::pipeline::model::{
+    CasbinGrouping, ExistingGroup, ExistingUser, ForeignClaim, LeftAction, OwnershipLink,
+    RowIdentity,
+};
 use crate::pipeline::table_columns::{ColumnKind, column_spec};
 
 use super::{GROUPING_PTYPE, parse_link_kind, parse_link_state};

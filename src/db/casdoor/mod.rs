@@ -11,7 +11,7 @@ pub use load::{
 };
 pub use write::{Batch, UserRowUpdate, Writer, begin_bounded, is_systemic};
 
-use crate::pipeline::plan::{LinkKind, LinkState};
+use crate::pipeline::model::{LinkKind, LinkState};
 
 /// Casbin's `ptype` of a user-group membership.
 pub const GROUPING_PTYPE: &str = "g";

@@ -18,9 +18,10 @@ use crate::config::Engine;
 use crate::db::entities::{casbin_user_rule, group, syncer_link, user};
 use crate::db::{Db, Table, TableNames, utc_millis};
 use crate::pipeline::columns::FieldRef;
-use crate::pipeline::groups::{CasbinGrouping, DEPARTMENT_GROUP_TYPE, GroupCreate, GroupUpdate};
-use crate::pipeline::plan::{
-    FieldChange, LeaverAction, LinkKind, LinkState, NewUser, OwnershipLink, UserUpdate,
+use crate::pipeline::groups::DEPARTMENT_GROUP_TYPE;
+use crate::pipeline::model::{
+    CasbinGrouping, FieldChange, GroupCreate, GroupUpdate, LeaverAction, LinkKind, LinkState,
+    NewUser, OwnershipLink, UserUpdate,
 };
 
 use super::{GROUPING_PTYPE, SchemaFacts, link_kind_text, link_state_text};

@@ -1,7 +1,11 @@
 use super::*;
-use crate::dingtalk::types::{DirectoryUser, User};
+use crate::config::SyncSettings;
+use crate::dingtalk::types::{Department, DirectoryUser, User};
+use crate::pipeline::columns::FieldRef;
 use crate::pipeline::groups::DEPARTMENT_GROUP_TYPE;
+use crate::pipeline::hash::ContentHash;
 use crate::pipeline::map::{Mapping, map_directory, map_user};
+use crate::pipeline::model::{ExistingGroup, ForeignClaim, PlanOptions};
 use crate::pipeline::table_columns::{ColumnKind, WRITABLE_USER_COLUMNS, column_spec};
 use crate::proptest_support::config;
 use proptest::prelude::*;
@@ -1719,64 +1723,7 @@ fn build_input(
         .chain(["".into(), "x".into()])
         .collect();
 
-    let mut existing_users: Vec<ExistingUser> = Vec::new();
-    for r in &raw.rows {
-        let name = r.name.get(&names).clone();
-        if name.is_empty() || existing_users.iter().any(|e| e.name == name) {
-            continue;
-        }
-        let columns = mapping
-            .target_columns()
-            .into_iter()
-            .filter(|c| *c != "name" && *c != "is_forbidden");
-        let mut values = BTreeMap::new();
-        for (column, value) in columns.zip(&r.values) {
-            let Some(v) = value else { continue };
-            let kind = column_spec(column).map_or(ColumnKind::Text, |s| s.kind);
-            let value = match (kind, v.wrong_kind) {
-                (_, true) => text("wrong kind"),
-                (ColumnKind::Text, _) => text(v.text.get::<&str>(POOL)),
-                (ColumnKind::Bool, _) => FieldValue::Bool(v.flag),
-                (ColumnKind::Int, _) => FieldValue::Int(v.int),
-            };
-            values.insert(column, value);
-        }
-        let key_value = if key_column == "name" {
-            name.clone()
-        } else {
-            let k = if r.key_from_userids {
-                *r.key.get(USERIDS)
-            } else {
-                *r.key.get(POOL)
-            };
-            values.insert(key_column, text(k));
-            k.to_owned()
-        };
-        existing_users.push(ExistingUser {
-            owner: if r.other_owner { "other" } else { ORG }.to_owned(),
-            name,
-            key_value,
-            values: values.into_iter().collect(),
-            hash: r.hash.get(&hashes).clone(),
-            pre_hash: r.pre_hash.get(&hashes).clone(),
-            is_forbidden: r.is_forbidden,
-            is_deleted: r.is_deleted,
-            deleted_time: if r.deleted_time { NOW } else { "" }.to_owned(),
-            groups: r.groups.map(str::to_owned),
-            dingtalk: r.dingtalk.to_owned(),
-            // Drawn from choices already made, so that recorded failures stay reproducible.
-            id: format!("id-{}", r.key.index(3)),
-            created_time: if r.pre_hash.index(5) == 3 {
-                "2020-01-01"
-            } else {
-                NOW
-            }
-            .to_owned(),
-            is_admin: r.pre_hash.index(5) == 1,
-            has_password: r.pre_hash.index(5) == 2,
-        });
-    }
-
+    let existing_users = existing_rows(mapping, raw, &names, &hashes);
     let row_names: Vec<String> = existing_users
         .iter()
         .map(|e| e.name.clone())
@@ -1788,37 +1735,7 @@ fn build_input(
         .chain(users.iter().map(|u| u.name.clone()))
         .collect();
     let group_names = group_names();
-    let mut links: Vec<OwnershipLink> = USERIDS
-        .iter()
-        .zip(&raw.user_links)
-        .filter_map(|(userid, link)| {
-            let link = link.as_ref()?;
-            let casdoor_name = link.name.get(&link_names).clone();
-            // Unknown, the linked row's own, or another row's identity.
-            let row = match link.hash.index(4) {
-                0 => None,
-                1 => existing_users
-                    .iter()
-                    .find(|e| e.owner == ORG && e.name == casdoor_name)
-                    .map(RowIdentity::of),
-                2 => Some(RowIdentity {
-                    id: "id-0".into(),
-                    created_time: NOW.into(),
-                }),
-                _ => Some(RowIdentity::default()),
-            };
-            Some(OwnershipLink {
-                kind: LinkKind::User,
-                external_id: (*userid).to_owned(),
-                casdoor_name,
-                content_hash: link.hash.get(&hashes).clone(),
-                state: link.state,
-                left_action: link.left_action,
-                row,
-                adopted: link.name.index(3) == 0,
-            })
-        })
-        .collect();
+    let mut links = user_links(raw, &existing_users, &link_names, &hashes);
     for (g, _) in group_names
         .iter()
         .zip(&raw.group_links)
@@ -1903,6 +1820,117 @@ fn build_input(
         options: raw.options.clone(),
         now: NOW.into(),
     }
+}
+
+/// The drawn user rows, with their values of the mapping's columns. Names already taken are
+/// skipped.
+fn existing_rows(
+    mapping: &Mapping,
+    raw: &RawState,
+    names: &[String],
+    hashes: &[ContentHash],
+) -> Vec<ExistingUser> {
+    let key_column = mapping.key_column();
+    let mut existing_users: Vec<ExistingUser> = Vec::new();
+    for r in &raw.rows {
+        let name = r.name.get(names).clone();
+        if name.is_empty() || existing_users.iter().any(|e| e.name == name) {
+            continue;
+        }
+        let columns = mapping
+            .target_columns()
+            .into_iter()
+            .filter(|c| *c != "name" && *c != "is_forbidden");
+        let mut values = BTreeMap::new();
+        for (column, value) in columns.zip(&r.values) {
+            let Some(v) = value else { continue };
+            let kind = column_spec(column).map_or(ColumnKind::Text, |s| s.kind);
+            let value = match (kind, v.wrong_kind) {
+                (_, true) => text("wrong kind"),
+                (ColumnKind::Text, _) => text(v.text.get::<&str>(POOL)),
+                (ColumnKind::Bool, _) => FieldValue::Bool(v.flag),
+                (ColumnKind::Int, _) => FieldValue::Int(v.int),
+            };
+            values.insert(column, value);
+        }
+        let key_value = if key_column == "name" {
+            name.clone()
+        } else {
+            let k = if r.key_from_userids {
+                *r.key.get(USERIDS)
+            } else {
+                *r.key.get(POOL)
+            };
+            values.insert(key_column, text(k));
+            k.to_owned()
+        };
+        existing_users.push(ExistingUser {
+            owner: if r.other_owner { "other" } else { ORG }.to_owned(),
+            name,
+            key_value,
+            values: values.into_iter().collect(),
+            hash: r.hash.get(hashes).clone(),
+            pre_hash: r.pre_hash.get(hashes).clone(),
+            is_forbidden: r.is_forbidden,
+            is_deleted: r.is_deleted,
+            deleted_time: if r.deleted_time { NOW } else { "" }.to_owned(),
+            groups: r.groups.map(str::to_owned),
+            dingtalk: r.dingtalk.to_owned(),
+            // Drawn from choices already made, so that recorded failures stay reproducible.
+            id: format!("id-{}", r.key.index(3)),
+            created_time: if r.pre_hash.index(5) == 3 {
+                "2020-01-01"
+            } else {
+                NOW
+            }
+            .to_owned(),
+            is_admin: r.pre_hash.index(5) == 1,
+            has_password: r.pre_hash.index(5) == 2,
+        });
+    }
+
+    existing_users
+}
+
+/// The drawn links of this syncer to user rows: to a row, to `ghost` (no row), or to a new
+/// user's name, recording an unknown, the row's own or another row's identity.
+fn user_links(
+    raw: &RawState,
+    existing_users: &[ExistingUser],
+    link_names: &[String],
+    hashes: &[ContentHash],
+) -> Vec<OwnershipLink> {
+    USERIDS
+        .iter()
+        .zip(&raw.user_links)
+        .filter_map(|(userid, link)| {
+            let link = link.as_ref()?;
+            let casdoor_name = link.name.get(link_names).clone();
+            // Unknown, the linked row's own, or another row's identity.
+            let row = match link.hash.index(4) {
+                0 => None,
+                1 => existing_users
+                    .iter()
+                    .find(|e| e.owner == ORG && e.name == casdoor_name)
+                    .map(RowIdentity::of),
+                2 => Some(RowIdentity {
+                    id: "id-0".into(),
+                    created_time: NOW.into(),
+                }),
+                _ => Some(RowIdentity::default()),
+            };
+            Some(OwnershipLink {
+                kind: LinkKind::User,
+                external_id: (*userid).to_owned(),
+                casdoor_name,
+                content_hash: link.hash.get(hashes).clone(),
+                state: link.state,
+                left_action: link.left_action,
+                row,
+                adopted: link.name.index(3) == 0,
+            })
+        })
+        .collect()
 }
 
 /// The same input with every list in another order.
