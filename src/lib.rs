@@ -8,8 +8,10 @@ pub mod config;
 pub mod daemon;
 pub mod db;
 pub mod dingtalk;
+pub mod launch;
 pub mod pipeline;
 #[cfg(test)]
 mod proptest_support;
 pub mod secret;
+pub mod syncer;
 pub mod telemetry;

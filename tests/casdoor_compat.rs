@@ -560,6 +560,7 @@ async fn a_table_prefix_puts_every_table_but_casbin_user_rule_under_the_prefix()
         );
         let orphaned = leases::interrupt_orphaned_runs(
             &db,
+            None,
             10_000,
             chrono::Utc::now(),
             leases::ORPHANED_RUN_REASON,

@@ -401,7 +401,7 @@ async fn refused_fields_and_the_built_in_organization_fail_with_the_reason_and_w
             "{message}"
         );
         assert!(users(&db).await.is_empty());
-        assert!(syncerd::daemon::validate_syncer(&syncer).is_err());
+        assert!(syncer.validate_for_schedule().is_err());
 
         let refused = db::add_syncer(&db, new_syncer("admins", "built-in"))
             .await

@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! `syncerd run` and `syncerd healthcheck` as real processes: signals, crash recovery, config
-//! reload, and a database that is not there yet.
+//! reload, and a database that is not there yet. Runs are real: the pipeline against a
+//! simulated DingTalk whose answers are slow enough to keep a run going.
 
 mod common;
 
@@ -8,13 +9,44 @@ use std::time::{Duration, Instant};
 
 use common::process::{Syncerd, free_port, syncerd_command, wait_for_running};
 use common::{TestDb, eventually, on_every_engine, runs_of};
-use sea_orm::{ConnectionTrait, Database};
+use sea_orm::{ConnectionTrait, Database, TransactionTrait};
 use syncerd::config::Engine;
 use syncerd::db::{self, Db, NewSyncer, RunStatus};
+use syncerd::dingtalk::Simulator;
+use syncerd::dingtalk::simulator::{SimulatorConfig, SimulatorHandle};
 use syncerd::secret::Secret;
 use tokio::process::Command;
 
 const APP_SECRET: &str = "Proc-S3cret-42";
+
+/// A simulated DingTalk for the syncers of [`add`] that answers each call after `latency`.
+async fn slow_dingtalk(latency: Duration) -> SimulatorHandle {
+    Simulator::start(
+        SimulatorConfig {
+            users: 20,
+            departments: 2,
+            app_key: "dingkey".into(),
+            app_secret: Secret::new(APP_SECRET),
+            latency,
+            ..Default::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap()
+}
+
+/// `syncerd run` (fast settings) whose runs fetch from `sim`, waiting for its answers as long as
+/// they take.
+fn daemon_on(db_url: &str, sim: &SimulatorHandle, env: &[(&str, &str)]) -> Syncerd {
+    let base = sim.base_url();
+    let mut all = vec![
+        ("SYNCERD_DINGTALK__API_BASE", base.as_str()),
+        ("SYNCERD_DINGTALK__REQUEST_TIMEOUT", "300s"),
+    ];
+    all.extend_from_slice(env);
+    Syncerd::fast_daemon(db_url, &[], &all)
+}
 
 async fn add(db: &Db, name: &str, interval: i32) {
     db::add_syncer(
@@ -37,9 +69,11 @@ async fn sigterm_during_a_run_exits_zero_within_the_grace_and_records_the_run_in
     let t = TestDb::sqlite().await;
     let db = t.migrated().await;
     add(&db, "long", 1).await;
-    let mut d = Syncerd::fast_daemon(
+    // The run waits a minute for DingTalk's first answer.
+    let sim = slow_dingtalk(Duration::from_secs(60)).await;
+    let mut d = daemon_on(
         t.url(),
-        &["--placeholder-run-delay", "60s"],
+        &sim,
         &[("SYNCERD_SCHEDULER__SHUTDOWN_GRACE", "5s")],
     );
     let id = wait_for_running(&db, "long").await;
@@ -66,14 +100,17 @@ async fn a_second_sigterm_exits_at_once_and_the_next_start_recovers_the_run() {
     let t = TestDb::sqlite().await;
     let db = t.migrated().await;
     add(&db, "stuck", 1).await;
-    let args = [
-        "--placeholder-run-delay",
-        "60s",
-        "--placeholder-ignores-cancel",
-    ];
+    let sim = slow_dingtalk(Duration::from_secs(60)).await;
     let grace = [("SYNCERD_SCHEDULER__SHUTDOWN_GRACE", "30s")];
-    let mut d = Syncerd::fast_daemon(t.url(), &args, &grace);
+    let mut d = daemon_on(t.url(), &sim, &grace);
     let id = wait_for_running(&db, "stuck").await;
+    // The run cannot reach its end: the test holds SQLite's write lock (on a connection of its
+    // own), so recording the outcome waits, and the shutdown with it.
+    let blocker = Database::connect(t.url()).await.unwrap();
+    let lock = blocker.begin().await.unwrap();
+    lock.execute_unprepared("UPDATE syncer SET error_text = error_text WHERE name = 'stuck'")
+        .await
+        .unwrap();
     d.signal("TERM");
     d.wait_for_log("waiting up to 30s", Duration::from_secs(3))
         .await;
@@ -84,6 +121,8 @@ async fn a_second_sigterm_exits_at_once_and_the_next_start_recovers_the_run() {
         db::get_run(&db, id).await.unwrap().unwrap().status,
         RunStatus::Running
     );
+    lock.rollback().await.unwrap();
+    blocker.close().await.unwrap();
     // The lease it left expires (2.4 s at a 200 ms reload interval), then a new daemon
     // records the run as interrupted.
     let mut again = Syncerd::fast_daemon(t.url(), &[], &[]);
@@ -101,7 +140,8 @@ async fn kill_9_mid_run_is_recovered_on_restart() {
     on_every_engine(async |t: &TestDb| {
         let db = t.migrated().await;
         add(&db, "victim", 3600).await;
-        let mut d = Syncerd::fast_daemon(t.url(), &["--placeholder-run-delay", "60s"], &[]);
+        let sim = slow_dingtalk(Duration::from_secs(60)).await;
+        let mut d = daemon_on(t.url(), &sim, &[]);
         let id = wait_for_running(&db, "victim").await;
         d.signal("KILL");
         let status = d.exit_within(Duration::from_secs(2)).await;

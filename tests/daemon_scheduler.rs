@@ -17,12 +17,13 @@ use sea_orm::ConnectionTrait as _;
 use syncerd::config::Settings;
 use syncerd::daemon::{
     self, Control, ControlSource, DaemonExit, DaemonOptions, RunFn, RunRequest, RunSummary,
-    placeholder_run_fn,
 };
 use syncerd::db::leases::{
     acquire_lease, epoch_millis, get_lease, lease_expiry, release_lease, renew_lease,
 };
-use syncerd::db::{self, Db, NewRun, NewSyncer, RunMode, RunStatus, RunTrigger};
+use syncerd::db::{
+    self, Db, NewRun, NewSyncer, RunCounts, RunMode, RunOutcome, RunStatus, RunTrigger,
+};
 use syncerd::secret::Secret;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -74,7 +75,59 @@ impl Recorder {
     }
 }
 
-/// The placeholder pipeline (records a run lasting `delay`), watched by `recorder`.
+/// A stand-in for the pipeline, to exercise the daemon alone: it records a run lasting `delay`
+/// (stopping early, as `interrupted`, when its token is cancelled) and touches no user.
+fn placeholder_run_fn(delay: Duration) -> RunFn {
+    Arc::new(move |request: RunRequest| placeholder_run(request, delay).boxed())
+}
+
+async fn placeholder_run(request: RunRequest, delay: Duration) -> RunSummary {
+    let started = Instant::now();
+    let RunRequest {
+        syncer,
+        trigger,
+        cancel,
+        instance,
+        db,
+    } = request;
+    let new = NewRun {
+        syncer_name: syncer.name.clone(),
+        organization: syncer.organization.clone(),
+        trigger,
+        mode: RunMode::Apply,
+        started_at: Utc::now(),
+        instance,
+    };
+    let id = match db::insert_run(&db, new).await {
+        Ok(id) => id,
+        Err(e) => {
+            return RunSummary::bare(RunStatus::Failed, started.elapsed(), Some(e.to_string()));
+        }
+    };
+    let (status, message) = tokio::select! {
+        _ = tokio::time::sleep(delay) => (RunStatus::Succeeded, "stand-in run"),
+        _ = cancel.cancelled() => (RunStatus::Interrupted, "stopped before the end"),
+    };
+    let outcome = RunOutcome {
+        status,
+        counts: RunCounts::default(),
+        api_calls: 0,
+        error_summary: Some(message.to_owned()),
+        details: None,
+        finished_at: Utc::now(),
+        duration: started.elapsed(),
+    };
+    let status = match db::finish_run(&db, id, outcome).await {
+        Ok(()) => status,
+        Err(_) => RunStatus::Failed,
+    };
+    RunSummary {
+        run_id: Some(id),
+        ..RunSummary::bare(status, started.elapsed(), Some(message.to_owned()))
+    }
+}
+
+/// The stand-in pipeline (records a run lasting `delay`), watched by `recorder`.
 fn recorded(recorder: &Arc<Recorder>, delay: Duration) -> RunFn {
     let inner = placeholder_run_fn(delay);
     let recorder = recorder.clone();

@@ -16,7 +16,7 @@ use proptest::test_runner::Config;
 use syncerd::db::{Db, RunStatus, SyncerRow, get_syncer};
 use syncerd::dingtalk::types::{Directory, User};
 use syncerd::pipeline::plan::plan;
-use syncerd::pipeline::{Plan, PlanInput, PlanOptions, load_state, map_directory, validate_syncer};
+use syncerd::pipeline::{Plan, PlanInput, PlanOptions, load_state, map_directory};
 
 /// Cases per property; `PROPTEST_CASES` overrides (each case migrates a fresh SQLite file).
 const CASES: u32 = 24;
@@ -246,7 +246,7 @@ fn directories(s: &Scenario) -> [Directory; 2] {
 
 /// What the next run would write, planned from the database as `run_once` plans it.
 async fn plan_from_database(db: &Db, syncer: &SyncerRow, directory: &Directory) -> Plan {
-    let mapping = validate_syncer(syncer).unwrap();
+    let mapping = syncer.validate().unwrap().mapping().clone();
     let (users, record_errors) = map_directory(directory.users.clone(), &mapping);
     let state = load_state(db, ORG, &syncer.name, &mapping).await.unwrap();
     plan(PlanInput {

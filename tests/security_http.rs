@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use common::process::{Syncerd, free_port, syncerd_command};
 use common::{TestDb, eventually, on_every_engine};
 use syncerd::db::{self, Db, NewSyncer};
+use syncerd::dingtalk::Simulator;
+use syncerd::dingtalk::simulator::SimulatorConfig;
 use syncerd::secret::Secret;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -176,7 +178,7 @@ async fn half_sent_and_idle_connections_are_closed_within_their_timeouts() {
     let db = t.migrated().await;
     let d = Syncerd::fast_daemon(
         t.url(),
-        &["--placeholder-run-delay", "0s"],
+        &[],
         &[
             ("SYNCERD_HTTP__HEADER_READ_TIMEOUT", "1s"),
             ("SYNCERD_HTTP__IDLE_TIMEOUT", "30s"),
@@ -200,7 +202,7 @@ async fn half_sent_and_idle_connections_are_closed_within_their_timeouts() {
     // (1 s), long before the header timeout (10 s).
     let d = Syncerd::fast_daemon(
         t.url(),
-        &["--placeholder-run-delay", "0s"],
+        &[],
         &[
             ("SYNCERD_HTTP__HEADER_READ_TIMEOUT", "10s"),
             ("SYNCERD_HTTP__IDLE_TIMEOUT", "1s"),
@@ -230,7 +232,7 @@ async fn connections_past_the_cap_are_refused_and_the_server_recovers() {
     let db = t.migrated().await;
     let d = Syncerd::fast_daemon(
         t.url(),
-        &["--placeholder-run-delay", "0s"],
+        &[],
         &[
             ("SYNCERD_HTTP__MAX_CONNECTIONS", "4"),
             ("SYNCERD_HTTP__HEADER_READ_TIMEOUT", "10s"),
@@ -303,10 +305,25 @@ async fn manual_runs_are_rate_limited_and_a_disabled_syncer_needs_force() {
         let db = t.migrated().await;
         add(&db, "busy", 3600, true).await;
         add(&db, "off", 3600, false).await;
+        // Real runs, against a simulated DingTalk that knows the syncers' app.
+        let sim = Simulator::start(
+            SimulatorConfig {
+                users: 20,
+                departments: 2,
+                app_key: "dingkey".into(),
+                app_secret: Secret::new("Http-S3cret"),
+                ..Default::default()
+            },
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .await
+        .unwrap();
+        let base = sim.base_url();
         let d = Syncerd::daemon(
             t.url(),
-            &["--placeholder-run-delay", "0s"],
+            &[],
             &[
+                ("SYNCERD_DINGTALK__API_BASE", &base),
                 ("SYNCERD_SCHEDULER__RELOAD_INTERVAL", "200ms"),
                 ("SYNCERD_SCHEDULER__MIN_INTERVAL", "60s"),
                 ("SYNCERD_HTTP__ADMIN_TOKEN", TOKEN),
@@ -534,7 +551,7 @@ async fn a_newline_in_a_syncer_name_cannot_forge_a_log_line() {
     on_every_engine(async |t: &TestDb| {
         let db = t.migrated().await;
         add(&db, "a\nFAKE LINE level=ERROR\r\x1b[31m", 3600, true).await;
-        let mut d = Syncerd::fast_daemon(t.url(), &["--placeholder-run-delay", "0s"], &[]);
+        let mut d = Syncerd::fast_daemon(t.url(), &[], &[]);
         d.wait_for_log("FAKE LINE", Duration::from_secs(10)).await;
         d.signal("TERM");
         assert!(d.exit_within(Duration::from_secs(10)).await.success());

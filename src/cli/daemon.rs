@@ -5,43 +5,24 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Args;
-use syncerd::config::{LoadedConfig, Settings, parse_duration};
+use syncerd::config::{LoadedConfig, Settings};
 use syncerd::daemon::{self, ControlSource, DaemonExit, DaemonOptions, RunFn};
+use syncerd::launch::{InstanceKind, instance_id};
 
 use super::{GlobalOpts, runtime};
 
 /// Exit code after a second SIGTERM/SIGINT cut the graceful stop short (128 + SIGINT).
 const FORCED_EXIT: u8 = 130;
 
-#[derive(Debug, Args)]
-pub struct RunArgs {
-    /// Development aid for the daemon's own tests: replace every sync by a stand-in run of this
-    /// length that records a run and touches neither DingTalk nor any user.
-    #[arg(long, hide = true, value_name = "DURATION", value_parser = parse_duration)]
-    pub placeholder_run_delay: Option<Duration>,
-    /// Development aid: stand-in runs ignore shutdown (tests of the grace and forced exit).
-    #[arg(long, hide = true)]
-    pub placeholder_ignores_cancel: bool,
-}
-
 /// The work of one run: the DingTalk fetch and the pipeline, with one client (token cache, rate
-/// limiters) shared by every syncer; the stand-in only when a hidden test flag asks for it.
-fn run_fn(settings: &Settings, args: &RunArgs) -> anyhow::Result<RunFn> {
-    Ok(match args.placeholder_run_delay {
-        Some(delay) if args.placeholder_ignores_cancel => {
-            daemon::stubborn_placeholder_run_fn(delay)
-        }
-        Some(delay) => daemon::placeholder_run_fn(delay),
-        None => {
-            let client = syncerd::dingtalk::Client::new((&settings.dingtalk).into())?;
-            daemon::pipeline_run_fn(settings.sync.clone(), client)
-        }
-    })
+/// limiters) shared by every syncer.
+fn run_fn(settings: &Settings) -> anyhow::Result<RunFn> {
+    let client = syncerd::dingtalk::Client::new((&settings.dingtalk).into())?;
+    Ok(daemon::pipeline_run_fn(settings.sync.clone(), client))
 }
 
 /// `syncerd run`: schedules every enabled DingTalk syncer until SIGTERM/SIGINT.
-pub fn run(global: &GlobalOpts, loaded: LoadedConfig, args: RunArgs) -> anyhow::Result<ExitCode> {
+pub fn run(global: &GlobalOpts, loaded: LoadedConfig) -> anyhow::Result<ExitCode> {
     let runtime = runtime()?;
     let sources = global.sources();
     let loader: daemon::ConfigLoader = Box::new(move || {
@@ -55,10 +36,10 @@ pub fn run(global: &GlobalOpts, loaded: LoadedConfig, args: RunArgs) -> anyhow::
     let exit = runtime.block_on(async {
         let control = ControlSource::os_signals().context("cannot install signal handlers")?;
         let daemon = daemon::bind(DaemonOptions {
-            run_fn: run_fn(&settings, &args)?,
+            run_fn: run_fn(&settings)?,
             settings,
             config_loader: Some(loader),
-            instance: daemon::instance_id(),
+            instance: instance_id(InstanceKind::Daemon),
         })
         .await?;
         anyhow::Ok(daemon.run(control).await)

@@ -18,6 +18,7 @@ use syncerd::dingtalk::User;
 use syncerd::dingtalk::simulator::{
     SimUser, Simulator, SimulatorConfig, SimulatorHandle, UserPatch,
 };
+use syncerd::launch::{InstanceKind, instance_id};
 use tokio::sync::mpsc;
 
 use super::output::{one_line, table};
@@ -211,7 +212,7 @@ pub async fn run(base: &Settings, args: DemoArgs) -> anyhow::Result<ExitCode> {
         run_fn: daemon::pipeline_run_fn(settings.sync.clone(), client),
         settings: settings.clone(),
         config_loader: None,
-        instance: daemon::instance_id(),
+        instance: instance_id(InstanceKind::Daemon),
     })
     .await?;
     if let Some(addr) = daemon.local_addr() {

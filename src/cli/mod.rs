@@ -9,7 +9,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use syncerd::config::{ConfigSources, LoadedConfig, Settings};
 use syncerd::db::{self, Db};
 use syncerd::dingtalk::{CheckStep, StepOutcome};
-use syncerd::pipeline::{OrganizationRow, SyncerProblem, find_organization};
+use syncerd::pipeline::{OrganizationRow, find_organization};
+use syncerd::syncer::SyncerProblem;
 use syncerd::telemetry::LogGuard;
 
 mod daemon;
@@ -129,7 +130,7 @@ pub enum Command {
     /// re-reads the configuration file), waits for the database while it is down, takes a
     /// per-syncer lease so replicas never run one syncer twice, and serves /healthz, /readyz,
     /// /metrics and the admin API on http.listen.
-    Run(daemon::RunArgs),
+    Run,
     /// Ask the local daemon's /readyz (at http.listen): exit 0 when ready, 1 otherwise.
     ///
     /// For Docker's HEALTHCHECK; waits at most 3 seconds.
@@ -278,7 +279,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             db.close().await?;
             Ok(ExitCode::SUCCESS)
         }),
-        Command::Run(args) => daemon::run(&cli.global, loaded, args),
+        Command::Run => daemon::run(&cli.global, loaded),
         Command::Healthcheck => daemon::healthcheck(settings),
         Command::Config(ConfigCommand::Show) => {
             if let Some(file) = &loaded.file {

@@ -3,17 +3,17 @@
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
+use std::future::Future;
+use std::time::Duration;
+
 use anyhow::bail;
-use chrono::Utc;
 use clap::Args;
 use syncerd::config::Settings;
-use syncerd::daemon::lease::{HeldLease, LeaseTiming, Renewal};
-use syncerd::db::leases::{
-    ORPHANED_RUN_REASON, acquire_lease, epoch_millis, get_lease, release_lease, renew_lease,
-};
-use syncerd::db::{Db, RunMode, RunTrigger, StaleRunFilter, mark_interrupted};
+use syncerd::db::{RunMode, RunTrigger};
 use syncerd::dingtalk::{Client, Credentials, FetchProgress};
-use syncerd::pipeline::{Phase, Progress, RunContext, RunOptions, process_instance, run_once};
+use syncerd::launch::lease::LeaseTiming;
+use syncerd::launch::{Holder, InstanceKind, LaunchError, instance_id, launch};
+use syncerd::pipeline::{Phase, Progress, RunContext, RunOptions, RunReport, run_once, run_valid};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -95,43 +95,7 @@ pub async fn run(settings: &Settings, args: SyncArgs) -> anyhow::Result<ExitCode
     } else {
         RunMode::Apply
     };
-    let instance = format!("{}:cli", process_instance());
-    // The same lease as a daemon's run: 12 reload intervals (60 s by default), renewed every
-    // third of that.
-    let timing = LeaseTiming::for_reload_interval(settings.scheduler.reload_interval);
-
-    // A real run takes the syncer's lease so it never overlaps a daemon's run of it.
-    let lease = if args.dry_run {
-        None
-    } else {
-        if !acquire_lease(&db, &syncer.name, &instance, epoch_millis(), timing.ttl).await? {
-            let holder = get_lease(&db, &syncer.name)
-                .await?
-                .map(|l| l.holder)
-                .unwrap_or_default();
-            bail!(
-                "syncer `{}` is being synced by another process ({holder}); wait for that run to end \
-                 (`syncerd runs --syncer {}`) and try again",
-                syncer.name,
-                syncer.name
-            );
-        }
-        // Holding the lease, any `running` row of this syncer belongs to a process that died
-        // (`kill -9`, a crash): close it, as a daemon's reconcile pass would.
-        let filter = StaleRunFilter {
-            syncer: Some(syncer.name.clone()),
-            ..StaleRunFilter::default()
-        };
-        let closed = mark_interrupted(&db, &filter, Utc::now(), ORPHANED_RUN_REASON).await?;
-        if closed > 0 {
-            tracing::warn!(
-                "{closed} earlier run(s) of syncer {} were left running by a process that is gone: \
-                 recorded as interrupted",
-                syncer.name
-            );
-        }
-        Some(instance.clone())
-    };
+    let instance = instance_id(InstanceKind::Cli);
 
     let cancel = CancellationToken::new();
     let mut options = RunOptions::new(RunTrigger::Cli, mode);
@@ -159,44 +123,34 @@ pub async fn run(settings: &Settings, args: SyncArgs) -> anyhow::Result<ExitCode
     };
     let fetch =
         client.fetch_directory_counted(&credentials, Some(fetch_tx), options.api_calls.clone());
-    let run = run_once(&ctx, &syncer, fetch, options);
-    tokio::pin!(run);
-
-    // The lease is renewed by a task of its own: renewing inside the loop below would stop
-    // polling the run, which may hold SQLite's write turn the renewal waits for.
-    let renewer = lease.as_ref().map(|holder| {
-        tokio::spawn(keep_lease(
-            db.clone(),
-            timing,
-            syncer.name.clone(),
-            holder.clone(),
-            cancel.clone(),
-        ))
-    });
-
-    // Ctrl-C or SIGTERM (systemd, Docker, a CronJob) stops the run at its next safe point.
-    let mut terminate = signal(SignalKind::terminate())?;
-    let report = loop {
-        tokio::select! {
-            report = &mut run => break report,
-            _ = tokio::signal::ctrl_c(), if !cancel.is_cancelled() => {
-                tracing::warn!("interrupt: stopping at the next safe point (between batches)");
-                cancel.cancel();
-            }
-            _ = terminate.recv(), if !cancel.is_cancelled() => {
-                tracing::warn!("SIGTERM: stopping at the next safe point (between batches)");
-                cancel.cancel();
+    let report = match syncer.validate() {
+        // A real run takes the syncer's lease (the same as a daemon's run: 12 reload intervals,
+        // 60 s by default) so it never overlaps a daemon's run of it; a dry run writes nothing.
+        Ok(valid) if !args.dry_run => {
+            let holder = Holder {
+                instance,
+                timing: LeaseTiming::for_reload_interval(settings.scheduler.reload_interval),
+                db_timeout: settings
+                    .database
+                    .connect_timeout
+                    .max(Duration::from_secs(1)),
+            };
+            let run = until_signalled(run_valid(&ctx, &valid, fetch, options), &cancel);
+            match launch(&db, &valid, &holder, &cancel, run).await {
+                Ok(report) => report?,
+                Err(LaunchError::Busy { syncer, holder }) => bail!(
+                    "syncer `{syncer}` is being synced by another process ({holder}); wait for \
+                     that run to end (`syncerd runs --syncer {syncer}`) and try again"
+                ),
+                Err(e) => return Err(e.into()),
             }
         }
+        Ok(valid) => until_signalled(run_valid(&ctx, &valid, fetch, options), &cancel).await?,
+        // Recorded as a failed run that says why.
+        Err(_) => until_signalled(run_once(&ctx, &syncer, fetch, options), &cancel).await?,
     };
-    if let Some(renewer) = renewer {
-        renewer.abort();
-    }
     if let Some(bar) = bar {
         let _ = bar.await;
-    }
-    if let Some(holder) = &lease {
-        release_lease(&db, &syncer.name, holder).await?;
     }
     db.close().await?;
 
@@ -211,49 +165,25 @@ pub async fn run(settings: &Settings, args: SyncArgs) -> anyhow::Result<ExitCode
     })
 }
 
-/// Renews the lease of `syncer` every third of its TTL until aborted; cancels the run when the
-/// lease is lost or about to expire unrenewed.
-async fn keep_lease(
-    db: Db,
-    timing: LeaseTiming,
-    syncer: String,
-    holder: String,
-    cancel: CancellationToken,
-) {
-    let mut held = HeldLease::taken(timing, epoch_millis());
-    let mut renew = tokio::time::interval(timing.renew_every);
-    renew.tick().await;
-    loop {
-        renew.tick().await;
-        let now = epoch_millis();
-        // A renewal that hangs (a database gone silent) counts as failed once the next is due.
-        let attempt = tokio::time::timeout(
-            timing.renew_every,
-            renew_lease(&db, &syncer, &holder, now, timing.ttl),
-        )
-        .await;
-        let (renewed, error) = match attempt {
-            Ok(Ok(held)) => (Some(held), String::new()),
-            Ok(Err(e)) => (None, e.to_string()),
-            Err(_) => (None, format!("no answer within {:?}", timing.renew_every)),
-        };
-        match held.renewal(now, renewed, epoch_millis()) {
-            Renewal::Renewed => {}
-            Renewal::Lost => {
-                tracing::warn!(
-                    "lost the lease of syncer {syncer} to another process; stopping at the next safe point"
-                );
+/// Polls `run` to its end; Ctrl-C or SIGTERM (systemd, Docker, a CronJob) meanwhile cancels
+/// `cancel`, which stops the run at its next safe point.
+async fn until_signalled(
+    run: impl Future<Output = RunReport>,
+    cancel: &CancellationToken,
+) -> anyhow::Result<RunReport> {
+    tokio::pin!(run);
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(loop {
+        tokio::select! {
+            report = &mut run => break report,
+            _ = tokio::signal::ctrl_c(), if !cancel.is_cancelled() => {
+                tracing::warn!("interrupt: stopping at the next safe point (between batches)");
                 cancel.cancel();
             }
-            Renewal::Expiring => {
-                tracing::warn!(
-                    "cannot renew the lease of syncer {syncer} ({error}) and it is about to expire; stopping at the next safe point"
-                );
+            _ = terminate.recv(), if !cancel.is_cancelled() => {
+                tracing::warn!("SIGTERM: stopping at the next safe point (between batches)");
                 cancel.cancel();
-            }
-            Renewal::Retry => {
-                tracing::warn!("renewing the lease of syncer {syncer} failed: {error}; retrying");
             }
         }
-    }
+    })
 }

@@ -19,7 +19,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use chrono::{DateTime, Utc};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use serde::{Deserialize, Serialize};
@@ -32,9 +31,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::HttpSettings;
 use crate::db::leases::{epoch_millis, get_lease};
-use crate::db::{self, RunFilter, RunTrigger, utc_millis};
+use crate::db::{self, Db, RunFilter, RunTrigger, utc_millis};
 
-use super::scheduler::{Desired, Shared, TriggerError, effective_interval};
+use super::scheduler::{Desired, Shared, SyncerState, TriggerError};
 
 /// Bound of the database look-ups an admin request makes.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
@@ -308,7 +307,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
         )],
-        shared.metrics.render(),
+        shared.metrics_text(),
     )
         .into_response()
 }
@@ -400,97 +399,77 @@ async fn list_syncers(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> 
     if let Err(response) = authorize(&shared, &headers) {
         return *response;
     }
-    let min_interval = shared.live().min_interval;
-    let entries: Vec<_> = {
-        let syncers = shared.syncers.lock().await;
-        syncers
-            .values()
-            .map(|e| {
-                (
-                    e.row.name.clone(),
-                    e.row.organization.clone(),
-                    e.row.is_enabled,
-                    e.row.sync_interval,
-                    e.desired.clone(),
-                    e.job,
-                    e.soon,
-                    e.last_run.clone(),
-                )
-            })
-            .collect()
-    };
-    let mut jobs = shared.jobs.clone();
-    let mut views = Vec::with_capacity(entries.len());
-    for (name, organization, enabled, configured, desired, job, soon, last_seen) in entries {
-        // The earlier of the repeating job's next tick and a pending first run.
-        let mut next_run: Option<DateTime<Utc>> = None;
-        for id in [job, soon].into_iter().flatten() {
-            let tick = tokio::time::timeout(LOOKUP_TIMEOUT, jobs.next_tick_for_job(id))
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .flatten();
-            next_run = match (next_run, tick) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-        }
-        let next_run = next_run.map(utc_millis);
-        let (mut last_run, mut lease_holder) = (None, None);
-        if let Some(db) = shared.db() {
-            let filter = RunFilter {
-                syncer: Some(name.clone()),
-                limit: 1,
-                ..RunFilter::default()
-            };
-            if let Ok(Ok(mut rows)) =
-                tokio::time::timeout(LOOKUP_TIMEOUT, db::list_runs(db, &filter)).await
-            {
-                last_run = rows.pop().map(|r| LastRunView {
-                    id: Some(r.id),
-                    status: r.status.to_string(),
-                    trigger: Some(r.trigger.to_string()),
-                    started_at: Some(utc_millis(r.started_at)),
-                    finished_at: r.finished_at.map(utc_millis),
-                    message: r.error_summary,
-                });
-            }
-            if let Ok(Ok(Some(lease))) =
-                tokio::time::timeout(LOOKUP_TIMEOUT, get_lease(db, &name)).await
-            {
-                lease_holder = lease.is_live(epoch_millis()).then_some(lease.holder);
-            }
-        }
-        if last_run.is_none() {
-            last_run = last_seen.map(|l| LastRunView {
-                id: l.summary.run_id,
-                status: l.summary.status.to_string(),
-                trigger: None,
-                started_at: None,
-                finished_at: Some(utc_millis(l.finished_at)),
-                message: l.summary.message,
-            });
-        }
-        let invalid_reason = match &desired {
-            Desired::Invalid(reason) => Some(reason.clone()),
-            _ => None,
+    let snapshot = shared.snapshot().await;
+    let mut views = Vec::with_capacity(snapshot.syncers.len());
+    for state in snapshot.syncers {
+        let (last_run, lease_holder) = match &snapshot.db {
+            Some(db) => stored_state(db, &state.name).await,
+            None => (None, None),
         };
-        views.push(SyncerView {
-            running: shared.is_running(&name),
-            name,
-            organization,
-            enabled,
-            valid: invalid_reason.is_none(),
-            invalid_reason,
-            interval_seconds: effective_interval(configured, min_interval).0.as_secs(),
-            configured_interval_seconds: configured,
-            scheduled: job.is_some(),
-            next_run,
-            lease_holder,
-            last_run,
-        });
+        views.push(view(state, last_run, lease_holder));
     }
     axum::Json(json!({ "syncers": views })).into_response()
+}
+
+/// The newest run of `name` in the history, and the holder of its lease while it is live.
+async fn stored_state(db: &Db, name: &str) -> (Option<LastRunView>, Option<String>) {
+    let (mut last_run, mut lease_holder) = (None, None);
+    let filter = RunFilter {
+        syncer: Some(name.to_owned()),
+        limit: 1,
+        ..RunFilter::default()
+    };
+    if let Ok(Ok(mut rows)) = tokio::time::timeout(LOOKUP_TIMEOUT, db::list_runs(db, &filter)).await
+    {
+        last_run = rows.pop().map(|r| LastRunView {
+            id: Some(r.id),
+            status: r.status.to_string(),
+            trigger: Some(r.trigger.to_string()),
+            started_at: Some(utc_millis(r.started_at)),
+            finished_at: r.finished_at.map(utc_millis),
+            message: r.error_summary,
+        });
+    }
+    if let Ok(Ok(Some(lease))) = tokio::time::timeout(LOOKUP_TIMEOUT, get_lease(db, name)).await {
+        lease_holder = lease.is_live(epoch_millis()).then_some(lease.holder);
+    }
+    (last_run, lease_holder)
+}
+
+/// One syncer as the admin API shows it: the history's last run, else the one this process saw.
+fn view(
+    state: SyncerState,
+    last_run: Option<LastRunView>,
+    lease_holder: Option<String>,
+) -> SyncerView {
+    let last_run = last_run.or_else(|| {
+        state.last_run.map(|l| LastRunView {
+            id: l.summary.run_id,
+            status: l.summary.status.to_string(),
+            trigger: None,
+            started_at: None,
+            finished_at: Some(utc_millis(l.finished_at)),
+            message: l.summary.message,
+        })
+    });
+    let invalid_reason = match state.desired {
+        Desired::Invalid(reason) => Some(reason),
+        _ => None,
+    };
+    SyncerView {
+        running: state.running,
+        name: state.name,
+        organization: state.organization,
+        enabled: state.enabled,
+        valid: invalid_reason.is_none(),
+        invalid_reason,
+        interval_seconds: state.interval.as_secs(),
+        configured_interval_seconds: state.configured_interval,
+        scheduled: state.scheduled,
+        next_run: state.next_run.map(utc_millis),
+        lease_holder,
+        last_run,
+    }
 }
 
 /// `?force=true` runs a disabled syncer.
@@ -509,12 +488,10 @@ async fn run_now(
     if let Err(response) = authorize(&shared, &headers) {
         return *response;
     }
-    let disabled = {
-        let syncers = shared.syncers.lock().await;
-        syncers
-            .get(&name)
-            .is_some_and(|e| matches!(e.desired, Desired::Disabled))
-    };
+    let snapshot = shared.snapshot().await;
+    let disabled = snapshot
+        .syncer(&name)
+        .is_some_and(|s| matches!(s.desired, Desired::Disabled));
     if disabled && !options.force {
         return error(
             StatusCode::CONFLICT,
@@ -524,11 +501,11 @@ async fn run_now(
             ),
         );
     }
-    if let Some(db) = shared.db()
+    if let Some(db) = &snapshot.db
         && let Ok(Ok(Some(lease))) =
             tokio::time::timeout(LOOKUP_TIMEOUT, get_lease(db, &name)).await
         && lease.is_live(epoch_millis())
-        && lease.holder != shared.instance
+        && lease.holder != snapshot.instance
     {
         return error(
             StatusCode::CONFLICT,

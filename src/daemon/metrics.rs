@@ -87,11 +87,12 @@ impl Metrics {
             }
             h.count += 1;
             h.sum += secs;
+            let c = &summary.counts;
             for (action, n) in [
-                ("created", summary.created),
-                ("updated", summary.updated),
-                ("forbidden", summary.forbidden),
-                ("deleted", summary.deleted),
+                ("created", c.created),
+                ("updated", c.updated),
+                ("forbidden", c.forbidden),
+                ("deleted", c.deleted),
             ] {
                 *m.users.entry((syncer.to_owned(), action)).or_default() += n;
             }
@@ -315,9 +316,12 @@ mod tests {
 
     fn summary(status: RunStatus, secs: f64) -> RunSummary {
         RunSummary {
-            created: 3,
-            updated: 2,
-            forbidden: 1,
+            counts: crate::db::RunCounts {
+                created: 3,
+                updated: 2,
+                forbidden: 1,
+                ..Default::default()
+            },
             api_calls: 7,
             ..RunSummary::bare(status, Duration::from_secs_f64(secs), None)
         }

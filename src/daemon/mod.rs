@@ -4,8 +4,7 @@
 //! The daemon only decides *when* a run happens; *what* a run does comes in as a [`RunFn`]
 //! value (the lead wires it to `pipeline::run_once`). Pieces:
 //! * [`scheduler`]: the reconcile pass (table → tokio-cron-scheduler jobs), the single-flight
-//!   guard, the process-wide run limit, the run task;
-//! * [`lease`]: how long a per-syncer lease lives and how often it is renewed;
+//!   guard, the process-wide run limit, the run task (which runs through [`crate::launch`]);
 //! * [`shutdown`]: signals as [`Control`] events, and the database back-off;
 //! * [`http`]: `/healthz`, `/readyz`, `/metrics` and the admin API; [`metrics`]: the counters.
 //!
@@ -15,11 +14,9 @@
 //! Runs live in a `TaskTracker` that shutdown drains within `scheduler.shutdown_grace`.
 
 pub mod http;
-pub mod lease;
 pub mod metrics;
 pub mod notify;
 mod pipeline;
-mod placeholder;
 pub mod scheduler;
 pub mod shutdown;
 
@@ -33,11 +30,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigError, Settings};
-use crate::db::{self, Db, DbError, RunStatus, RunTrigger, StaleRunFilter, SyncerRow};
+use crate::db::{self, Db, DbError, RunCounts, RunStatus, RunTrigger, StaleRunFilter};
+use crate::syncer::ValidSyncer;
 
 pub use pipeline::{pipeline_run_fn, summary_of};
-pub use placeholder::{PLACEHOLDER_MESSAGE, placeholder_run_fn, stubborn_placeholder_run_fn};
-pub use scheduler::{TriggerError, effective_interval, validate_syncer};
+pub use scheduler::{TriggerError, effective_interval};
 pub use shutdown::{Control, ControlSource};
 
 use scheduler::Shared;
@@ -45,14 +42,14 @@ use scheduler::Shared;
 /// What the daemon hands the pipeline for one run.
 #[derive(Debug, Clone)]
 pub struct RunRequest {
-    /// The row as read just before the run (fresher than the last reconcile).
-    pub syncer: SyncerRow,
+    /// The row as read and validated just before the run (fresher than the last reconcile).
+    pub syncer: ValidSyncer,
     pub trigger: RunTrigger,
     /// Cancelled at shutdown or when the lease is lost: stop at the next safe point and return
     /// status `interrupted`.
     pub cancel: CancellationToken,
-    /// `hostname:pid:random` of this process. The run's `syncer_run.instance` must be exactly
-    /// this: crash recovery matches running rows to the lease holder by it.
+    /// [`crate::launch::instance_id`] of this process. The run's `syncer_run.instance` must be
+    /// exactly this: crash recovery matches running rows to the lease holder by it.
     pub instance: String,
     /// The daemon's connection pool.
     pub db: Db,
@@ -65,12 +62,8 @@ pub struct RunSummary {
     /// The `syncer_run` row the run wrote, if it got that far.
     pub run_id: Option<i64>,
     pub status: RunStatus,
-    pub created: u64,
-    pub updated: u64,
-    /// Users forbidden because they left the directory.
-    pub forbidden: u64,
-    /// Users soft-deleted because they left the directory.
-    pub deleted: u64,
+    /// What the run did, as recorded in its `syncer_run` row.
+    pub counts: RunCounts,
     /// DingTalk API calls made.
     pub api_calls: u64,
     pub duration: Duration,
@@ -84,10 +77,7 @@ impl RunSummary {
         RunSummary {
             run_id: None,
             status,
-            created: 0,
-            updated: 0,
-            forbidden: 0,
-            deleted: 0,
+            counts: RunCounts::default(),
             api_calls: 0,
             duration,
             message,
@@ -107,7 +97,7 @@ pub struct DaemonOptions {
     pub run_fn: RunFn,
     /// Used on SIGHUP; `None` means a reload only reconciles.
     pub config_loader: Option<ConfigLoader>,
-    /// `hostname:pid:random`; see [`instance_id`].
+    /// See [`crate::launch::instance_id`].
     pub instance: String,
 }
 
@@ -140,17 +130,6 @@ pub enum DaemonError {
     Db(#[from] DbError),
     #[error("{what} took longer than {after:?}; is the database overloaded?")]
     Timeout { what: String, after: Duration },
-}
-
-/// `hostname:pid:random`: names this process as a lease holder and in `syncer_run.instance`.
-/// The random part tells a restarted process (same host, maybe same pid in a container) from
-/// its previous life.
-pub fn instance_id() -> String {
-    format!(
-        "{}:{:06x}",
-        crate::pipeline::process_instance(),
-        scheduler::random_u64() & 0xff_ffff
-    )
 }
 
 /// A daemon whose HTTP port is bound; [`BoundDaemon::run`] does the rest.
@@ -315,7 +294,7 @@ async fn shutdown_runs(
         tracing::info!("waiting up to {grace:?} for {running} run(s) to reach a safe point");
     }
     let drained = tokio::select! {
-        drained = tokio::time::timeout(grace, shared.tracker.wait()) => drained.is_ok(),
+        drained = tokio::time::timeout(grace, shared.tracker().wait()) => drained.is_ok(),
         ctl = shutdown::next_stop(control) => {
             tracing::warn!("{ctl} again during shutdown: exiting at once");
             return DaemonExit::Forced;

@@ -1,4 +1,4 @@
-//! The daemon's [`RunFn`] for real syncs: the DingTalk fetch and `pipeline::run_once`.
+//! The daemon's [`RunFn`] for real syncs: the DingTalk fetch and `pipeline::run_valid`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::config::SyncSettings;
 use crate::db::RunMode;
 use crate::dingtalk::{Client, Credentials};
-use crate::pipeline::{RunContext, RunOptions, RunReport, run_once};
+use crate::pipeline::{RunContext, RunOptions, RunReport, run_valid};
 
 use super::{RunFn, RunRequest, RunSummary};
 
@@ -34,7 +34,7 @@ pub fn pipeline_run_fn(sync: SyncSettings, client: Client) -> RunFn {
             };
             let fetch =
                 client.fetch_directory_counted(&credentials, None, options.api_calls.clone());
-            let report = run_once(&ctx, &syncer, fetch, options).await;
+            let report = run_valid(&ctx, &syncer, fetch, options).await;
             // The daemon idles for most of an interval: free what the run left cached.
             ctx.db.release_idle_memory().await;
             summary_of(&report)
@@ -47,10 +47,7 @@ pub fn summary_of(report: &RunReport) -> RunSummary {
     RunSummary {
         run_id: report.run_id,
         status: report.status,
-        created: report.counts.created,
-        updated: report.counts.updated,
-        forbidden: report.counts.forbidden,
-        deleted: report.counts.deleted,
+        counts: report.counts,
         api_calls: report.api_calls,
         duration: Duration::from_millis(report.duration_ms),
         message: report.summary_line(),

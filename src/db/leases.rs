@@ -200,17 +200,20 @@ pub struct OrphanedRun {
     pub instance: String,
 }
 
-/// Marks `interrupted` every `running` row of `syncer_run` started before `started_before` whose
-/// instance holds no live lease on its syncer at `now_ms`: the process that ran it died (or
-/// lost its lease), so nobody will ever finish the row. Runs hold their lease for their whole
-/// duration, so a live run is never touched; `started_before` also spares a very young row.
+/// Marks `interrupted` every `running` row of `syncer_run` (of `syncer`, or of every syncer)
+/// started before `started_before` whose instance holds no live lease on its syncer at
+/// `now_ms`: the process that ran it died (or lost its lease), so nobody will ever finish the
+/// row. Runs hold their lease for their whole duration, so a live run is never touched;
+/// `started_before` also spares a very young row. The one way orphaned runs are closed: by the
+/// daemon's reconcile pass (every syncer) and by a launch that just took a syncer's lease.
 pub async fn interrupt_orphaned_runs(
     db: &Db,
+    syncer: Option<&str>,
     now_ms: i64,
     started_before: DateTime<Utc>,
     reason: &str,
 ) -> Result<Vec<OrphanedRun>, DbError> {
-    let running: Vec<(i64, String, String)> = db
+    let mut running = db
         .tables()
         .at(syncer_run::Entity::find())
         .select_only()
@@ -218,7 +221,11 @@ pub async fn interrupt_orphaned_runs(
         .column(syncer_run::Column::SyncerName)
         .column(syncer_run::Column::Instance)
         .filter(syncer_run::Column::Status.eq(RunStatus::Running.as_str()))
-        .filter(syncer_run::Column::StartedAt.lt(utc_millis(started_before)))
+        .filter(syncer_run::Column::StartedAt.lt(utc_millis(started_before)));
+    if let Some(syncer) = syncer {
+        running = running.filter(syncer_run::Column::SyncerName.eq(syncer));
+    }
+    let running: Vec<(i64, String, String)> = running
         .into_tuple()
         .all(db.conn())
         .await

@@ -36,7 +36,6 @@ pub use report::{
     RunReport,
 };
 pub use run::{
-    FetchFailure, RunContext, RunError, RunOptions, SyncerProblem, process_instance, run_once,
-    run_with_directory, validate_syncer,
+    FetchFailure, RunContext, RunError, RunOptions, run_once, run_valid, run_with_directory,
 };
 pub use table_columns::MappingError;

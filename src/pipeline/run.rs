@@ -20,50 +20,28 @@ use tracing::{Instrument as _, debug, info, info_span, warn};
 use crate::config::SyncSettings;
 use crate::db::casdoor::{DbState, OrganizationRow, SchemaFacts, find_organization, load_state};
 use crate::db::{
-    self, DINGTALK_TYPE, Db, DbError, NewRun, RunCounts, RunMode, RunOutcome, RunStatus,
-    RunTrigger, SyncerRow, casdoor_timestamp, utc_millis,
+    self, Db, DbError, NewRun, RunCounts, RunMode, RunOutcome, RunStatus, RunTrigger, SyncerRow,
+    casdoor_timestamp, utc_millis,
 };
 use crate::dingtalk::types::{Department, Directory, DirectoryUser};
 use crate::dingtalk::{CallCounter, FetchError};
 use crate::secret::redact_text;
+use crate::syncer::{SyncerProblem, ValidSyncer};
 
 use super::apply::{ApplyError, ApplyOutcome, ApplySettings, apply_plan};
 use super::map::{MappedUser, Mapping, RecordError, map_directory};
 use super::model::{Plan, PlanInput, PlanOptions};
 use super::plan::plan;
 use super::report::{ErrorKind, Phase, Progress, ReportError, RunReport, planned_changes};
-use super::table_columns::MappingError;
 
 /// What every run of this process shares.
 #[derive(Debug, Clone)]
 pub struct RunContext {
     pub db: Db,
     pub sync: SyncSettings,
-    /// `hostname:pid`, recorded with each run.
+    /// Who runs, recorded with each run ([`crate::launch::instance_id`]); crash recovery
+    /// matches a `running` row to its syncer's lease holder by it.
     pub instance: String,
-}
-
-impl RunContext {
-    /// A context whose `instance` is this process ([`process_instance`]).
-    pub fn new(db: Db, sync: SyncSettings) -> Self {
-        Self {
-            db,
-            sync,
-            instance: process_instance(),
-        }
-    }
-}
-
-/// `hostname:pid` of this process (the hostname from the kernel or `$HOSTNAME`, else
-/// `localhost`).
-pub fn process_instance() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".to_owned());
-    format!("{host}:{}", std::process::id())
 }
 
 /// How one run is carried out.
@@ -117,58 +95,6 @@ fn cpu_bound<T>(work: impl FnOnce() -> T) -> Result<T, String> {
             .unwrap_or_else(|| "a panic without a message".to_owned());
         format!("panicked: {text}")
     })
-}
-
-/// Why a syncer row cannot run.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SyncerProblem {
-    #[error("its type is {found:?}; syncerd runs only syncers of type \"DingTalk\"")]
-    WrongType { found: String },
-    #[error(
-        "its organization (column `organization`) is empty; choose one on the syncer's page in Casdoor"
-    )]
-    NoOrganization,
-    #[error(
-        "its organization is `built-in`, Casdoor's administrators' organization, where every user is a global administrator; choose an organization of its own on the syncer's page in Casdoor"
-    )]
-    BuiltInOrganization,
-    #[error("its App Key (column `user`) is empty; set it on the syncer's page in Casdoor")]
-    NoAppKey,
-    #[error("its App Secret (column `password`) is empty; set it on the syncer's page in Casdoor")]
-    NoAppSecret,
-    #[error(transparent)]
-    Mapping(#[from] MappingError),
-    #[error(
-        "organization `{organization}` does not exist in Casdoor (its table `organization` has no row \
-         with owner `admin` and name `{organization}`); create the organization in Casdoor, or choose \
-         an existing one on the syncer's page"
-    )]
-    UnknownOrganization { organization: String },
-}
-
-/// Checks a syncer row and returns its field mapping.
-pub fn validate_syncer(syncer: &SyncerRow) -> Result<Mapping, SyncerProblem> {
-    if syncer.syncer_type != DINGTALK_TYPE {
-        return Err(SyncerProblem::WrongType {
-            found: syncer.syncer_type.clone(),
-        });
-    }
-    if syncer.organization.trim().is_empty() {
-        return Err(SyncerProblem::NoOrganization);
-    }
-    if syncer.organization.trim() == db::BUILT_IN_ORGANIZATION {
-        return Err(SyncerProblem::BuiltInOrganization);
-    }
-    if syncer.app_key.trim().is_empty() {
-        return Err(SyncerProblem::NoAppKey);
-    }
-    if syncer.app_secret.expose().trim().is_empty() {
-        return Err(SyncerProblem::NoAppSecret);
-    }
-    Ok(Mapping::from_syncer(
-        Some(&syncer.table_columns),
-        &syncer.avatar_base_url,
-    )?)
 }
 
 /// Why a run failed as a whole. Every message is operator-facing and secret-free.
@@ -235,13 +161,44 @@ pub async fn run_with_directory<E: FetchFailure>(
     run_once(ctx, syncer, std::future::ready(fetched), opts).await
 }
 
-/// Runs `syncer` once. `fetch` is polled only after the syncer is validated and (outside dry
-/// run) the run is recorded as `running`; its error's `Display` must be operator-facing and
-/// secret-free, and the calls it made are recorded. A dry run plans and applies inside a
-/// rolled-back transaction and records no history and no `error_text`.
+/// Runs `syncer` once: validates it, then [`run_valid`]. An invalid row is recorded as a failed
+/// run (outside dry run) that names the problem. `fetch` is polled only after the syncer is
+/// validated and (outside dry run) the run is recorded as `running`; its error's `Display` must
+/// be operator-facing and secret-free, and the calls it made are recorded. A dry run plans and
+/// applies inside a rolled-back transaction and records no history and no `error_text`.
 pub async fn run_once<F, E>(
     ctx: &RunContext,
     syncer: &SyncerRow,
+    fetch: F,
+    opts: RunOptions,
+) -> RunReport
+where
+    F: Future<Output = Result<Directory, E>>,
+    E: FetchFailure,
+{
+    let checked = syncer.validate().map(|valid| valid.mapping().clone());
+    run_checked(ctx, syncer, checked, fetch, opts).await
+}
+
+/// [`run_once`] for a syncer validated already (by [`crate::launch`]).
+pub async fn run_valid<F, E>(
+    ctx: &RunContext,
+    syncer: &ValidSyncer,
+    fetch: F,
+    opts: RunOptions,
+) -> RunReport
+where
+    F: Future<Output = Result<Directory, E>>,
+    E: FetchFailure,
+{
+    let checked = Ok(syncer.mapping().clone());
+    run_checked(ctx, syncer.row(), checked, fetch, opts).await
+}
+
+async fn run_checked<F, E>(
+    ctx: &RunContext,
+    syncer: &SyncerRow,
+    checked: Result<Mapping, SyncerProblem>,
     fetch: F,
     opts: RunOptions,
 ) -> RunReport
@@ -263,7 +220,7 @@ where
             utc_millis(Utc::now()),
         ),
     }
-    .run(fetch)
+    .run(checked, fetch)
     .instrument(span)
     .await
 }
@@ -307,7 +264,9 @@ impl Runner<'_> {
         self.syncer.name.clone()
     }
 
-    async fn run<F, E>(mut self, fetch: F) -> RunReport
+    /// `checked` is the row's mapping, or why the row cannot run: an invalid row is recorded
+    /// as a failed run.
+    async fn run<F, E>(mut self, checked: Result<Mapping, SyncerProblem>, fetch: F) -> RunReport
     where
         F: Future<Output = Result<Directory, E>>,
         E: FetchFailure,
@@ -323,7 +282,7 @@ impl Runner<'_> {
             "run started"
         );
 
-        let mapping = match validate_syncer(self.syncer) {
+        let mapping = match checked {
             Ok(m) => m.with_lowercase_names(self.ctx.sync.lowercase_names),
             Err(problem) => {
                 let error = RunError::InvalidSyncer {
@@ -758,47 +717,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::secret::Secret;
-
-    fn row() -> SyncerRow {
-        SyncerRow {
-            owner: "admin".into(),
-            name: "dt".into(),
-            created_time: String::new(),
-            organization: "acme".into(),
-            syncer_type: "DingTalk".into(),
-            app_key: "key".into(),
-            app_secret: Secret::new("secret"),
-            table_columns: db::DEFAULT_TABLE_COLUMNS.into(),
-            avatar_base_url: String::new(),
-            error_text: String::new(),
-            sync_interval: 600,
-            is_read_only: false,
-            is_enabled: true,
-        }
-    }
-
-    #[test]
-    fn validation_names_the_problem() {
-        assert!(validate_syncer(&row()).is_ok());
-        let problem = |f: fn(&mut SyncerRow)| {
-            let mut r = row();
-            f(&mut r);
-            validate_syncer(&r)
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default()
-        };
-        assert!(problem(|r| r.syncer_type = "Database".into()).contains("\"Database\""));
-        assert!(problem(|r| r.syncer_type = "dingtalk".into()).contains("DingTalk"));
-        assert!(problem(|r| r.organization = " ".into()).contains("organization"));
-        assert!(problem(|r| r.organization = "built-in".into()).contains("global administrator"));
-        assert!(problem(|r| r.app_key = String::new()).contains("App Key"));
-        assert!(problem(|r| r.app_secret = Secret::new("")).contains("App Secret"));
-        assert!(problem(|r| r.table_columns = "{".into()).contains("table_columns"));
-        let secret_free = problem(|r| r.app_key = String::new());
-        assert!(!secret_free.contains("secret\""), "{secret_free}");
-    }
 
     /// The daemon spawns runs on the multi-threaded runtime: the future must be `Send`.
     #[allow(dead_code)]
@@ -812,14 +730,5 @@ mod tests {
             RunOptions::new(RunTrigger::Schedule, RunMode::Apply),
         );
         is_send(&run);
-    }
-
-    #[test]
-    fn the_instance_is_host_and_pid() {
-        let instance = process_instance();
-        assert!(
-            instance.ends_with(&format!(":{}", std::process::id())),
-            "{instance}"
-        );
     }
 }
