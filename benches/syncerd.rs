@@ -38,9 +38,9 @@ use sea_orm::{DbBackend, EntityTrait, IntoActiveModel, Iterable, TransactionTrai
 use syncerd::config::{DatabaseSettings, DatabaseUrl};
 use syncerd::db::entities::{casbin_user_rule, group, syncer_link, user};
 use syncerd::db::{self, Db, RunFilter, RunStatus};
-use syncerd::dingtalk::simulator::{OrgSnapshot, SimStats};
 use syncerd::dingtalk::{Client, ClientConfig, Credentials, Directory};
 use syncerd::secret::Secret;
+use syncerd::simulator::{OrgSnapshot, SimStats};
 use tokio::process::{Child, Command};
 
 const BIN: &str = env!("CARGO_BIN_EXE_syncerd");

@@ -13,5 +13,6 @@ pub mod pipeline;
 #[cfg(test)]
 mod proptest_support;
 pub mod secret;
+pub mod simulator;
 pub mod syncer;
 pub mod telemetry;

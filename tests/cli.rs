@@ -248,7 +248,7 @@ async fn storage_commands_work_on_every_engine_and_never_print_the_secret() {
 
 #[tokio::test]
 async fn check_says_ok_against_the_simulator_and_names_bad_credentials() {
-    use syncerd::dingtalk::simulator::{Simulator, SimulatorConfig};
+    use syncerd::simulator::{Simulator, SimulatorConfig};
     let sim = Simulator::start(
         SimulatorConfig {
             users: 30,
@@ -357,7 +357,7 @@ fn log_dir_writes_rotating_files_that_are_flushed_at_exit() {
 
 #[tokio::test]
 async fn sync_imports_the_simulated_directory_then_finds_nothing_to_change() {
-    use syncerd::dingtalk::simulator::{Simulator, SimulatorConfig};
+    use syncerd::simulator::{Simulator, SimulatorConfig};
     let sim = Simulator::start(
         SimulatorConfig {
             users: 120,

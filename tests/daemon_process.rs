@@ -12,9 +12,9 @@ use common::{TestDb, eventually, on_every_engine, runs_of};
 use sea_orm::{ConnectionTrait, Database, TransactionTrait};
 use syncerd::config::Engine;
 use syncerd::db::{self, Db, NewSyncer, RunStatus};
-use syncerd::dingtalk::Simulator;
-use syncerd::dingtalk::simulator::{SimulatorConfig, SimulatorHandle};
 use syncerd::secret::Secret;
+use syncerd::simulator::Simulator;
+use syncerd::simulator::{SimulatorConfig, SimulatorHandle};
 use tokio::process::Command;
 
 const APP_SECRET: &str = "Proc-S3cret-42";

@@ -13,11 +13,9 @@ use dingtalk_support::*;
 use httpmock::prelude::*;
 use httpmock::{Mock, MockServer};
 use serde_json::{Value, json};
-use syncerd::dingtalk::simulator::BanStyle;
-use syncerd::dingtalk::{
-    Client, ClientConfig, DingTalkError, Endpoint, SimulatorConfig, StepOutcome,
-};
+use syncerd::dingtalk::{Client, ClientConfig, DingTalkError, Endpoint, StepOutcome};
 use syncerd::secret::Secret;
+use syncerd::simulator::{BanStyle, SimulatorConfig};
 
 const KEY: &str = "ding-test-key";
 const SECRET: &str = "test-secret-value";
@@ -877,7 +875,7 @@ async fn secrets_never_appear_in_logs_or_error_messages() {
     let dir = sim_client.fetch_directory(&good).await.unwrap();
     assert!(!dir.complete);
     let stats = sim.stats();
-    type Served = fn(&syncerd::dingtalk::simulator::SimEndpointStats) -> u64;
+    type Served = fn(&syncerd::simulator::SimEndpointStats) -> u64;
     let kinds: [Served; 5] = [
         |s| s.injected_throttle,
         |s| s.injected_busy,

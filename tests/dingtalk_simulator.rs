@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use dingtalk_support::*;
 use serde_json::{Value, json};
-use syncerd::dingtalk::simulator::{BanStyle, Faults, SimUser, UserPatch};
-use syncerd::dingtalk::{
-    Client, ClientConfig, Endpoint, SimulateArgs, SimulatorConfig, run_simulate,
+use syncerd::dingtalk::{Client, ClientConfig, Endpoint};
+use syncerd::simulator::{
+    BanStyle, Faults, SimUser, SimulateArgs, SimulatorConfig, UserPatch, run_simulate,
 };
 
 /// The big organization of the brief: 10,000 users in 500 departments.
@@ -20,7 +20,7 @@ fn big_org() -> SimulatorConfig {
 }
 
 /// Expected calls per endpoint of one complete fetch with a fresh client.
-fn expected_calls(org: &syncerd::dingtalk::simulator::OrgSnapshot) -> BTreeMap<&'static str, u64> {
+fn expected_calls(org: &syncerd::simulator::OrgSnapshot) -> BTreeMap<&'static str, u64> {
     let pages: u64 = org
         .members_per_department()
         .values()

@@ -11,8 +11,8 @@ use std::process::Output;
 use common::process::{free_port, syncerd_command};
 use common::{TestDb, on_every_engine};
 use syncerd::db::{self, NewSyncer, RunStatus};
-use syncerd::dingtalk::simulator::{DEFAULT_APP_KEY, Simulator, SimulatorConfig, SimulatorHandle};
 use syncerd::secret::Secret;
+use syncerd::simulator::{DEFAULT_APP_KEY, Simulator, SimulatorConfig, SimulatorHandle};
 
 const SECRET: &str = "Cfg-Canary-S3cret-c41";
 

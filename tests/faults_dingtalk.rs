@@ -11,10 +11,10 @@ use common::pipeline::{ORG, add_syncer, apply, context, count, rows, sync_settin
 use common::{TestDb, on_every_engine};
 use syncerd::db::entities::user;
 use syncerd::db::{self, Db, RunStatus, SyncerRow};
-use syncerd::dingtalk::simulator::{BanStyle, SimulatorConfig, SimulatorHandle};
-use syncerd::dingtalk::{Client, ClientConfig, Simulator};
+use syncerd::dingtalk::{Client, ClientConfig};
 use syncerd::pipeline::{RunReport, run_once};
 use syncerd::secret::Secret;
+use syncerd::simulator::{BanStyle, Simulator, SimulatorConfig, SimulatorHandle};
 
 /// The simulator's limit per API, as DingTalk's (20) is for the real service.
 const SIM_QPS: u32 = 20;
@@ -74,7 +74,7 @@ async fn setup(t: &TestDb) -> (Db, SyncerRow) {
         &format!(
             "UPDATE syncer SET {} = '{}' WHERE name = '{}'",
             t.quote("user"),
-            syncerd::dingtalk::simulator::DEFAULT_APP_KEY,
+            syncerd::simulator::DEFAULT_APP_KEY,
             syncer.name
         ),
     )
@@ -170,7 +170,7 @@ async fn throttling_gateway_pages_garbage_revoked_tokens_and_an_ip_ban_land_what
         assert_status(t, &report, RunStatus::Succeeded);
         assert_eq!(report.counts.created, USERS, "{}", t.label());
         assert_eq!(report.counts.rows_rejected, 0, "{}", t.label());
-        let served = |f: fn(&syncerd::dingtalk::simulator::SimEndpointStats) -> u64| -> u64 {
+        let served = |f: fn(&syncerd::simulator::SimEndpointStats) -> u64| -> u64 {
             stats.endpoints.values().map(f).sum()
         };
         // Every kind, on every engine, every time.

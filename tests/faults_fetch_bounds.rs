@@ -22,10 +22,10 @@ use common::pipeline::{ORG, add_syncer, apply, context, count, sync_settings};
 use common::{TestDb, eventually, on_every_engine};
 use serde_json::{Value, json};
 use syncerd::db::{self, Db, RunStatus, SyncerRow};
-use syncerd::dingtalk::simulator::SimulatorConfig;
-use syncerd::dingtalk::{CallCounter, Client, ClientConfig, Credentials, Endpoint, Simulator};
+use syncerd::dingtalk::{CallCounter, Client, ClientConfig, Credentials, Endpoint};
 use syncerd::pipeline::{RunOptions, RunReport, run_once};
 use syncerd::secret::Secret;
+use syncerd::simulator::{Simulator, SimulatorConfig};
 
 /// How the stand-in answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,11 +10,11 @@ use std::time::Duration;
 use common::pipeline::{add_syncer, apply, context, sync_settings, user_row, users};
 use common::{TestDb, on_every_engine};
 use syncerd::db::{self, Db, RunStatus, SyncerRow};
-use syncerd::dingtalk::simulator::{DEFAULT_APP_KEY, SimUser, SimulatorConfig, SimulatorHandle};
 use syncerd::dingtalk::types::User;
-use syncerd::dingtalk::{Client, ClientConfig, Simulator};
+use syncerd::dingtalk::{Client, ClientConfig};
 use syncerd::pipeline::{ErrorKind, RunReport, run_once};
 use syncerd::secret::Secret;
+use syncerd::simulator::{DEFAULT_APP_KEY, SimUser, Simulator, SimulatorConfig, SimulatorHandle};
 
 async fn start(users: usize, departments: usize) -> SimulatorHandle {
     Simulator::start(

@@ -13,9 +13,9 @@ use common::process::{Syncerd, run_status, wait_for_running};
 use common::{TestDb, eventually, on_every_engine, runs_of};
 use syncerd::db::leases::{epoch_millis, get_lease};
 use syncerd::db::{self, Db, NewSyncer, RunStatus};
-use syncerd::dingtalk::Simulator;
-use syncerd::dingtalk::simulator::{DEFAULT_APP_KEY, SimulatorConfig, SimulatorHandle};
 use syncerd::secret::Secret;
+use syncerd::simulator::Simulator;
+use syncerd::simulator::{DEFAULT_APP_KEY, SimulatorConfig, SimulatorHandle};
 
 const SECRET: &str = "Proc-Fault-S3cret-5e1";
 const SYNCER: &str = "acme-dingtalk";

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use common::process::{Syncerd, free_port, syncerd_command};
 use common::{TestDb, eventually, on_every_engine};
 use syncerd::db::{self, Db, NewSyncer};
-use syncerd::dingtalk::Simulator;
-use syncerd::dingtalk::simulator::SimulatorConfig;
 use syncerd::secret::Secret;
+use syncerd::simulator::Simulator;
+use syncerd::simulator::SimulatorConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -14,8 +14,8 @@ use common::TestDb;
 use common::pipeline::ALL_TABLES;
 use sea_orm::{ConnectOptions, ConnectionTrait, Database};
 use syncerd::config::Engine;
-use syncerd::dingtalk::simulator::{BanStyle, Simulator, SimulatorConfig};
 use syncerd::secret::Secret;
+use syncerd::simulator::{BanStyle, Simulator, SimulatorConfig};
 use tokio::process::Command;
 
 /// The App Secret the simulator accepts.
@@ -446,7 +446,7 @@ async fn scenario(t: &TestDb) -> Option<(String, String)> {
     // The scan is only worth something if tokens were issued and revoked, faults were served,
     // and the evidence holds what may be shown (the App Key is not a secret).
     let served = sim.stats();
-    let count = |f: fn(&syncerd::dingtalk::simulator::SimEndpointStats) -> u64| -> u64 {
+    let count = |f: fn(&syncerd::simulator::SimEndpointStats) -> u64| -> u64 {
         served.endpoints.values().map(f).sum()
     };
     assert!(count(|s| s.token_rejected) > 0, "{label}: no token revoked");

@@ -15,10 +15,8 @@ use syncerd::config::{DatabaseUrl, Settings};
 use syncerd::daemon::{self, Control, ControlSource, DaemonOptions};
 use syncerd::db::{self, Db, NewSyncer, RunFilter, RunStatus};
 use syncerd::dingtalk::User;
-use syncerd::dingtalk::simulator::{
-    SimUser, Simulator, SimulatorConfig, SimulatorHandle, UserPatch,
-};
 use syncerd::launch::{InstanceKind, instance_id};
+use syncerd::simulator::{SimUser, Simulator, SimulatorConfig, SimulatorHandle, UserPatch};
 use tokio::sync::mpsc;
 
 use super::output::{one_line, table};

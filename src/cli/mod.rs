@@ -120,7 +120,7 @@ pub enum Command {
     /// prints. The organization is generated from the seed, so the same flags always give the
     /// same users. A control API under /_sim/ (JSON) changes the organization and reads call
     /// counters; it has no authentication, so keep it on a loopback address. Ctrl-C stops it.
-    Simulate(syncerd::dingtalk::simulator::SimulateArgs),
+    Simulate(syncerd::simulator::SimulateArgs),
     /// Inspect the effective configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -270,7 +270,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let shutdown = async {
                 let _ = tokio::signal::ctrl_c().await;
             };
-            syncerd::dingtalk::simulator::run_simulate(args, shutdown).await?;
+            syncerd::simulator::run_simulate(args, shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }),
         Command::Runs(args) => runtime()?.block_on(async {

@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::client::{CallCounter, Client, StatsRecorder};
+use super::client::{CallCounter, CallCtx, Client, StatsRecorder};
 use super::error::DingTalkError;
 use super::types::{
     Credentials, Department, DepartmentPayload, Directory, DirectoryUser, FetchStats, User,
@@ -356,135 +356,198 @@ impl Client {
         // Prove the credentials once before fanning out.
         self.access_token(&ctx).await?;
 
-        let max = self.config().max_concurrency.max(1);
-        let half = max.div_ceil(2);
         let mut walk = Walk::start(
             self.config().max_departments,
             self.config().max_pages_per_department,
         );
+        let mut lanes = Lanes::new(self.config().max_concurrency);
         let mut in_flight: FuturesUnordered<Pending<'_>> = FuturesUnordered::new();
         // The root's own name, as Casdoor shows it on the root group: one call per fetch.
-        {
-            let ctx = &ctx;
-            in_flight.push(Box::pin(async move {
-                Outcome::Root {
-                    result: self.department_get(ctx, ROOT_DEPT_ID).await,
-                }
-            }));
-        }
-        let (mut walking, mut paging) = (0usize, 0usize);
+        in_flight.push(self.request(&ctx, Request::Root));
         let mut ticker = tokio::time::interval_at(started + PROGRESS_EVERY, PROGRESS_EVERY);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
 
         loop {
             if let Some(tx) = &progress {
-                tx.send_replace(FetchProgress {
-                    departments_walked: walk.departments_walked,
-                    departments_found: walk.visited.len(),
-                    users: walk.users.len(),
-                    calls: stats.total_calls(),
-                });
+                tx.send_replace(walk.progress(stats.total_calls()));
             }
-            while in_flight.len() < max {
-                let paging_active = paging > 0 || !walk.page_queue.is_empty();
-                let walking_active = walking > 0 || !walk.walk_queue.is_empty();
-                let walk_cap = if paging_active { half } else { max };
-                let page_cap = if walking_active { max - half } else { max };
-                if walking < walk_cap
-                    && let Some(dept_id) = walk.walk_queue.pop_front()
-                {
-                    let ctx = &ctx;
-                    walking += 1;
-                    in_flight.push(Box::pin(async move {
-                        Outcome::Children {
-                            dept_id,
-                            result: self.list_sub(ctx, dept_id).await,
-                        }
-                    }));
-                    continue;
-                }
-                if paging < page_cap
-                    && let Some((dept_id, cursor)) = walk.page_queue.pop_front()
-                {
-                    let ctx = &ctx;
-                    paging += 1;
-                    in_flight.push(Box::pin(async move {
-                        Outcome::Members {
-                            dept_id,
-                            cursor,
-                            result: self.user_page(ctx, dept_id, cursor).await,
-                        }
-                    }));
-                    continue;
-                }
-                break;
-            }
-            if in_flight.is_empty() {
-                break;
+            while in_flight.len() < lanes.max {
+                let Some(request) = lanes.next(&mut walk) else {
+                    break;
+                };
+                in_flight.push(self.request(&ctx, request));
             }
             tokio::select! {
                 outcome = in_flight.next() => {
                     let Some(outcome) = outcome else { break };
-                    match outcome {
-                        Outcome::Children { dept_id, result } => {
-                            walking -= 1;
-                            match result {
-                                Ok(listed) => walk.add_children(dept_id, listed)?,
-                                Err(e) if e.is_department_level() => {
-                                    warn!(dept_id, error = %e, "department skipped: its sub-departments could not be listed");
-                                    walk.incomplete.push(format!(
-                                        "sub-departments of department {dept_id} not listed (its whole subtree is missing): {e}"
-                                    ));
-                                }
-                                Err(e) => return Err(e),
-                            }
-                        }
-                        Outcome::Members { dept_id, cursor, result } => {
-                            paging -= 1;
-                            match result {
-                                Ok(page) => walk.add_members(dept_id, cursor, page),
-                                Err(e) if e.is_department_level() => {
-                                    warn!(dept_id, error = %e, "department skipped: its members could not be listed");
-                                    walk.incomplete.push(format!(
-                                        "members of department {dept_id} not listed: {e}"
-                                    ));
-                                }
-                                Err(e) => return Err(e),
-                            }
-                        }
-                        Outcome::Root { result } => match result {
-                            Ok(root) => {
-                                walk.root_name = root.name.filter(|n| !n.trim().is_empty());
-                            }
-                            // A name only: the directory is whole without it, and the root
-                            // group keeps the organization's display name.
-                            Err(e) => warn!(
-                                error = %e,
-                                "the root department's name could not be read; the root group is named after the organization"
-                            ),
-                        },
-                    }
+                    lanes.finished(&outcome);
+                    walk.record(outcome)?;
                 }
-                _ = ticker.tick() => {
-                    info!(
-                        departments_walked = walk.departments_walked,
-                        departments_found = walk.visited.len(),
-                        user_pages = walk.pages_read,
-                        users = walk.users.len(),
-                        calls = stats.total_calls(),
-                        elapsed_s = started.elapsed().as_secs(),
-                        "DingTalk fetch in progress"
-                    );
-                }
+                _ = ticker.tick() => walk.log_progress(stats.total_calls(), started),
             }
         }
         drop(in_flight);
+        Ok(walk.finish(stats.snapshot(), started))
+    }
 
-        let departments = walk.departments();
-        let incomplete_reasons = std::mem::take(&mut walk.incomplete);
-        let skipped_negative = walk.skipped_negative;
-        let users = walk.users();
-        let stats = stats.snapshot();
+    /// The call behind one request, as a future the walk can hold among the others in flight.
+    fn request<'a>(&'a self, ctx: &'a CallCtx<'a>, request: Request) -> Pending<'a> {
+        match request {
+            Request::Root => Box::pin(async move {
+                Outcome::Root {
+                    result: self.department_get(ctx, ROOT_DEPT_ID).await,
+                }
+            }),
+            Request::Children(dept_id) => Box::pin(async move {
+                Outcome::Children {
+                    dept_id,
+                    result: self.list_sub(ctx, dept_id).await,
+                }
+            }),
+            Request::Members(dept_id, cursor) => Box::pin(async move {
+                Outcome::Members {
+                    dept_id,
+                    cursor,
+                    result: self.user_page(ctx, dept_id, cursor).await,
+                }
+            }),
+        }
+    }
+}
+
+/// A call the walk wants made.
+enum Request {
+    /// `department/get` of the root, for its name.
+    Root,
+    /// `listsub` of a department.
+    Children(i64),
+    /// One `v2/user/list` page of a department, at a cursor.
+    Members(i64, i64),
+}
+
+/// The in-flight slots: at most `max` calls, and while both the tree walk and the member listing
+/// have work, each kind gets half of them so neither starves the other.
+struct Lanes {
+    max: usize,
+    half: usize,
+    walking: usize,
+    paging: usize,
+}
+
+impl Lanes {
+    fn new(max_concurrency: usize) -> Self {
+        let max = max_concurrency.max(1);
+        Lanes {
+            max,
+            half: max.div_ceil(2),
+            walking: 0,
+            paging: 0,
+        }
+    }
+
+    /// The next call to send, if a slot of its kind is free and there is work for it.
+    fn next(&mut self, walk: &mut Walk) -> Option<Request> {
+        let paging_active = self.paging > 0 || !walk.page_queue.is_empty();
+        let walking_active = self.walking > 0 || !walk.walk_queue.is_empty();
+        let walk_cap = if paging_active { self.half } else { self.max };
+        let page_cap = if walking_active {
+            self.max - self.half
+        } else {
+            self.max
+        };
+        if self.walking < walk_cap
+            && let Some(dept_id) = walk.walk_queue.pop_front()
+        {
+            self.walking += 1;
+            return Some(Request::Children(dept_id));
+        }
+        if self.paging < page_cap
+            && let Some((dept_id, cursor)) = walk.page_queue.pop_front()
+        {
+            self.paging += 1;
+            return Some(Request::Members(dept_id, cursor));
+        }
+        None
+    }
+
+    /// Frees the slot of a call that answered.
+    fn finished(&mut self, outcome: &Outcome) {
+        match outcome {
+            Outcome::Children { .. } => self.walking -= 1,
+            Outcome::Members { .. } => self.paging -= 1,
+            Outcome::Root { .. } => {}
+        }
+    }
+}
+
+impl Walk {
+    /// Folds one answer into the walk. A department-level failure (gone, out of scope) marks
+    /// the directory incomplete and the walk goes on; any other failure ends the fetch.
+    fn record(&mut self, outcome: Outcome) -> Result<(), DingTalkError> {
+        match outcome {
+            Outcome::Children { dept_id, result } => match result {
+                Ok(listed) => self.add_children(dept_id, listed)?,
+                Err(e) if e.is_department_level() => {
+                    warn!(dept_id, error = %e, "department skipped: its sub-departments could not be listed");
+                    self.incomplete.push(format!(
+                        "sub-departments of department {dept_id} not listed (its whole subtree is missing): {e}"
+                    ));
+                }
+                Err(e) => return Err(e),
+            },
+            Outcome::Members {
+                dept_id,
+                cursor,
+                result,
+            } => match result {
+                Ok(page) => self.add_members(dept_id, cursor, page),
+                Err(e) if e.is_department_level() => {
+                    warn!(dept_id, error = %e, "department skipped: its members could not be listed");
+                    self.incomplete
+                        .push(format!("members of department {dept_id} not listed: {e}"));
+                }
+                Err(e) => return Err(e),
+            },
+            Outcome::Root { result } => match result {
+                Ok(root) => self.root_name = root.name.filter(|n| !n.trim().is_empty()),
+                // A name only: the directory is whole without it, and the root group keeps the
+                // organization's display name.
+                Err(e) => warn!(
+                    error = %e,
+                    "the root department's name could not be read; the root group is named after the organization"
+                ),
+            },
+        }
+        Ok(())
+    }
+
+    fn progress(&self, calls: u64) -> FetchProgress {
+        FetchProgress {
+            departments_walked: self.departments_walked,
+            departments_found: self.visited.len(),
+            users: self.users.len(),
+            calls,
+        }
+    }
+
+    fn log_progress(&self, calls: u64, started: Instant) {
+        info!(
+            departments_walked = self.departments_walked,
+            departments_found = self.visited.len(),
+            user_pages = self.pages_read,
+            users = self.users.len(),
+            calls,
+            elapsed_s = started.elapsed().as_secs(),
+            "DingTalk fetch in progress"
+        );
+    }
+
+    /// The directory the walk found, logged with its totals.
+    fn finish(mut self, stats: FetchStats, started: Instant) -> Directory {
+        let departments = self.departments();
+        let incomplete_reasons = std::mem::take(&mut self.incomplete);
+        let skipped_negative = self.skipped_negative;
+        let users = self.users();
         let directory = Directory {
             departments,
             users,
@@ -505,7 +568,7 @@ impl Client {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "DingTalk fetch finished"
         );
-        Ok(directory)
+        directory
     }
 }
 

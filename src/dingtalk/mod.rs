@@ -1,5 +1,5 @@
-//! The fetch stage: a DingTalk client that walks a whole directory at the API's speed limit,
-//! and a simulator that speaks the same API for the demo, tests and benchmarks.
+//! The fetch stage: a DingTalk client that walks a whole directory at the API's speed limit.
+//! The stand-in organization that speaks the same API lives in [`crate::simulator`].
 
 pub mod check;
 pub mod client;
@@ -8,7 +8,6 @@ pub mod error;
 pub mod fetch;
 pub mod limiter;
 pub mod rng;
-pub mod simulator;
 pub mod types;
 
 pub use check::{CheckReport, CheckStep, FieldSample, StepOutcome};
@@ -16,7 +15,4 @@ pub use client::{CallCounter, Client, ClientConfig};
 pub use endpoint::{Call, Endpoint, Permission};
 pub use error::DingTalkError;
 pub use fetch::{FetchError, FetchProgress};
-pub use simulator::{
-    SimulateArgs, Simulator, SimulatorConfig, SimulatorError, SimulatorHandle, run_simulate,
-};
 pub use types::{Credentials, Department, Directory, DirectoryUser, User};

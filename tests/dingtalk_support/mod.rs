@@ -7,11 +7,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use syncerd::dingtalk::simulator::OrgSnapshot;
-use syncerd::dingtalk::{
-    ClientConfig, Credentials, Directory, Simulator, SimulatorConfig, SimulatorHandle,
-};
+use syncerd::dingtalk::{ClientConfig, Credentials, Directory};
 use syncerd::secret::Secret;
+use syncerd::simulator::{OrgSnapshot, Simulator, SimulatorConfig, SimulatorHandle};
 
 /// Logs to stderr when `TEST_LOG` is set (house rule: quiet tests by default).
 pub fn init_test_log() {
