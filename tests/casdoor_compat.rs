@@ -581,6 +581,7 @@ async fn a_table_prefix_puts_every_table_but_casbin_user_rule_under_the_prefix()
             "syncer_run",
             "syncer_link",
             "syncer_lease",
+            "syncer_event",
             "syncerd_migrations",
         ] {
             assert!(

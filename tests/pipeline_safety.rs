@@ -254,7 +254,8 @@ async fn a_user_recreated_under_the_same_name_is_neither_written_nor_forbidden()
 
         // Links made before the identity was recorded (the migration undone and redone) are
         // filled from their row, once.
-        Migrator::down(db.conn(), Some(1)).await.unwrap();
+        // (Two steps down: the event inbox came after the link identity.)
+        Migrator::down(db.conn(), Some(2)).await.unwrap();
         assert!(
             !db::table_columns(&db, "syncer_link")
                 .await
@@ -263,7 +264,13 @@ async fn a_user_recreated_under_the_same_name_is_neither_written_nor_forbidden()
                 .any(|c| c == "casdoor_id")
         );
         let upgrade = db::migrate(&db).await.unwrap();
-        assert_eq!(upgrade.applied, ["m20261207_000003_link_row_identity"]);
+        assert_eq!(
+            upgrade.applied,
+            [
+                "m20261207_000003_link_row_identity",
+                "m20261207_000004_event_inbox"
+            ]
+        );
         let link = link_of(&db, &userid(2)).await.unwrap();
         assert_eq!(
             (link.casdoor_id, link.casdoor_created_time, link.adopted),

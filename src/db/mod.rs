@@ -13,6 +13,7 @@ mod time;
 
 pub mod casdoor;
 pub mod entities;
+pub mod inbox;
 pub mod leases;
 pub mod runs;
 pub mod syncers;

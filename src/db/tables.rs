@@ -12,7 +12,7 @@ use sea_orm::sea_query::{Alias, IntoTableRef, TableRef};
 use sea_orm::{ActiveModelTrait, DeleteMany, EntityTrait, Insert, QueryTrait, Select, UpdateMany};
 
 use super::entities::{
-    casbin_user_rule, group, syncer, syncer_lease, syncer_link, syncer_run, user,
+    casbin_user_rule, group, syncer, syncer_event, syncer_lease, syncer_link, syncer_run, user,
 };
 
 /// Longest `database.table_prefix`: index names carry it too, and PostgreSQL cuts identifiers
@@ -32,6 +32,7 @@ pub enum Table {
     SyncerRun,
     SyncerLink,
     SyncerLease,
+    SyncerEvent,
 }
 
 impl Table {
@@ -48,6 +49,7 @@ impl Table {
             Table::SyncerRun => "syncer_run",
             Table::SyncerLink => "syncer_link",
             Table::SyncerLease => "syncer_lease",
+            Table::SyncerEvent => "syncer_event",
         }
     }
 
@@ -153,6 +155,7 @@ stored_in! {
     syncer_run::Entity => Table::SyncerRun,
     syncer_link::Entity => Table::SyncerLink,
     syncer_lease::Entity => Table::SyncerLease,
+    syncer_event::Entity => Table::SyncerEvent,
 }
 
 /// A sea-orm query that can be pointed at another name of its table.
@@ -225,6 +228,7 @@ mod tests {
             entity_table::<syncer_run::Entity>(),
             entity_table::<syncer_link::Entity>(),
             entity_table::<syncer_lease::Entity>(),
+            entity_table::<syncer_event::Entity>(),
         ] {
             assert_eq!(entity, base);
         }
