@@ -96,37 +96,92 @@ pub async fn launch<T>(
     work: impl Future<Output = T>,
 ) -> Result<T, LaunchError> {
     let name = syncer.name.as_str();
+    hold_lease(db, name, LeaseFor::Run, holder, cancel, async {
+        close_orphaned_runs(db, name, holder.db_timeout).await;
+        work.await
+    })
+    .await
+}
+
+/// What a lease is held for. A syncer has two: one for its runs, so that two processes never
+/// run it at once, and one for its DingTalk event stream, so that one replica listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseFor {
+    Run,
+    Stream,
+}
+
+impl LeaseFor {
+    /// The `syncer_lease` key: the syncer's name for its runs, `stream:NAME` for its stream
+    /// (`stream:` and the MD5 of the name when that would outgrow the 100-character column).
+    pub fn key(self, syncer: &str) -> String {
+        match self {
+            LeaseFor::Run => syncer.to_owned(),
+            LeaseFor::Stream => {
+                let key = format!("stream:{syncer}");
+                if key.chars().count() <= 100 {
+                    key
+                } else {
+                    use md5::Digest as _;
+                    let digest = md5::Md5::digest(syncer.as_bytes());
+                    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+                    format!("stream:#{hex}")
+                }
+            }
+        }
+    }
+
+    /// What stops when the lease is lost, for log lines.
+    fn activity(self) -> &'static str {
+        match self {
+            LeaseFor::Run => "the run at its next safe point",
+            LeaseFor::Stream => "its event stream",
+        }
+    }
+}
+
+/// Runs `work` while holding `syncer`'s lease of kind `what`: takes it (or answers
+/// [`LaunchError::Busy`]), renews it while `work` goes on (cancelling `cancel` when it is lost or
+/// about to expire unrenewed) and gives it back after.
+pub async fn hold_lease<T>(
+    db: &Db,
+    syncer: &str,
+    what: LeaseFor,
+    holder: &Holder,
+    cancel: &CancellationToken,
+    work: impl Future<Output = T>,
+) -> Result<T, LaunchError> {
+    let key = what.key(syncer);
     let timing = holder.timing;
     let taken_at = epoch_millis();
     let acquired = bounded(
         holder.db_timeout,
         "taking the lease",
-        acquire_lease(db, name, &holder.instance, taken_at, timing.ttl),
+        acquire_lease(db, &key, &holder.instance, taken_at, timing.ttl),
     )
     .await;
     let lease_error = |message| LaunchError::Lease {
-        syncer: name.to_owned(),
+        syncer: syncer.to_owned(),
         message,
     };
     if !acquired.map_err(lease_error)? {
-        let current = bounded(holder.db_timeout, "reading the lease", get_lease(db, name)).await;
+        let current = bounded(holder.db_timeout, "reading the lease", get_lease(db, &key)).await;
         let holder = match current {
             Ok(Some(lease)) => lease.holder,
             _ => "unknown".to_owned(),
         };
         return Err(LaunchError::Busy {
-            syncer: name.to_owned(),
+            syncer: syncer.to_owned(),
             holder,
         });
     }
-    close_orphaned_runs(db, name, holder.db_timeout).await;
 
     // The lease is renewed by a task of its own: renewing in between polls of the work would
     // stop polling it, and the work may hold SQLite's write turn the renewal waits for.
     let renewer = AbortOnDrop(tokio::spawn(keep_lease(
         db.clone(),
         holder.clone(),
-        name.to_owned(),
+        (syncer.to_owned(), what),
         taken_at,
         cancel.clone(),
     )));
@@ -136,11 +191,11 @@ pub async fn launch<T>(
     let released = bounded(
         holder.db_timeout,
         "releasing the lease",
-        release_lease(db, name, &holder.instance),
+        release_lease(db, &key, &holder.instance),
     )
     .await;
     if let Err(e) = released {
-        tracing::warn!("syncer {name}: releasing its lease failed ({e}); it expires by itself");
+        tracing::warn!("syncer {syncer}: releasing its lease failed ({e}); it expires by itself");
     }
     Ok(output)
 }
@@ -193,10 +248,12 @@ impl Drop for AbortOnDrop {
 async fn keep_lease(
     db: Db,
     holder: Holder,
-    syncer: String,
+    (syncer, what): (String, LeaseFor),
     taken_at: i64,
     cancel: CancellationToken,
 ) {
+    let key = what.key(&syncer);
+    let stopping = what.activity();
     let timing = holder.timing;
     let mut held = HeldLease::taken(timing, taken_at);
     let mut renew = tokio::time::interval_at(
@@ -212,7 +269,7 @@ async fn keep_lease(
         let attempt = bounded(
             limit,
             "renewing the lease",
-            renew_lease(&db, &syncer, &holder.instance, now, timing.ttl),
+            renew_lease(&db, &key, &holder.instance, now, timing.ttl),
         )
         .await;
         let error = attempt.as_ref().err().cloned().unwrap_or_default();
@@ -221,14 +278,14 @@ async fn keep_lease(
             Renewal::Lost => {
                 tracing::warn!(
                     "syncer {syncer}: lost its lease (it expired and another process took it); \
-                     stopping the run at its next safe point"
+                     stopping {stopping}"
                 );
                 cancel.cancel();
             }
             Renewal::Expiring => {
                 tracing::warn!(
                     "syncer {syncer}: cannot renew its lease ({error}) and it is about to expire; \
-                     stopping the run at its next safe point"
+                     stopping {stopping}"
                 );
                 cancel.cancel();
             }
@@ -255,6 +312,19 @@ pub(crate) async fn bounded<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_syncer_s_stream_lease_is_another_row_than_its_run_lease_and_fits_the_column() {
+        assert_eq!(LeaseFor::Run.key("acme"), "acme");
+        assert_eq!(LeaseFor::Stream.key("acme"), "stream:acme");
+        let long = "钉".repeat(100);
+        let key = LeaseFor::Stream.key(&long);
+        assert!(
+            key.starts_with("stream:#") && key.chars().count() <= 100,
+            "{key}"
+        );
+        assert_ne!(key, LeaseFor::Stream.key(&"钉".repeat(99)));
+    }
 
     #[test]
     fn the_instance_is_host_pid_and_a_tag() {
