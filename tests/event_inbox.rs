@@ -116,3 +116,123 @@ async fn thousands_of_events_finish_in_one_call() {
     })
     .await;
 }
+
+mod applier {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use syncerd::daemon::RunSummary;
+    use syncerd::daemon::events::{ApplierTiming, EventBatch, apply_events};
+    use syncerd::db::RunStatus;
+    use syncerd::db::inbox::{pending_events, store_event};
+    use tokio::sync::Notify;
+    use tokio_util::sync::CancellationToken;
+
+    use super::common::{eventually, on_every_engine};
+    use super::event;
+
+    const TIMING: ApplierTiming = ApplierTiming {
+        coalesce: Duration::from_millis(30),
+        retry: Duration::from_millis(30),
+        db_timeout: Duration::from_secs(10),
+    };
+
+    fn summary(status: RunStatus, run_id: i64) -> RunSummary {
+        let mut s = RunSummary::bare(status, Duration::from_millis(5), None);
+        s.run_id = Some(run_id);
+        s
+    }
+
+    #[tokio::test]
+    async fn a_burst_becomes_one_run_and_a_failed_run_leaves_its_events_pending() {
+        on_every_engine(async |t| {
+            let db = t.migrated().await;
+            // Left by a previous process: applied when the applier starts, without a wake.
+            let mut leave = event("acme", "evt-1", 1);
+            leave.event_type = "user_leave_org".into();
+            store_event(&db, &leave).await.unwrap();
+            let mut admin = event("acme", "evt-2", 2);
+            admin.event_type = "org_admin_add".into();
+            store_event(&db, &admin).await.unwrap();
+            let mut other = event("other", "evt-3", 3);
+            other.user_ids = vec!["not-mine".into()];
+            store_event(&db, &other).await.unwrap();
+
+            let batches: Arc<Mutex<Vec<EventBatch>>> = Arc::default();
+            // The first run fails, the next ones succeed.
+            let statuses = Arc::new(Mutex::new(vec![RunStatus::Succeeded, RunStatus::Failed]));
+            let wake = Arc::new(Notify::new());
+            let cancel = CancellationToken::new();
+            let task = tokio::spawn(apply_events(
+                db.clone(),
+                "acme".into(),
+                wake.clone(),
+                TIMING,
+                cancel.clone(),
+                {
+                    let (batches, statuses) = (batches.clone(), statuses.clone());
+                    move |batch: EventBatch| {
+                        let (batches, statuses) = (batches.clone(), statuses.clone());
+                        async move {
+                            let mut b = batches.lock().unwrap();
+                            b.push(batch);
+                            let status = statuses
+                                .lock()
+                                .unwrap()
+                                .pop()
+                                .unwrap_or(RunStatus::Succeeded);
+                            Some(summary(status, b.len() as i64))
+                        }
+                    }
+                },
+            ));
+            eventually(
+                Duration::from_secs(20),
+                "the start-up backlog applied",
+                || async { pending_events(&db, "acme", 10).await.unwrap().is_empty() },
+            )
+            .await;
+            {
+                let b = batches.lock().unwrap();
+                assert_eq!(
+                    b.len(),
+                    2,
+                    "{}: failed once, then applied: {b:?}",
+                    t.label()
+                );
+                assert_eq!(b[0].acted_on, ["evt-1"]);
+                assert_eq!(b[0].ignored, ["evt-2"]);
+                // The retry carries the same work; the ignored event was finished at once.
+                assert_eq!(
+                    (&b[1].acted_on, &b[1].user_ids),
+                    (&b[0].acted_on, &b[0].user_ids)
+                );
+                assert!(b[1].ignored.is_empty());
+                assert!(!b[0].user_ids.contains("not-mine"));
+            }
+
+            // A burst stored before the wake is one run.
+            for i in 0..50 {
+                let mut e = event("acme", &format!("burst-{i:02}"), 100 + i);
+                e.user_ids = vec![format!("user-{i}")];
+                store_event(&db, &e).await.unwrap();
+            }
+            wake.notify_one();
+            eventually(Duration::from_secs(20), "the burst applied", || async {
+                pending_events(&db, "acme", 100).await.unwrap().is_empty()
+            })
+            .await;
+            {
+                let b = batches.lock().unwrap();
+                assert_eq!(b.len(), 3, "{}: {b:?}", t.label());
+                assert_eq!(b[2].acted_on.len(), 50);
+                assert_eq!(b[2].user_ids.len(), 50);
+            }
+            // The other syncer's event was never touched.
+            assert_eq!(pending_events(&db, "other", 10).await.unwrap().len(), 1);
+            cancel.cancel();
+            task.await.unwrap();
+        })
+        .await;
+    }
+}

@@ -13,6 +13,7 @@
 //! per run, so shutdown cancels every run at once.
 //! Runs live in a `TaskTracker` that shutdown drains within `scheduler.shutdown_grace`.
 
+pub mod events;
 pub mod http;
 pub mod metrics;
 pub mod notify;
