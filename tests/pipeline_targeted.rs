@@ -473,3 +473,49 @@ async fn an_event_for_departments_updates_their_groups_and_keeps_a_gone_ones_gro
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookups_read_gone_as_none_and_everything_else_as_an_error() {
+    use syncerd::dingtalk::CallCounter;
+    let sim = start(10).await;
+    let (client, creds, counter) = (client(&sim), sim.credentials(), CallCounter::new());
+    let org = sim.org();
+    let (present, leaver) = (&org.users[1].profile.userid, &org.users[2].profile.userid);
+    let user = client.get_user(&creds, present, &counter).await.unwrap();
+    let user = user.expect("a present user is found");
+    assert_eq!(&user.userid, present);
+    assert_eq!(user.dept_id_list, org.users[1].profile.dept_id_list);
+    assert!(user.unionid.is_some() && user.active.is_some());
+
+    sim.remove_user(leaver).unwrap();
+    assert_eq!(client.get_user(&creds, leaver, &counter).await, Ok(None));
+    // A userid DingTalk never had is a bad request (33012), not a leaver.
+    assert!(
+        client
+            .get_user(&creds, "never-was", &counter)
+            .await
+            .is_err()
+    );
+
+    let dept = &org.departments[1];
+    let found = client.get_department(&creds, dept.dept_id, &counter).await;
+    let found = found.unwrap().expect("the department exists");
+    assert_eq!(
+        (found.name.as_deref(), found.parent_id),
+        (Some(dept.name.as_str()), dept.parent_id)
+    );
+    assert_eq!(
+        client.get_department(&creds, 987_654, &counter).await,
+        Ok(None)
+    );
+    sim.set_faults(Faults {
+        bad_gateway_every: Some(1),
+        ..Faults::default()
+    })
+    .unwrap();
+    assert!(client.get_user(&creds, present, &counter).await.is_err());
+    assert!(client.get_department(&creds, 1, &counter).await.is_err());
+    // Every call is counted, the token's and the retries included.
+    assert_eq!(counter.get(), sim.stats().total_calls());
+    sim.shutdown().await.unwrap();
+}

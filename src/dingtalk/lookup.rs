@@ -90,10 +90,22 @@ impl Client {
         userid: &str,
     ) -> Result<Option<User>, DingTalkError> {
         let body = serde_json::json!({ "userid": userid });
-        match self
-            .execute::<User>(ctx, Call::new(Endpoint::UserGet), Some(&body))
-            .await
-        {
+        let call = Call::new(Endpoint::UserGet);
+        match self.execute::<User>(ctx, call, Some(&body)).await {
+            // The record is the asked-for user's: a record the planner could not tell apart
+            // from "not found" (no userid, or another one) must not make that user a leaver.
+            Ok(mut user) if user.userid.is_empty() => {
+                user.userid = userid.to_owned();
+                Ok(Some(user))
+            }
+            Ok(user) if user.userid != userid => Err(DingTalkError::Malformed {
+                call,
+                detail: format!(
+                    "asked for userid {userid:?}, the answer is for {:?}",
+                    user.userid
+                ),
+                attempts: 1,
+            }),
             Ok(user) => Ok(Some(user)),
             Err(e) if e.code() == Some(ERRCODE_USER_NOT_FOUND) => Ok(None),
             Err(e) => Err(e),
@@ -116,7 +128,7 @@ impl Client {
     /// as a [`Directory`]: the users and departments found. It is `complete`: every target was
     /// answered, so a target missing from it is gone. The first failed lookup stops the others
     /// and fails the whole lookup: nothing is then taken as gone. Every call is counted into
-    /// `counter` as it is sent.
+    /// `counter` as it is sent; the whole lookup is bounded by `fetch_timeout`.
     pub async fn lookup_targets(
         &self,
         creds: &Credentials,
@@ -155,7 +167,16 @@ impl Client {
             Ok::<_, LookupError>((users, departments))
         };
         let span = info_span!("dingtalk_lookup", app_key = %creds.app_key);
-        let (users, departments) = lookups.instrument(span).await?;
+        let limit = self.config().fetch_timeout;
+        let (users, departments) = match tokio::time::timeout(limit, lookups.instrument(span)).await
+        {
+            Ok(done) => done?,
+            Err(_) => {
+                let calls = stats.total_calls();
+                let error = DingTalkError::FetchTimeout { limit, calls };
+                return Err(fail("the event's targets".to_owned(), error));
+            }
+        };
         Ok(found_directory(users, departments, stats.snapshot()))
     }
 }
