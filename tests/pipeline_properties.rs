@@ -267,6 +267,7 @@ async fn plan_from_database(db: &Db, syncer: &SyncerRow, directory: &Directory) 
         casbin_groupings: state.casbin_groupings,
         options: PlanOptions::from_settings(&sync_settings(4), false, false),
         now: "2026-11-25T10:00:00+08:00".to_owned(),
+        scope: None,
     })
 }
 

@@ -70,6 +70,8 @@ text_enum! {
         Cli => "cli",
         Startup => "startup",
         Demo => "demo",
+        /// A DingTalk event named users or departments: a targeted run looks only them up.
+        Event => "event",
     }
 }
 

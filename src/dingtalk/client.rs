@@ -491,7 +491,7 @@ impl Client {
     /// the meantime; that earns one more refresh, not a failure.
     /// The answer's `result` is decoded into `T`; a mistyped one fails as
     /// [`DingTalkError::Malformed`] without a retry (the request itself succeeded).
-    async fn execute<T: DeserializeOwned>(
+    pub(crate) async fn execute<T: DeserializeOwned>(
         &self,
         ctx: &CallCtx<'_>,
         call: Call,

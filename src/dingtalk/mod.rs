@@ -7,6 +7,7 @@ pub mod endpoint;
 pub mod error;
 pub mod fetch;
 pub mod limiter;
+pub mod lookup;
 pub mod rng;
 pub mod types;
 
@@ -15,4 +16,5 @@ pub use client::{CallCounter, Client, ClientConfig};
 pub use endpoint::{Call, Endpoint, Permission};
 pub use error::DingTalkError;
 pub use fetch::{FetchError, FetchProgress};
+pub use lookup::{LookupError, Targets};
 pub use types::{Credentials, Department, Directory, DirectoryUser, User};

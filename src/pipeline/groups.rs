@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::dingtalk::Targets;
 use crate::dingtalk::types::Department;
 
 use super::columns::FieldValue;
@@ -60,6 +61,9 @@ pub struct GroupInput<'a> {
     pub organization_names: &'a BTreeSet<String>,
     pub adopt_existing: bool,
     pub now: &'a str,
+    /// A targeted run's targets (`None` in a full run): `departments` holds only the targets
+    /// found, and only a target can be reported gone.
+    pub scope: Option<&'a Targets>,
 }
 
 /// The tree of groups the departments describe, sorted by department id. A department whose
@@ -69,6 +73,23 @@ pub fn desired_groups(
     root_display_name: &str,
     departments: &[Department],
 ) -> (Vec<DesiredGroup>, Vec<Notice>) {
+    desired_groups_beside(
+        organization,
+        root_display_name,
+        departments,
+        &BTreeSet::new(),
+    )
+}
+
+/// [`desired_groups`] when `departments` is not the whole tree (a targeted run): a parent among
+/// `known_parents` (departments that have a group already) exists as well, so its child keeps
+/// its place under it instead of becoming a top group.
+fn desired_groups_beside(
+    organization: &str,
+    root_display_name: &str,
+    departments: &[Department],
+    known_parents: &BTreeSet<i64>,
+) -> (Vec<DesiredGroup>, Vec<Notice>) {
     let mut by_id: BTreeMap<i64, &Department> = BTreeMap::new();
     for d in departments {
         by_id.entry(d.dept_id).or_insert(d);
@@ -77,9 +98,9 @@ pub fn desired_groups(
     let groups = by_id
         .values()
         .map(|d| {
-            let parent = d
-                .parent_id
-                .filter(|p| by_id.contains_key(p) && *p != d.dept_id);
+            let parent = d.parent_id.filter(|p| {
+                (by_id.contains_key(p) || known_parents.contains(p)) && *p != d.dept_id
+            });
             let display_name = match (d.parent_id, d.name.as_deref().map(str::trim)) {
                 // The root is named as in DingTalk (as Casdoor names it), else after the org.
                 (None, Some(name)) if !name.is_empty() => name.to_owned(),
@@ -129,15 +150,25 @@ fn keep_unfetched_root_names(
 pub fn plan_groups(input: &GroupInput<'_>) -> GroupPlan {
     let org = input.organization;
     let mut out = GroupPlan::default();
-    let (mut desired, notices) = desired_groups(org, input.root_display_name, input.departments);
-    out.notices.extend(notices);
-
     let existing: BTreeMap<&str, &ExistingGroup> = input
         .existing_groups
         .iter()
         .filter(|g| g.owner == org)
         .map(|g| (g.name.as_str(), g))
         .collect();
+    // A targeted run sees only some departments: the others it knows by their groups.
+    let known_parents: BTreeSet<i64> = match input.scope {
+        Some(_) => existing.keys().filter_map(|n| n.parse().ok()).collect(),
+        None => BTreeSet::new(),
+    };
+    let (mut desired, notices) = desired_groups_beside(
+        org,
+        input.root_display_name,
+        input.departments,
+        &known_parents,
+    );
+    out.notices.extend(notices);
+
     keep_unfetched_root_names(&mut desired, input.departments, &existing);
     let (own_links, own_by_dept) = OwnershipLink::of_kind(input.links, LinkKind::Group);
     let owned_names: BTreeSet<&str> = own_links.iter().map(|l| l.casdoor_name.as_str()).collect();
@@ -187,8 +218,12 @@ pub fn plan_groups(input: &GroupInput<'_>) -> GroupPlan {
     if input.directory_complete {
         let desired_depts: BTreeSet<String> =
             desired.iter().map(|g| g.dept_id.to_string()).collect();
+        // A targeted run speaks only for its target departments (60003: gone). As in a full
+        // run the group is kept and stays managed; its members leave it as their own records
+        // are synced (their events, or the next full run).
+        let in_scope = |dept: &str| input.scope.is_none_or(|s| s.has_department(dept));
         for link in own_by_dept.values() {
-            if !desired_depts.contains(&link.external_id) {
+            if !desired_depts.contains(&link.external_id) && in_scope(&link.external_id) {
                 out.notices.push(Notice::DepartmentGone {
                     dept_id: link.external_id.clone(),
                     group: link.casdoor_name.clone(),

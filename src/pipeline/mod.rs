@@ -23,6 +23,7 @@ pub mod table_columns;
 pub use crate::db::casdoor::{
     DbState, OrganizationRow, SchemaFacts, find_organization, load_state,
 };
+pub use crate::dingtalk::Targets;
 pub use apply::{ApplyError, ApplyOutcome, ApplySettings, RowError, Subject, apply_plan};
 pub use columns::{Columns, FieldRef, FieldValue};
 pub use map::{MappedUser, Mapping, NameSource, RecordError, map_directory, map_user};
@@ -36,6 +37,7 @@ pub use report::{
     RunReport,
 };
 pub use run::{
-    FetchFailure, RunContext, RunError, RunOptions, run_once, run_valid, run_with_directory,
+    FetchFailure, RunContext, RunError, RunOptions, run_once, run_targets, run_valid,
+    run_with_directory,
 };
 pub use table_columns::MappingError;

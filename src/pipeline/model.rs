@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use crate::config::{LeaverPolicy, SyncSettings};
+use crate::dingtalk::Targets;
 use crate::dingtalk::types::Department;
 
 use super::columns::{Columns, FieldRef, FieldValue, zero_of};
@@ -254,6 +255,18 @@ pub struct PlanInput {
     pub options: PlanOptions,
     /// The run's time, RFC 3339 (for `created_time`, `deleted_time`).
     pub now: String,
+    /// `None`: `users` and `departments` are the whole directory. `Some`: a targeted run (an
+    /// event's hint) looked only these up; `users` and `departments` hold those found, a target
+    /// not found is gone, and every user or department outside the scope is left alone.
+    pub scope: Option<Targets>,
+}
+
+impl PlanInput {
+    /// Whether this run speaks for the DingTalk user `userid`: every user in a full run, only
+    /// the targets in a targeted one.
+    pub(crate) fn covers_user(&self, userid: &str) -> bool {
+        self.scope.as_ref().is_none_or(|s| s.has_user(userid))
+    }
 }
 
 /// One column changing from `old` to `new`.

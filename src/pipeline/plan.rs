@@ -71,11 +71,13 @@ pub fn plan(input: PlanInput) -> Plan {
         organization_names: &input.organization_names,
         adopt_existing: input.options.adopt_existing,
         now: &input.now,
+        scope: input.scope.as_ref(),
     });
     let memberships = Memberships::new(&input, &groups.managed);
     let (claimed_rows, new_user_columns) =
         plan_user_writes(&input.now, &existing, &resolved, &memberships, &mut out);
     let left = Leaving {
+        input: &input,
         existing: &existing,
         present: &present,
         claimed_rows: &claimed_rows,
@@ -84,7 +86,7 @@ pub fn plan(input: PlanInput) -> Plan {
     plan_leavers(&input, &left, owned_after(&existing, &resolved), &mut out);
     leave_groups_of_deleted(&left, &mut out);
     drop((memberships, present, claimed_rows));
-    out.link_deletes = stale_links(&existing, &resolved);
+    out.link_deletes = stale_links(&input, &existing, &resolved);
     drop((resolved, existing));
 
     // Every borrow of the mapped users has ended: move their columns into the new users.
@@ -716,14 +718,20 @@ fn owned_after(existing: &Existing<'_>, resolved: &[Resolved<'_>]) -> usize {
 
 /// Stale links: a link whose user row is gone (deleted in Casdoor) holds nothing. It is deleted
 /// unless this plan points it at a row again, so a stale link can never capture a later row.
-fn stale_links(existing: &Existing<'_>, resolved: &[Resolved<'_>]) -> Vec<OwnershipLink> {
+/// A targeted run only cleans up the links of its targets.
+fn stale_links(
+    input: &PlanInput,
+    existing: &Existing<'_>,
+    resolved: &[Resolved<'_>],
+) -> Vec<OwnershipLink> {
     let mut resolved_userids: Vec<&str> = resolved.iter().map(|(u, _)| u.userid.as_str()).collect();
     resolved_userids.sort_unstable();
     existing
         .user_links
         .iter()
         .filter(|l| {
-            !existing.by_name.contains_key(l.casdoor_name.as_str())
+            input.covers_user(&l.external_id)
+                && !existing.by_name.contains_key(l.casdoor_name.as_str())
                 && resolved_userids
                     .binary_search(&l.external_id.as_str())
                     .is_err()
@@ -756,9 +764,12 @@ fn sort_plan(out: &mut Plan) {
     out.record_errors.sort();
 }
 
-/// What the leaver passes read besides the input: who is present, which rows present users
-/// claimed, and the memberships.
+/// What the leaver passes read: the input, who is present, which rows present users claimed,
+/// and the memberships.
 struct Leaving<'a> {
+    /// Its scope decides whose links the leaver passes look at: a targeted run never treats a
+    /// user outside its targets as gone.
+    input: &'a PlanInput,
     existing: &'a Existing<'a>,
     /// DingTalk userids in the directory (mapped or not).
     present: &'a BTreeSet<&'a str>,
@@ -775,6 +786,7 @@ fn leave_groups_of_deleted(left: &Leaving<'_>, out: &mut Plan) {
         let name = link.casdoor_name.as_str();
         if link.state != LinkState::Left
             || link.left_action != Some(LeftAction::Delete)
+            || !left.input.covers_user(&link.external_id)
             || left.present.contains(link.external_id.as_str())
             || left.claimed_rows.contains(name)
             || done.contains(name)
@@ -826,13 +838,16 @@ fn groups_change(row: &ExistingUser, new: String) -> FieldChange {
 }
 
 /// Leavers: owned users (link present) missing from a complete, non-empty directory get the
-/// leaver policy's action, unless the removals exceed the limits ([`removal_hold`]).
+/// leaver policy's action, unless the removals exceed the limits ([`removal_hold`]). In a
+/// targeted run the leavers are the targets DingTalk answered "not found" for (an empty answer
+/// is then normal: one user who left); the limits still count against every user the syncer
+/// owns, so a burst of leavers is held as a full run would hold it.
 fn plan_leavers(input: &PlanInput, left: &Leaving<'_>, owned: usize, out: &mut Plan) {
     if !input.directory_complete {
         out.notices.push(Notice::DirectoryIncomplete);
         return;
     }
-    if input.users.is_empty() && input.record_errors.is_empty() {
+    if input.scope.is_none() && input.users.is_empty() && input.record_errors.is_empty() {
         out.notices.push(Notice::DirectoryEmpty);
         return;
     }
@@ -848,6 +863,7 @@ fn plan_leavers(input: &PlanInput, left: &Leaving<'_>, owned: usize, out: &mut P
             continue;
         };
         if link.state != LinkState::Present
+            || !input.covers_user(&link.external_id)
             || left.present.contains(link.external_id.as_str())
             || !seen_userids.insert(link.external_id.as_str())
         {

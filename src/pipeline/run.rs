@@ -24,7 +24,7 @@ use crate::db::{
     casdoor_timestamp, utc_millis,
 };
 use crate::dingtalk::types::{Department, Directory, DirectoryUser};
-use crate::dingtalk::{CallCounter, FetchError};
+use crate::dingtalk::{CallCounter, FetchError, LookupError, Targets};
 use crate::secret::redact_text;
 use crate::syncer::{SyncerProblem, ValidSyncer};
 
@@ -121,6 +121,10 @@ pub enum RunError {
         organization: String,
         source: DbError,
     },
+    #[error(
+        "syncer {syncer}: {message}; nothing was written and nobody was taken as gone (the next event or full run tries again)"
+    )]
+    Lookup { syncer: String, message: String },
     #[error("syncer {syncer}: {what} failed unexpectedly ({message}); nothing was written")]
     Internal {
         syncer: String,
@@ -141,6 +145,12 @@ pub trait FetchFailure: Display {
 impl FetchFailure for FetchError {
     fn api_calls(&self) -> u64 {
         self.total_calls()
+    }
+}
+
+impl FetchFailure for LookupError {
+    fn api_calls(&self) -> u64 {
+        self.calls
     }
 }
 
@@ -177,7 +187,7 @@ where
     E: FetchFailure,
 {
     let checked = syncer.validate().map(|valid| valid.mapping().clone());
-    run_checked(ctx, syncer, checked, fetch, opts).await
+    run_checked(ctx, syncer, checked, None, fetch, opts).await
 }
 
 /// [`run_once`] for a syncer validated already (by [`crate::launch`]).
@@ -192,13 +202,39 @@ where
     E: FetchFailure,
 {
     let checked = Ok(syncer.mapping().clone());
-    run_checked(ctx, syncer.row(), checked, fetch, opts).await
+    run_checked(ctx, syncer.row(), checked, None, fetch, opts).await
 }
 
+/// A targeted run, for an event's hint: [`run_valid`], but `lookup` reads only `targets` (give
+/// it [`Client::lookup_targets`](crate::dingtalk::Client::lookup_targets) with
+/// `opts.api_calls`) and the plan speaks only for them. A target user found is created or
+/// updated with its memberships as a full run would; one DingTalk no longer has (60121) is a
+/// leaver under the syncer's policy, within the removal limits counted against every user the
+/// syncer owns. Nobody outside `targets` is written. A target department found is created or
+/// updated; one that is gone (60003) is reported and its group kept, as a full run does. A
+/// failed lookup fails the run: nothing is written and nobody is taken as gone. Recorded like
+/// every run, with `opts.trigger` (normally [`RunTrigger::Event`]).
+pub async fn run_targets<F, E>(
+    ctx: &RunContext,
+    syncer: &ValidSyncer,
+    targets: &Targets,
+    lookup: F,
+    opts: RunOptions,
+) -> RunReport
+where
+    F: Future<Output = Result<Directory, E>>,
+    E: FetchFailure,
+{
+    let checked = Ok(syncer.mapping().clone());
+    run_checked(ctx, syncer.row(), checked, Some(targets), lookup, opts).await
+}
+
+/// `scope`: the targets of a targeted run, `None` for a full run.
 async fn run_checked<F, E>(
     ctx: &RunContext,
     syncer: &SyncerRow,
     checked: Result<Mapping, SyncerProblem>,
+    scope: Option<&Targets>,
     fetch: F,
     opts: RunOptions,
 ) -> RunReport
@@ -211,6 +247,7 @@ where
         ctx,
         syncer,
         opts: &opts,
+        scope,
         started: Instant::now(),
         report: RunReport::new(
             &syncer.name,
@@ -249,6 +286,8 @@ struct Runner<'a> {
     ctx: &'a RunContext,
     syncer: &'a SyncerRow,
     opts: &'a RunOptions,
+    /// The targets of a targeted run; `None` for a full run.
+    scope: Option<&'a Targets>,
     started: Instant,
     report: RunReport,
 }
@@ -281,6 +320,19 @@ impl Runner<'_> {
             organization = %self.syncer.organization,
             "run started"
         );
+        if let Some(targets) = self.scope {
+            let mut notice = format!(
+                "targeted run: looked up {} users and {} departments only; nothing else was read or written",
+                targets.user_ids.len(),
+                targets.dept_ids.len()
+            );
+            if !targets.dept_ids.is_empty() {
+                notice.push_str(
+                    "; a department DingTalk no longer has keeps its group, as in a full run, and its members leave it when their own records are synced",
+                );
+            }
+            self.report.notices.push(notice);
+        }
 
         let mapping = match checked {
             Ok(m) => m.with_lowercase_names(self.ctx.sync.lowercase_names),
@@ -434,9 +486,10 @@ impl Runner<'_> {
             Ok(d) => d,
             Err(e) => {
                 self.report.api_calls = e.api_calls();
-                return Err(Stop::Failed(RunError::Fetch {
-                    syncer: self.name(),
-                    message: redact_text(&e.to_string()),
+                let (syncer, message) = (self.name(), redact_text(&e.to_string()));
+                return Err(Stop::Failed(match self.scope {
+                    None => RunError::Fetch { syncer, message },
+                    Some(_) => RunError::Lookup { syncer, message },
                 }));
             }
         };
@@ -523,6 +576,7 @@ impl Runner<'_> {
                 self.opts.adopt_existing,
             ),
             now: now.to_owned(),
+            scope: self.scope.cloned(),
         };
         let plan = cpu_bound(|| plan(input))?;
         let summary = plan.summary();

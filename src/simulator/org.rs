@@ -108,6 +108,8 @@ pub struct Org {
     next_seq: u64,
     next_dept_id: i64,
     next_user_no: u64,
+    /// Userids removed (people who left): `user/get` answers 60121 for them.
+    left: BTreeSet<String>,
     /// Whether root's `listsub` also shows the family-school directory (id -1).
     pub family_school: bool,
 }
@@ -190,6 +192,7 @@ impl Org {
             next_seq: 0,
             next_dept_id: 0,
             next_user_no: 0,
+            left: BTreeSet::new(),
             family_school: false,
         };
         org.insert_department(SimDepartment {
@@ -363,6 +366,11 @@ impl Org {
         self.users.get(userid).map(|r| &r.user)
     }
 
+    /// Whether `userid` was in the organization and was removed (and not added back).
+    pub fn has_left(&self, userid: &str) -> bool {
+        self.left.contains(userid)
+    }
+
     pub fn user_count(&self, only_active: bool) -> usize {
         self.users
             .values()
@@ -485,6 +493,7 @@ impl Org {
         self.check_departments(&depts)?;
         user.profile.dept_id_list = Some(depts);
         let id = user.profile.userid.clone();
+        self.left.remove(&id);
         self.insert_user(user);
         Ok(id)
     }
@@ -492,7 +501,10 @@ impl Org {
     pub fn remove_user(&mut self, userid: &str) -> Result<(), SimulatorError> {
         self.users
             .remove(userid)
-            .map(|_| self.members_dirty = true)
+            .map(|_| {
+                self.members_dirty = true;
+                self.left.insert(userid.to_owned());
+            })
             .ok_or_else(|| SimulatorError::UnknownUser(userid.to_owned()))
     }
 

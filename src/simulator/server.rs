@@ -678,6 +678,8 @@ fn user_get(state: &mut SimState, body: &Value) -> Answer {
             }
             Ok(value)
         }
+        // DingTalk's answer for someone who left; a userid it never had is not a valid one.
+        None if state.org.has_left(userid) => Err((60121, "找不到该用户".to_owned())),
         None => Err((33012, "无效的USERID".to_owned())),
     }
 }

@@ -83,6 +83,7 @@ fn input(users: Vec<MappedUser>) -> PlanInput {
         casbin_groupings: vec![],
         options: options(),
         now: NOW.into(),
+        scope: None,
     }
 }
 
@@ -1819,6 +1820,7 @@ fn build_input(
         casbin_groupings,
         options: raw.options.clone(),
         now: NOW.into(),
+        scope: None,
     }
 }
 
@@ -2481,4 +2483,149 @@ fn full_width_and_compatibility_names_collide_with_existing_users() {
             .iter()
             .all(|c| matches!(c, Conflict::SameNameInDirectory { .. }))
     );
+}
+
+fn targets(users: &[&str], depts: &[i64]) -> crate::dingtalk::Targets {
+    crate::dingtalk::Targets {
+        user_ids: users.iter().map(|u| (*u).to_owned()).collect(),
+        dept_ids: depts.iter().copied().collect(),
+    }
+}
+
+/// A targeted run on `state`: `found` and `departments` are what the lookups returned.
+fn targeted(
+    state: &PlanInput,
+    scope: crate::dingtalk::Targets,
+    found: Vec<MappedUser>,
+    departments: Vec<Department>,
+) -> PlanInput {
+    PlanInput {
+        users: found,
+        departments,
+        scope: Some(scope),
+        ..state.clone()
+    }
+}
+
+#[test]
+fn a_targeted_run_writes_for_its_targets_exactly_what_a_full_run_writes_for_them() {
+    let state = owned_population(4);
+    let changed = |id: &str| {
+        mapped(User {
+            title: Some("Lead".into()),
+            dept_id_list: Some(vec![1]),
+            ..profile(id)
+        })
+    };
+    let mut full = state.clone();
+    for u in full.users.iter_mut() {
+        if u.userid == "u1" || u.userid == "u2" {
+            *u = changed(&u.userid.clone());
+        }
+    }
+    let full_plan = plan(full);
+    let p = plan(targeted(
+        &state,
+        targets(&["u1"], &[]),
+        vec![changed("u1")],
+        vec![],
+    ));
+    let of_u1 = |v: &[UserUpdate]| -> Vec<UserUpdate> {
+        v.iter().filter(|u| u.userid == "u1").cloned().collect()
+    };
+    assert_eq!(p.updates.len(), 1);
+    assert_eq!(p.updates, of_u1(&full_plan.updates));
+    let rules_of_u1 = |v: &[CasbinGrouping]| -> Vec<CasbinGrouping> {
+        v.iter().filter(|r| r.v0 == "acme/Ju1").cloned().collect()
+    };
+    assert!(!p.casbin_add.is_empty());
+    assert_eq!(p.casbin_add, rules_of_u1(&full_plan.casbin_add));
+    assert_eq!(p.casbin_remove, rules_of_u1(&full_plan.casbin_remove));
+    assert!(p.creates.is_empty() && p.leavers.is_empty() && p.held.is_none());
+    assert!(p.link_deletes.is_empty() && p.group_creates.is_empty());
+    assert!(p.group_updates.is_empty() && p.notices.is_empty());
+}
+
+#[test]
+fn a_target_dingtalk_no_longer_has_is_a_leaver_and_nobody_else_is() {
+    let state = owned_population(4);
+    let p = plan(targeted(&state, targets(&["u2"], &[]), vec![], vec![]));
+    let full = plan(without(&state, &["u2"]));
+    assert_eq!(p.leavers.len(), 1);
+    assert_eq!(p.leavers, full.leavers);
+    assert_eq!(p.link_writes, full.link_writes);
+    assert!(!p.notices.contains(&Notice::DirectoryEmpty));
+    let after = apply_to_state(&state, &p);
+    assert!(row(&after, "Ju2").is_forbidden);
+    assert!(!row(&after, "Ju1").is_forbidden && !row(&after, "Ju3").is_forbidden);
+
+    // A target this syncer never synced is nobody's business.
+    let stranger = plan(targeted(&state, targets(&["u404"], &[]), vec![], vec![]));
+    assert!(!stranger.has_writes(), "{stranger:#?}");
+    // An answer that is not complete makes nobody a leaver.
+    let mut incomplete = targeted(&state, targets(&["u2"], &[]), vec![], vec![]);
+    incomplete.directory_complete = false;
+    let p = plan(incomplete);
+    assert!(p.leavers.is_empty() && p.held.is_none());
+}
+
+#[test]
+fn targeted_leavers_are_held_against_the_whole_owned_population() {
+    let mut state = owned_population(10);
+    state.options.max_removal_percent = 10.0;
+    let one = plan(targeted(&state, targets(&["u1"], &[]), vec![], vec![]));
+    assert!(one.held.is_none() && one.leavers.len() == 1);
+    let two = plan(targeted(
+        &state,
+        targets(&["u1", "u2"], &[]),
+        vec![],
+        vec![],
+    ));
+    assert!(two.leavers.is_empty());
+    assert_eq!(
+        two.held.as_ref().map(|h| (h.removals, h.owned)),
+        Some((2, 10))
+    );
+    let full = plan(without(&state, &["u1", "u2"]));
+    assert_eq!(two.held, full.held);
+}
+
+#[test]
+fn a_target_department_keeps_its_place_and_only_targets_are_reported_gone() {
+    let state = settle(&input(vec![]));
+    let p = plan(targeted(
+        &state,
+        targets(&[], &[9]),
+        vec![],
+        vec![dept(9, Some("Backend"), Some(7))],
+    ));
+    let view: Vec<_> = p
+        .group_creates
+        .iter()
+        .map(|g| (g.name.as_str(), g.parent_id.as_str(), g.is_top_group))
+        .collect();
+    assert_eq!(view, [("9", "7", false)]);
+    assert!(p.group_updates.is_empty() && p.notices.is_empty(), "{p:#?}");
+
+    let renamed = plan(targeted(
+        &state,
+        targets(&[], &[7]),
+        vec![],
+        vec![dept(7, Some("Research"), Some(1))],
+    ));
+    assert_eq!(renamed.group_updates.len(), 1);
+    assert_eq!(
+        renamed.group_updates[0].changes,
+        [change("display_name", text("R&D"), text("Research"))]
+    );
+
+    let gone = plan(targeted(&state, targets(&[], &[7]), vec![], vec![]));
+    assert_eq!(
+        gone.notices,
+        [Notice::DepartmentGone {
+            dept_id: "7".into(),
+            group: "7".into()
+        }]
+    );
+    assert!(!gone.has_writes(), "{gone:#?}");
 }
