@@ -89,6 +89,7 @@ async fn placeholder_run(request: RunRequest, delay: Duration) -> RunSummary {
         cancel,
         instance,
         db,
+        ..
     } = request;
     let new = NewRun {
         syncer_name: syncer.name.clone(),

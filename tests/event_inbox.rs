@@ -185,6 +185,7 @@ mod applier {
                         }
                     }
                 },
+                |_: &[i64]| {},
             ));
             eventually(
                 Duration::from_secs(20),

@@ -51,6 +51,7 @@ pub struct Settings {
     pub dingtalk: DingTalkSettings,
     pub scheduler: SchedulerSettings,
     pub sync: SyncSettings,
+    pub stream: StreamSettings,
     pub http: HttpSettings,
     pub log: LogSettings,
 }
@@ -91,6 +92,9 @@ impl Default for DatabaseSettings {
 pub struct DingTalkSettings {
     /// Base URL of DingTalk's old ("oapi") API family; point it at a simulator for tests.
     pub api_base: String,
+    /// Base URL of DingTalk's new API family (`api.dingtalk.com`): Stream connections and the
+    /// leave records.
+    pub open_api_base: String,
     /// Calls per second per API per App Key (DingTalk allows 20 on the standard edition).
     pub qps_per_api: u32,
     /// Requests in flight at once per fetch.
@@ -118,6 +122,7 @@ impl Default for DingTalkSettings {
     fn default() -> Self {
         Self {
             api_base: "https://oapi.dingtalk.com".to_owned(),
+            open_api_base: "https://api.dingtalk.com".to_owned(),
             qps_per_api: 15,
             max_concurrency: 8,
             request_timeout: Duration::from_secs(30),
@@ -229,6 +234,42 @@ impl Default for SyncSettings {
             adopt_only: Vec::new(),
             min_removals_allowed: 3,
         }
+    }
+}
+
+/// `[stream]`: DingTalk Stream mode, address-book events applied within seconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StreamSettings {
+    /// Keep one Stream connection per enabled syncer (on the replica holding its stream lease)
+    /// and apply the users and departments its events name; the interval run stays the
+    /// backstop.
+    pub enabled: bool,
+    /// Syncers whose DingTalk app has no Stream subscription: no connection is opened.
+    pub disabled_syncers: Vec<String>,
+    /// How long a burst of events is gathered into one run.
+    #[serde(with = "text::duration_text")]
+    pub coalesce_window: Duration,
+    /// The pause before events are tried again after a run that did not apply them.
+    #[serde(with = "text::duration_text")]
+    pub retry_interval: Duration,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            disabled_syncers: Vec::new(),
+            coalesce_window: Duration::from_millis(300),
+            retry_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+impl StreamSettings {
+    /// Whether syncer `name` keeps a Stream connection.
+    pub fn streams(&self, name: &str) -> bool {
+        self.enabled && !self.disabled_syncers.iter().any(|n| n == name)
     }
 }
 
@@ -515,6 +556,22 @@ impl Settings {
                 "dingtalk.api_base `{}` must start with http:// or https://",
                 redact_url(&self.dingtalk.api_base)
             ));
+        }
+        if !(self.dingtalk.open_api_base.starts_with("http://")
+            || self.dingtalk.open_api_base.starts_with("https://"))
+        {
+            return invalid(format!(
+                "dingtalk.open_api_base `{}` must start with http:// or https://",
+                redact_url(&self.dingtalk.open_api_base)
+            ));
+        }
+        if self.stream.coalesce_window > Duration::from_secs(60)
+            || self.stream.retry_interval.is_zero()
+        {
+            return invalid(
+                "stream.coalesce_window must be at most 60s and stream.retry_interval more than 0"
+                    .into(),
+            );
         }
         if self.dingtalk.qps_per_api == 0 {
             return invalid(

@@ -41,6 +41,9 @@ pub struct EventBatch {
     pub dept_ids: BTreeSet<i64>,
     /// The events the run applies.
     pub acted_on: Vec<String>,
+    /// When each of them was born in DingTalk (epoch milliseconds; when it was stored if
+    /// DingTalk did not say).
+    pub born_at: Vec<i64>,
     /// Events of types syncerd does not act on (admin changes, labels, ...).
     pub ignored: Vec<String>,
 }
@@ -62,6 +65,7 @@ impl EventBatch {
                 batch.dept_ids.extend(e.dept_ids.iter().copied());
             }
             batch.acted_on.push(e.event_id.clone());
+            batch.born_at.push(e.born_at.unwrap_or(e.received_at));
         }
         batch
     }
@@ -84,7 +88,8 @@ pub struct ApplierTiming {
 
 /// Applies the pending events of `syncer` until `cancel`, waking on `wake`. `run` starts one
 /// targeted run for a batch and answers its summary, or `None` when no run could start (another
-/// run of the syncer is going, the daemon is stopping).
+/// run of the syncer is going, the daemon is stopping). `applied` learns the birth times
+/// (epoch milliseconds) of the events each run applied.
 pub async fn apply_events<R, F>(
     db: Db,
     syncer: String,
@@ -92,6 +97,7 @@ pub async fn apply_events<R, F>(
     timing: ApplierTiming,
     cancel: CancellationToken,
     run: R,
+    applied: impl Fn(&[i64]),
 ) where
     R: Fn(EventBatch) -> F,
     F: Future<Output = Option<RunSummary>>,
@@ -110,7 +116,7 @@ pub async fn apply_events<R, F>(
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(timing.coalesce) => {}
         }
-        due = match apply_pending(&db, &syncer, timing, &run).await {
+        due = match apply_pending(&db, &syncer, timing, &run, &applied).await {
             Round::Drained => false,
             Round::More => true,
             Round::Retry => {
@@ -135,7 +141,13 @@ enum Round {
     Retry,
 }
 
-async fn apply_pending<R, F>(db: &Db, syncer: &str, timing: ApplierTiming, run: &R) -> Round
+async fn apply_pending<R, F>(
+    db: &Db,
+    syncer: &str,
+    timing: ApplierTiming,
+    run: &R,
+    report: &impl Fn(&[i64]),
+) -> Round
 where
     R: Fn(EventBatch) -> F,
     F: Future<Output = Option<RunSummary>>,
@@ -180,7 +192,7 @@ where
             Round::Drained
         };
     }
-    let acted_on = batch.acted_on.clone();
+    let (acted_on, born_at) = (batch.acted_on.clone(), batch.born_at.clone());
     let (users, departments) = (batch.user_ids.len(), batch.dept_ids.len());
     tracing::info!(
         "syncer {syncer}: applying {} events ({users} users, {departments} departments)",
@@ -189,7 +201,7 @@ where
     let Some(summary) = run(batch).await else {
         return Round::Retry;
     };
-    if !applied(summary.status) {
+    if !run_applied(summary.status) {
         tracing::warn!(
             "syncer {syncer}: the event run ended {}; its {} events stay pending",
             summary.status,
@@ -206,6 +218,9 @@ where
         timing,
     )
     .await;
+    if finished {
+        report(&born_at);
+    }
     match (finished, full_read) {
         (false, _) => Round::Retry,
         (true, true) => Round::More,
@@ -215,7 +230,7 @@ where
 
 /// Whether a run with `status` applied the events it was given. A partial run applied every
 /// record it could; the ones it reported failed are retried by the next full run.
-fn applied(status: RunStatus) -> bool {
+fn run_applied(status: RunStatus) -> bool {
     matches!(status, RunStatus::Succeeded | RunStatus::Partial)
 }
 
@@ -293,15 +308,15 @@ mod tests {
 
     #[test]
     fn only_runs_that_applied_their_records_finish_events() {
-        assert!(applied(RunStatus::Succeeded));
-        assert!(applied(RunStatus::Partial));
+        assert!(run_applied(RunStatus::Succeeded));
+        assert!(run_applied(RunStatus::Partial));
         for status in [
             RunStatus::Failed,
             RunStatus::Held,
             RunStatus::Interrupted,
             RunStatus::Running,
         ] {
-            assert!(!applied(status), "{status}");
+            assert!(!run_applied(status), "{status}");
         }
     }
 }

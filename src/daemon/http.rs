@@ -383,6 +383,8 @@ struct SyncerView {
     /// The holder of a live lease, when some process runs the syncer now.
     lease_holder: Option<String>,
     last_run: Option<LastRunView>,
+    /// Its DingTalk event stream in this process: `connected since …`, `reconnecting since …`.
+    stream: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -469,6 +471,7 @@ fn view(
         next_run: state.next_run.map(utc_millis),
         lease_holder,
         last_run,
+        stream: state.stream,
     }
 }
 

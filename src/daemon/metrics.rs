@@ -41,6 +41,34 @@ struct Histogram {
     sum: f64,
 }
 
+impl Histogram {
+    fn observe(&mut self, secs: f64) {
+        for (bucket, bound) in self.buckets.iter_mut().zip(DURATION_BUCKETS) {
+            if secs <= bound {
+                *bucket += 1;
+            }
+        }
+        self.count += 1;
+        self.sum += secs;
+    }
+
+    /// The exposition lines of this histogram of `syncer` (escaped already).
+    fn lines(&self, syncer: &str) -> Vec<String> {
+        let mut lines: Vec<String> = DURATION_BUCKETS
+            .iter()
+            .zip(self.buckets)
+            .map(|(bound, n)| format!("_bucket{{syncer=\"{syncer}\",le=\"{bound}\"}} {n}"))
+            .collect();
+        lines.push(format!(
+            "_bucket{{syncer=\"{syncer}\",le=\"+Inf\"}} {}",
+            self.count
+        ));
+        lines.push(format!("_sum{{syncer=\"{syncer}\"}} {:.3}", self.sum));
+        lines.push(format!("_count{{syncer=\"{syncer}\"}} {}", self.count));
+        lines
+    }
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     runs: BTreeMap<(String, &'static str), u64>,
@@ -55,6 +83,12 @@ struct Inner {
     scheduled_syncers: u64,
     runs_in_progress: u64,
     ready: bool,
+    /// DingTalk Stream events by syncer and whether the inbox had them already.
+    stream_events: BTreeMap<(String, &'static str), u64>,
+    stream_applied: BTreeMap<String, u64>,
+    /// From `eventBornTime` to the run that applied the event having finished.
+    stream_latency: BTreeMap<String, Histogram>,
+    stream_connected: BTreeMap<String, bool>,
 }
 
 /// All counters of one daemon.
@@ -78,15 +112,10 @@ impl Metrics {
             if summary.status == RunStatus::Succeeded {
                 m.last_success.insert(syncer.to_owned(), finished_unix);
             }
-            let h = m.durations.entry(syncer.to_owned()).or_default();
-            let secs = summary.duration.as_secs_f64();
-            for (bucket, bound) in h.buckets.iter_mut().zip(DURATION_BUCKETS) {
-                if secs <= bound {
-                    *bucket += 1;
-                }
-            }
-            h.count += 1;
-            h.sum += secs;
+            m.durations
+                .entry(syncer.to_owned())
+                .or_default()
+                .observe(summary.duration.as_secs_f64());
             let c = &summary.counts;
             for (action, n) in [
                 ("created", c.created),
@@ -142,6 +171,40 @@ impl Metrics {
         self.with(|m| m.runs_in_progress = m.runs_in_progress.saturating_sub(1));
     }
 
+    /// A DingTalk Stream event of `syncer` received; `duplicate` when the inbox had it.
+    pub fn record_event(&self, syncer: &str, duplicate: bool) {
+        let outcome = if duplicate { "duplicate" } else { "stored" };
+        self.with(|m| {
+            *m.stream_events
+                .entry((syncer.to_owned(), outcome))
+                .or_default() += 1
+        });
+    }
+
+    /// Events of `syncer` applied by a run, with the seconds from each one's birth in DingTalk
+    /// to its run having finished.
+    pub fn record_events_applied(&self, syncer: &str, latencies: &[f64]) {
+        self.with(|m| {
+            *m.stream_applied.entry(syncer.to_owned()).or_default() += latencies.len() as u64;
+            let h = m.stream_latency.entry(syncer.to_owned()).or_default();
+            for &secs in latencies {
+                h.observe(secs);
+            }
+        });
+    }
+
+    /// Whether `syncer`'s Stream connection is up (`None`: it has none any more).
+    pub fn set_stream_connected(&self, syncer: &str, connected: Option<bool>) {
+        self.with(|m| match connected {
+            Some(up) => {
+                m.stream_connected.insert(syncer.to_owned(), up);
+            }
+            None => {
+                m.stream_connected.remove(syncer);
+            }
+        });
+    }
+
     /// Runs that hold their lease and are under way in this process.
     pub fn runs_in_progress(&self) -> u64 {
         self.with(|m| m.runs_in_progress)
@@ -175,18 +238,10 @@ impl Metrics {
                 lines,
             );
 
-            let lines = m.durations.iter().flat_map(|(syncer, h)| {
-                let s = escape(syncer);
-                let mut lines: Vec<String> = DURATION_BUCKETS
-                    .iter()
-                    .zip(h.buckets)
-                    .map(|(bound, n)| format!("_bucket{{syncer=\"{s}\",le=\"{bound}\"}} {n}"))
-                    .collect();
-                lines.push(format!("_bucket{{syncer=\"{s}\",le=\"+Inf\"}} {}", h.count));
-                lines.push(format!("_sum{{syncer=\"{s}\"}} {:.3}", h.sum));
-                lines.push(format!("_count{{syncer=\"{s}\"}} {}", h.count));
-                lines
-            });
+            let lines = m
+                .durations
+                .iter()
+                .flat_map(|(syncer, h)| h.lines(&escape(syncer)));
             family(
                 &mut out,
                 "syncerd_run_duration_seconds",
@@ -273,9 +328,60 @@ impl Metrics {
             ] {
                 family(&mut out, name, kind, help, [format!(" {value}")].into_iter());
             }
+            render_stream(m, &mut out);
             out
         })
     }
+}
+
+/// The DingTalk Stream families.
+fn render_stream(m: &Inner, out: &mut String) {
+    let lines = m
+        .stream_connected
+        .iter()
+        .map(|(syncer, up)| format!("{{syncer=\"{}\"}} {}", escape(syncer), u8::from(*up)));
+    family(
+        out,
+        "syncerd_stream_connected",
+        "gauge",
+        "1 while the syncer's DingTalk Stream connection is up in this process.",
+        lines,
+    );
+    let lines = m.stream_events.iter().map(|((syncer, outcome), n)| {
+        format!(
+            "{{syncer=\"{}\",outcome=\"{outcome}\"}} {n}",
+            escape(syncer)
+        )
+    });
+    family(
+        out,
+        "syncerd_stream_events_total",
+        "counter",
+        "DingTalk address-book events received, by syncer: stored, or duplicate (the inbox had it).",
+        lines,
+    );
+    let lines = m
+        .stream_applied
+        .iter()
+        .map(|(syncer, n)| format!("{{syncer=\"{}\"}} {n}", escape(syncer)));
+    family(
+        out,
+        "syncerd_stream_events_applied_total",
+        "counter",
+        "DingTalk events applied by event runs, by syncer.",
+        lines,
+    );
+    let lines = m
+        .stream_latency
+        .iter()
+        .flat_map(|(syncer, h)| h.lines(&escape(syncer)));
+    family(
+        out,
+        "syncerd_stream_event_latency_seconds",
+        "histogram",
+        "From an event's birth in DingTalk to the run that applied it having finished.",
+        lines,
+    );
 }
 
 /// Writes one metric family: its HELP and TYPE lines, then `name` + each suffix.

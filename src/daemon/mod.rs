@@ -20,6 +20,7 @@ pub mod notify;
 mod pipeline;
 pub mod scheduler;
 pub mod shutdown;
+mod stream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigError, Settings};
 use crate::db::{self, Db, DbError, RunCounts, RunStatus, RunTrigger, StaleRunFilter};
+use crate::dingtalk::Targets;
 use crate::syncer::ValidSyncer;
 
 pub use pipeline::{pipeline_run_fn, summary_of};
@@ -54,6 +56,9 @@ pub struct RunRequest {
     pub instance: String,
     /// The daemon's connection pool.
     pub db: Db,
+    /// For a run of DingTalk events (`trigger` is `event`): the users and departments to look
+    /// up. `None`: a full run.
+    pub targets: Option<Targets>,
 }
 
 /// What a run reports back to the daemon (for metrics, logs and the admin API). The run

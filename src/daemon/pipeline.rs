@@ -1,4 +1,5 @@
-//! The daemon's [`RunFn`] for real syncs: the DingTalk fetch and `pipeline::run_valid`.
+//! The daemon's [`RunFn`] for real syncs: the DingTalk fetch and `pipeline::run_valid`, or for
+//! DingTalk events the lookups of their targets and `pipeline::run_targets`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -6,7 +7,7 @@ use std::time::Duration;
 use crate::config::SyncSettings;
 use crate::db::RunMode;
 use crate::dingtalk::{Client, Credentials};
-use crate::pipeline::{RunContext, RunOptions, RunReport, run_valid};
+use crate::pipeline::{RunContext, RunOptions, RunReport, run_targets, run_valid};
 
 use super::{RunFn, RunRequest, RunSummary};
 
@@ -23,6 +24,7 @@ pub fn pipeline_run_fn(sync: SyncSettings, client: Client) -> RunFn {
                 cancel,
                 instance,
                 db,
+                targets,
             } = request;
             let mut options = RunOptions::new(trigger, RunMode::Apply);
             options.adopt_existing = sync.adopt_existing;
@@ -32,9 +34,17 @@ pub fn pipeline_run_fn(sync: SyncSettings, client: Client) -> RunFn {
                 app_key: syncer.app_key.clone(),
                 app_secret: syncer.app_secret.clone(),
             };
-            let fetch =
-                client.fetch_directory_counted(&credentials, None, options.api_calls.clone());
-            let report = run_valid(&ctx, &syncer, fetch, options).await;
+            let counter = options.api_calls.clone();
+            let report = match targets {
+                Some(targets) => {
+                    let lookup = client.lookup_targets(&credentials, &targets, counter);
+                    run_targets(&ctx, &syncer, &targets, lookup, options).await
+                }
+                None => {
+                    let fetch = client.fetch_directory_counted(&credentials, None, counter);
+                    run_valid(&ctx, &syncer, fetch, options).await
+                }
+            };
             // The daemon idles for most of an interval: free what the run left cached.
             ctx.db.release_idle_memory().await;
             summary_of(&report)

@@ -72,6 +72,19 @@ text_enum! {
         Demo => "demo",
         /// A DingTalk event named users or departments: a targeted run looks only them up.
         Event => "event",
+        /// A full run after the syncer's event stream was down long enough to miss events.
+        Catchup => "catchup",
+    }
+}
+
+impl RunTrigger {
+    /// Whether the trigger runs only an enabled syncer: the schedule and DingTalk events do;
+    /// an operator may run a disabled one by hand.
+    pub fn needs_enabled(self) -> bool {
+        matches!(
+            self,
+            RunTrigger::Schedule | RunTrigger::Event | RunTrigger::Catchup
+        )
     }
 }
 

@@ -145,9 +145,11 @@ impl Client {
         };
         let (ctx, fail) = (&ctx, &fail);
         let lookups = async {
-            let users: Vec<Option<User>> = stream::iter(targets.user_ids.iter())
+            // Owned ids: a closure over borrowed ones makes the future `Send` only for one
+            // lifetime, which a spawned run cannot use.
+            let users: Vec<Option<User>> = stream::iter(targets.user_ids.iter().cloned())
                 .map(|userid| async move {
-                    self.user_get(ctx, userid)
+                    self.user_get(ctx, &userid)
                         .await
                         .map_err(|e| fail(format!("user {userid:?}"), e))
                 })

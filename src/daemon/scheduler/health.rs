@@ -114,6 +114,9 @@ pub(crate) struct SyncerState {
     /// A run is going in this process.
     pub running: bool,
     pub last_run: Option<LastRun>,
+    /// Its DingTalk event stream in this process (`connected since …`, `reconnecting since …`),
+    /// `None` when it has none here.
+    pub stream: Option<String>,
 }
 
 /// The scheduler at one instant, for the admin API.

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use tokio::sync::{OwnedMutexGuard, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedMutexGuard, OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
@@ -14,6 +14,7 @@ use super::reconcile::runs_scheduled;
 use crate::daemon::metrics::{SkipReason, unix_seconds_now};
 use crate::daemon::{RunRequest, RunSummary};
 use crate::db::{self, RunStatus, RunTrigger};
+use crate::dingtalk::Targets;
 use crate::launch::{LaunchError, bounded, launch};
 use crate::syncer::ValidSyncer;
 
@@ -137,7 +138,7 @@ async fn fresh_syncer(shared: &Shared, name: &str, trigger: RunTrigger) -> Optio
             return None;
         }
     };
-    if trigger == RunTrigger::Schedule && !runs_scheduled(&row, &shared.live().claimed) {
+    if trigger.needs_enabled() && !runs_scheduled(&row, &shared.live().claimed) {
         tracing::debug!("syncer {name}: disabled before its run started");
         return None;
     }
@@ -150,14 +151,28 @@ async fn fresh_syncer(shared: &Shared, name: &str, trigger: RunTrigger) -> Optio
     }
 }
 
+/// What a trigger asks of a run.
+pub(crate) struct Order {
+    pub trigger: RunTrigger,
+    /// The users and departments of DingTalk events; `None`: a full run.
+    pub targets: Option<Targets>,
+    /// Told the run's summary when it ends (dropped unanswered when no run started).
+    pub done: Option<oneshot::Sender<RunSummary>>,
+}
+
 /// One run of one syncer, holding its single-flight guard for its whole life.
 pub(crate) async fn run_task(
     shared: Arc<Shared>,
     name: String,
-    trigger: RunTrigger,
+    order: Order,
     _guard: OwnedMutexGuard<()>,
     cancel: CancellationToken,
 ) {
+    let Order {
+        trigger,
+        targets,
+        done,
+    } = order;
     let _permit = tokio::select! {
         biased;
         _ = cancel.cancelled() => return,
@@ -182,6 +197,7 @@ pub(crate) async fn run_task(
         cancel: cancel.clone(),
         instance: holder.instance.clone(),
         db: db.clone(),
+        targets,
     };
     let work = async {
         shared.metrics.run_started();
@@ -218,6 +234,10 @@ pub(crate) async fn run_task(
         .record_run(&name, &summary, unix_seconds_now());
     log_run(&name, trigger, &summary);
     shared.record_last_run(&name, &summary).await;
+    if let Some(done) = done {
+        // The asker may have stopped waiting (shutdown): nothing to tell then.
+        let _ = done.send(summary);
+    }
 }
 
 /// One line per finished run: info when it succeeded, a warning otherwise.

@@ -20,22 +20,25 @@ mod pass;
 mod reconcile;
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, oneshot};
 use tokio_cron_scheduler::JobSchedulerError;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
 use crate::db::{Db, RunTrigger};
+use crate::dingtalk::Targets;
 use crate::launch::Holder;
 use crate::launch::lease::LeaseTiming;
 use crate::secret::Secret;
 
 use super::metrics::{Metrics, SkipReason};
+use super::stream::Streams;
 use super::{RunFn, RunSummary};
 
 pub(crate) use health::{LastRun, Snapshot, SyncerState};
@@ -44,7 +47,7 @@ pub use reconcile::{MAX_START_JITTER, effective_interval, runs_scheduled, start_
 
 use health::Health;
 use jobs::{JobTable, TickFn};
-use launcher::{Guards, RunLimit, run_task};
+use launcher::{Guards, Order, RunLimit, run_task};
 use pass::Entry;
 
 /// Bound of each job look-up a snapshot makes.
@@ -128,6 +131,7 @@ pub struct Shared {
     runs: Runs,
     pub(crate) metrics: Metrics,
     reconcile_now: Notify,
+    streams: Streams,
 }
 
 impl Shared {
@@ -159,6 +163,7 @@ impl Shared {
             },
             metrics: Metrics::default(),
             reconcile_now: Notify::new(),
+            streams: Streams::new(settings),
         }))
     }
 
@@ -192,13 +197,31 @@ impl Shared {
     }
 
     /// This process as a lease holder, with the lease timing in force.
-    fn holder(&self) -> Holder {
+    pub(crate) fn holder(&self) -> Holder {
         let live = self.live();
         Holder {
             instance: self.instance.clone(),
             timing: live.lease,
             db_timeout: live.db_timeout,
         }
+    }
+
+    pub(crate) fn me(&self) -> Option<Arc<Shared>> {
+        self.me.upgrade()
+    }
+
+    pub(crate) fn streams(&self) -> &Streams {
+        &self.streams
+    }
+
+    /// A token for a long task of this daemon (a stream), cancelled at shutdown.
+    pub(crate) fn stream_token(&self) -> CancellationToken {
+        self.runs.token.child_token()
+    }
+
+    /// Spawns a long task shutdown waits for (it must end when its token is cancelled).
+    pub(crate) fn spawn_tracked(&self, task: impl Future<Output = ()> + Send + 'static) {
+        self.runs.tracker.spawn(task);
     }
 
     fn run_fn(&self) -> &RunFn {
@@ -306,13 +329,16 @@ impl Shared {
                         next_run: None,
                         running: false,
                         last_run: e.last_run.clone(),
+                        stream: None,
                     };
                     (state, e.jobs)
                 })
                 .collect()
         };
+        let streams = self.streams.states();
         let mut syncers = Vec::with_capacity(entries.len());
         for (mut state, ids) in entries {
+            state.stream = streams.get(&state.name).map(super::stream::describe);
             state.next_run = self.jobs.next_run(ids, JOB_LOOKUP_TIMEOUT).await;
             state.running = self.runs.guards.is_running(&state.name);
             syncers.push(state);
@@ -336,7 +362,7 @@ impl Shared {
         };
         match &entry.desired {
             Desired::Invalid(reason) => Some(invalid(reason.clone())),
-            Desired::Disabled if trigger == RunTrigger::Schedule => {
+            Desired::Disabled if trigger.needs_enabled() => {
                 Some(TriggerError::Disabled(name.to_owned()))
             }
             Desired::Disabled => entry
@@ -351,6 +377,35 @@ impl Shared {
     /// Starts a run of syncer `name` unless one is going (single flight). Scheduled ticks need
     /// an enabled syncer; manual ones only a valid row.
     pub async fn trigger(&self, name: &str, trigger: RunTrigger) -> Result<(), TriggerError> {
+        let order = Order {
+            trigger,
+            targets: None,
+            done: None,
+        };
+        self.start(name, order).await
+    }
+
+    /// Runs the users and departments of DingTalk events of `name` and answers the run's
+    /// summary; `None` when no run started (another run of it is going, it was disabled, the
+    /// daemon is stopping).
+    pub(crate) async fn run_events(&self, name: &str, targets: Targets) -> Option<RunSummary> {
+        let (done, summary) = oneshot::channel();
+        let order = Order {
+            trigger: RunTrigger::Event,
+            targets: Some(targets),
+            done: Some(done),
+        };
+        match self.start(name, order).await {
+            Ok(()) => summary.await.ok(),
+            Err(e) => {
+                tracing::debug!("syncer {name}: event run not started: {e}");
+                None
+            }
+        }
+    }
+
+    async fn start(&self, name: &str, order: Order) -> Result<(), TriggerError> {
+        let trigger = order.trigger;
         if self.runs.token.is_cancelled() {
             return Err(TriggerError::ShuttingDown);
         }
@@ -392,7 +447,7 @@ impl Shared {
         let cancel = self.runs.token.child_token();
         self.runs
             .tracker
-            .spawn(run_task(me, name.to_owned(), trigger, guard, cancel));
+            .spawn(run_task(me, name.to_owned(), order, guard, cancel));
         Ok(())
     }
 

@@ -63,6 +63,7 @@ impl Shared {
                 }
             }
             let scheduled = syncers.values().filter(|e| e.jobs.every.is_some()).count();
+            self.follow_streams(self.streaming(&syncers));
             let invalid = syncers
                 .values()
                 .filter(|e| matches!(e.desired, Desired::Invalid(_)))
@@ -72,7 +73,19 @@ impl Shared {
         self.metrics
             .set_syncer_counts(scheduled as u64, invalid as u64);
         self.report_invalid(db, &live, reports).await;
+        self.streams().prune_inbox(db, live.db_timeout).await;
         Ok(scheduled)
+    }
+
+    /// The syncers that keep an event stream: enabled (or claimed), valid, and streaming.
+    fn streaming(&self, syncers: &BTreeMap<String, Entry>) -> Vec<crate::syncer::ValidSyncer> {
+        syncers
+            .values()
+            .filter(|e| {
+                matches!(e.desired, Desired::Valid(_)) && self.streams().streams(&e.row.name)
+            })
+            .filter_map(|e| e.row.validate_for_schedule().ok())
+            .collect()
     }
 
     /// Runs left `running` by a process that is gone (older than a lease, so never a run that

@@ -1,0 +1,373 @@
+//! The daemon's DingTalk Stream connections: one per enabled syncer, held by one replica.
+//!
+//! After each reconcile pass the daemon follows the set of syncers that should stream (enabled,
+//! valid, `stream.enabled` and not in `stream.disabled_syncers`). Each gets a task that waits
+//! for the syncer's first complete run (events only patch a directory that was synced whole),
+//! takes the syncer's stream lease (another replica holding it streams instead), and then
+//! keeps the connection, whose events land in the inbox, beside the applier, which turns them
+//! into targeted runs through the same launcher as every other run. A changed App Key or App
+//! Secret restarts the task; a syncer disabled or gone stops it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::events::{ApplierTiming, EventBatch, apply_events};
+use super::scheduler::Shared;
+use crate::config::{Settings, StreamSettings};
+use crate::db::inbox::prune_events;
+use crate::db::leases::epoch_millis;
+use crate::db::{self, Db, RunFilter, RunStatus, RunTrigger};
+use crate::dingtalk::{Credentials, Targets};
+use crate::launch::{LaunchError, LeaseFor, bounded, hold_lease};
+use crate::secret::Secret;
+use crate::stream::{ConnectionState, StreamConfig, StreamStats, run_stream};
+use crate::syncer::ValidSyncer;
+
+use sink::InboxSink;
+
+mod sink;
+
+/// How long applied events stay in the inbox (for `syncer_event` readers and late duplicates).
+pub(crate) const EVENT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How often the inbox is pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// How long a stream may be down before its reconnection starts a full run.
+pub(crate) const CATCH_UP_AFTER: Duration = Duration::from_secs(60);
+
+/// The stream settings and the task of every syncer that streams.
+pub(crate) struct Streams {
+    settings: StreamSettings,
+    open_api_base: String,
+    tasks: Mutex<HashMap<String, StreamTask>>,
+    /// When applied events were last pruned from the inbox.
+    pruned: Mutex<Option<Instant>>,
+}
+
+struct StreamTask {
+    /// What the task was started with: a change restarts it.
+    identity: (String, Secret),
+    cancel: CancellationToken,
+    state: watch::Receiver<ConnectionState>,
+}
+
+impl Streams {
+    pub(crate) fn new(settings: &Settings) -> Self {
+        Streams {
+            settings: settings.stream.clone(),
+            open_api_base: settings.dingtalk.open_api_base.clone(),
+            tasks: Mutex::new(HashMap::new()),
+            pruned: Mutex::new(None),
+        }
+    }
+
+    /// Deletes the events applied or ignored more than [`EVENT_RETENTION`] ago, at most once per
+    /// [`PRUNE_EVERY`] (the reconcile pass calls it).
+    pub(crate) async fn prune_inbox(&self, db: &Db, db_timeout: Duration) {
+        {
+            let mut pruned = self.pruned.lock().unwrap_or_else(|e| e.into_inner());
+            if pruned.is_some_and(|at| at.elapsed() < PRUNE_EVERY) {
+                return;
+            }
+            *pruned = Some(Instant::now());
+        }
+        let keep_ms = i64::try_from(EVENT_RETENTION.as_millis()).unwrap_or(i64::MAX);
+        let before = epoch_millis().saturating_sub(keep_ms);
+        match bounded(
+            db_timeout,
+            "pruning the event inbox",
+            prune_events(db, before),
+        )
+        .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("pruned {n} applied DingTalk events from the inbox"),
+            Err(e) => tracing::warn!("pruning the event inbox failed: {e}"),
+        }
+    }
+
+    /// Whether syncer `name` keeps a connection when it is enabled and valid.
+    pub(crate) fn streams(&self, name: &str) -> bool {
+        self.settings.streams(name)
+    }
+
+    /// The connection state of each syncer that streams.
+    pub(crate) fn states(&self) -> HashMap<String, ConnectionState> {
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(name, task)| (name.clone(), task.state.borrow().clone()))
+            .collect()
+    }
+
+    /// Stops every task (shutdown).
+    pub(crate) fn stop_all(&self) {
+        for (_, task) in self.tasks.lock().unwrap_or_else(|e| e.into_inner()).drain() {
+            task.cancel.cancel();
+        }
+    }
+}
+
+impl Shared {
+    /// Starts a stream task for every syncer of `wanted` that has none (or whose credentials
+    /// changed) and stops the tasks of the others.
+    pub(crate) fn follow_streams(&self, wanted: Vec<ValidSyncer>) {
+        let Some(me) = self.me() else { return };
+        let streams = self.streams();
+        let mut tasks = streams.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        let names: Vec<&str> = wanted.iter().map(|s| s.name.as_str()).collect();
+        tasks.retain(|name, task| {
+            let keep = names.contains(&name.as_str());
+            if !keep {
+                tracing::info!("syncer {name}: its event stream stops (disabled or gone)");
+                task.cancel.cancel();
+            }
+            keep
+        });
+        for syncer in wanted {
+            let identity = (syncer.app_key.clone(), syncer.app_secret.clone());
+            if let Some(task) = tasks.get(&syncer.name) {
+                if task.identity == identity {
+                    continue;
+                }
+                tracing::info!("syncer {}: credentials changed, reconnecting", syncer.name);
+                task.cancel.cancel();
+            }
+            let cancel = self.stream_token();
+            let (state_tx, state) = watch::channel(ConnectionState::Connecting);
+            tasks.insert(
+                syncer.name.clone(),
+                StreamTask {
+                    identity,
+                    cancel: cancel.clone(),
+                    state,
+                },
+            );
+            self.spawn_tracked(syncer_stream(me.clone(), syncer, state_tx, cancel));
+        }
+    }
+}
+
+/// The state of a stream as an operator reads it.
+pub(crate) fn describe(state: &ConnectionState) -> String {
+    let at = |t: &std::time::SystemTime| {
+        crate::db::utc_millis(chrono::DateTime::<chrono::Utc>::from(*t))
+    };
+    match state {
+        ConnectionState::Connecting => "connecting".to_owned(),
+        ConnectionState::Connected { since } => format!("connected since {}", at(since)),
+        ConnectionState::Reconnecting {
+            since, last_error, ..
+        } => format!("reconnecting since {} ({last_error})", at(since)),
+        ConnectionState::Stopped => "stopped".to_owned(),
+    }
+}
+
+/// The life of one syncer's stream; see the module docs.
+async fn syncer_stream(
+    shared: Arc<Shared>,
+    syncer: ValidSyncer,
+    state: watch::Sender<ConnectionState>,
+    cancel: CancellationToken,
+) {
+    let name = syncer.name.clone();
+    let Some(db) = shared.db().cloned() else {
+        return;
+    };
+    if !wait_for_first_complete_run(&shared, &db, &name, &cancel).await {
+        return;
+    }
+    while !cancel.is_cancelled() {
+        let holder = shared.holder();
+        let held = cancel.child_token();
+        let work = stream_and_apply(&shared, &db, &syncer, &state, &held);
+        match hold_lease(&db, &name, LeaseFor::Stream, &holder, &held, work).await {
+            Ok(()) => {}
+            Err(LaunchError::Busy { holder, .. }) => {
+                tracing::debug!("syncer {name}: its event stream is held by {holder}");
+            }
+            Err(e) => tracing::warn!("syncer {name}: event stream not started: {e}"),
+        }
+        // Lost, busy or failed: try again after a lease's time (the holder may be gone).
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(holder.timing.ttl) => {}
+        }
+    }
+    state.send_replace(ConnectionState::Stopped);
+}
+
+/// Whether syncer `name` has a succeeded run; waits for one (checking every reload interval)
+/// and answers `false` when cancelled first.
+async fn wait_for_first_complete_run(
+    shared: &Shared,
+    db: &Db,
+    name: &str,
+    cancel: &CancellationToken,
+) -> bool {
+    let filter = RunFilter {
+        syncer: Some(name.to_owned()),
+        status: Some(RunStatus::Succeeded),
+        since: None,
+        limit: 1,
+    };
+    let mut said = false;
+    loop {
+        let live = shared.live();
+        let found = bounded(live.db_timeout, "reading the run history", async {
+            db::list_runs(db, &filter).await
+        })
+        .await;
+        match found {
+            Ok(runs) if !runs.is_empty() => return true,
+            Ok(_) if !said => {
+                tracing::info!(
+                    "syncer {name}: its event stream starts after its first complete run"
+                );
+                said = true;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("syncer {name}: {e}"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return false,
+            _ = tokio::time::sleep(live.reload_interval.max(Duration::from_millis(100))) => {}
+        }
+    }
+}
+
+/// Holding the stream lease: the connection and the applier, until `cancel` (lost lease,
+/// disabled syncer, shutdown).
+async fn stream_and_apply(
+    shared: &Arc<Shared>,
+    db: &Db,
+    syncer: &ValidSyncer,
+    state: &watch::Sender<ConnectionState>,
+    cancel: &CancellationToken,
+) {
+    let name = syncer.name.clone();
+    let streams = shared.streams();
+    let wake = Arc::new(Notify::new());
+    let live = shared.live();
+    let timing = ApplierTiming {
+        coalesce: streams.settings.coalesce_window,
+        retry: streams.settings.retry_interval,
+        db_timeout: live.db_timeout,
+    };
+    let run = {
+        let (shared, name) = (shared.clone(), name.clone());
+        move |batch: EventBatch| {
+            let (shared, name) = (shared.clone(), name.clone());
+            async move {
+                let targets = Targets {
+                    user_ids: batch.user_ids,
+                    dept_ids: batch.dept_ids,
+                };
+                shared.run_events(&name, targets).await
+            }
+        }
+    };
+    let applied = {
+        let (shared, name) = (shared.clone(), name.clone());
+        move |born_at: &[i64]| {
+            let now = epoch_millis();
+            let latencies: Vec<f64> = born_at
+                .iter()
+                .map(|&born| now.saturating_sub(born).max(0) as f64 / 1000.0)
+                .collect();
+            shared.metrics.record_events_applied(&name, &latencies);
+        }
+    };
+    let applier = apply_events(
+        db.clone(),
+        name.clone(),
+        wake.clone(),
+        timing,
+        cancel.clone(),
+        run,
+        applied,
+    );
+    let credentials = Credentials {
+        app_key: syncer.app_key.clone(),
+        app_secret: syncer.app_secret.clone(),
+    };
+    let config = StreamConfig {
+        open_api_base: streams.open_api_base.clone(),
+        ..StreamConfig::default()
+    };
+    let sink = InboxSink::new(db.clone(), name.clone(), wake, shared.clone());
+    let stats = Arc::new(StreamStats::default());
+    let connection = async {
+        if let Err(e) = run_stream(
+            &config,
+            &credentials,
+            sink,
+            state.clone(),
+            stats,
+            cancel.clone(),
+        )
+        .await
+        {
+            tracing::warn!("syncer {name}: its event stream stopped: {e}");
+        }
+        // The applier has nothing more coming; stop it too.
+        cancel.cancel();
+    };
+    let gauge = follow_state(shared, &name, state.subscribe(), cancel);
+    tokio::join!(applier, connection, gauge);
+}
+
+/// Mirrors the connection state in the `syncerd_stream_connected` gauge and the log, and
+/// starts a full run when the stream comes back after [`CATCH_UP_AFTER`] or more down: events
+/// born while nobody listened may never come.
+async fn follow_state(
+    shared: &Shared,
+    name: &str,
+    mut state: watch::Receiver<ConnectionState>,
+    cancel: &CancellationToken,
+) {
+    let mut down_since: Option<Instant> = None;
+    loop {
+        let now = state.borrow_and_update().clone();
+        let up = matches!(now, ConnectionState::Connected { .. });
+        shared.metrics.set_stream_connected(name, Some(up));
+        match &now {
+            ConnectionState::Connected { .. } => {
+                tracing::info!("syncer {name}: event stream connected");
+                if let Some(down) = down_since.take()
+                    && down.elapsed() >= CATCH_UP_AFTER
+                {
+                    tracing::info!(
+                        "syncer {name}: its event stream was down for {} s; a full run catches up",
+                        down.elapsed().as_secs()
+                    );
+                    if let Err(e) = shared.trigger(name, RunTrigger::Catchup).await {
+                        tracing::info!("syncer {name}: catch-up run not started: {e}");
+                    }
+                }
+            }
+            ConnectionState::Reconnecting {
+                last_error,
+                retry_in,
+                ..
+            } => {
+                down_since.get_or_insert_with(Instant::now);
+                tracing::warn!(
+                    "syncer {name}: event stream down ({last_error}); reconnecting in {:.1} s",
+                    retry_in.as_secs_f64()
+                );
+            }
+            _ => {}
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            changed = state.changed() => if changed.is_err() { break },
+        }
+    }
+    shared.metrics.set_stream_connected(name, None);
+}
