@@ -14,5 +14,6 @@ pub mod pipeline;
 mod proptest_support;
 pub mod secret;
 pub mod simulator;
+pub mod stream;
 pub mod syncer;
 pub mod telemetry;

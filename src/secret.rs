@@ -71,7 +71,15 @@ impl<'de> Deserialize<'de> for Secret {
 }
 
 /// Query parameters whose values are secret wherever they appear, compared without case.
-const SECRET_QUERY_KEYS: &[&str] = &["appsecret", "app_secret", "secret", "pwd", "passwd"];
+/// `ticket` is the single-use Stream-mode ticket in the WebSocket URL.
+const SECRET_QUERY_KEYS: &[&str] = &[
+    "appsecret",
+    "app_secret",
+    "secret",
+    "pwd",
+    "passwd",
+    "ticket",
+];
 
 /// Whether a query key names a secret: one of [`SECRET_QUERY_KEYS`], or any key holding
 /// `password` or `token` (`Password`, `sslpassword`, `access_token`), in any case.
@@ -187,6 +195,14 @@ mod tests {
         assert_eq!(
             redact_url(u),
             "http://127.0.0.1:1/topapi/v2/user/list?access_token=[redacted]&x=1"
+        );
+    }
+
+    #[test]
+    fn redact_url_hides_the_stream_ticket() {
+        assert_eq!(
+            redact_url("wss://wss-open-connection.dingtalk.com:443/connect?ticket=a%2Bb-1"),
+            "wss://wss-open-connection.dingtalk.com:443/connect?ticket=[redacted]"
         );
     }
 

@@ -15,11 +15,19 @@
 //! | `GET`, `PUT /_sim/faults` | [`Faults`] | read / replace the fault settings |
 //! | `POST /_sim/ip-ban` | `{"seconds": 5, "style": "html"}` or `{"calls": 3}` | serve the IP-ban signature for a time, or to the next N calls |
 //! | `POST /_sim/token/invalidate` | | revoke the current access token |
+//! | `GET /_sim/stream/stats` | | Stream-mode counters ([`SimStreamStats`]) |
+//! | `POST /_sim/stream/ping`, `/_sim/stream/disconnect` | | send a SYSTEM ping / disconnect to the connected client |
+//! | `POST /_sim/stream/duplicate` | | deliver the last acknowledged event again → `{"event_id": ...}` |
+//! | `POST /_sim/stream/raw` | `{"text": ...}` | send a frame as it is |
+//! | `POST /_sim/stream/tickets/expire` | `{"count": 1}` | issue the next N tickets already expired |
+//!
+//! Organization changes also become Stream events (see [`super::stream`]).
 //!
 //! Errors come back as `{"error": "..."}` with 400 or 404.
 //!
 //! [`SimStats`]: super::SimStats
 //! [`OrgSnapshot`]: super::OrgSnapshot
+//! [`SimStreamStats`]: super::SimStreamStats
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -122,7 +130,7 @@ async fn org(State(s): State<Arc<Shared>>) -> Response {
 }
 
 async fn add_user(State(s): State<Arc<Shared>>, Json(user): Json<SimUser>) -> Response {
-    match s.lock().org.add_user(user) {
+    match s.lock().add_user(user) {
         Ok(userid) => (StatusCode::CREATED, Json(json!({"userid": userid}))).into_response(),
         Err(e) => e.into_response(),
     }
@@ -133,21 +141,21 @@ async fn update_user(
     Path(userid): Path<String>,
     Json(patch): Json<UserPatch>,
 ) -> Response {
-    match s.lock().org.update_user(&userid, patch) {
+    match s.lock().update_user(&userid, patch) {
         Ok(()) => Json(json!({"ok": true})).into_response(),
         Err(e) => e.into_response(),
     }
 }
 
 async fn remove_user(State(s): State<Arc<Shared>>, Path(userid): Path<String>) -> Response {
-    match s.lock().org.remove_user(&userid) {
+    match s.lock().remove_user(&userid) {
         Ok(()) => Json(json!({"ok": true})).into_response(),
         Err(e) => e.into_response(),
     }
 }
 
 async fn add_department(State(s): State<Arc<Shared>>, Json(new): Json<NewDepartment>) -> Response {
-    match s.lock().org.add_department(&new.name, new.parent_id) {
+    match s.lock().add_department(&new.name, new.parent_id) {
         Ok(dept_id) => (StatusCode::CREATED, Json(json!({"dept_id": dept_id}))).into_response(),
         Err(e) => e.into_response(),
     }
@@ -161,10 +169,10 @@ async fn change_department(
     let mut state = s.lock();
     let result = (|| {
         if let Some(parent) = change.parent_id {
-            state.org.move_department(dept_id, parent)?;
+            state.move_department(dept_id, parent)?;
         }
         if let Some(name) = &change.name {
-            state.org.rename_department(dept_id, name)?;
+            state.rename_department(dept_id, name)?;
         }
         Ok::<(), SimulatorError>(())
     })();
@@ -175,7 +183,7 @@ async fn change_department(
 }
 
 async fn remove_department(State(s): State<Arc<Shared>>, Path(dept_id): Path<i64>) -> Response {
-    match s.lock().org.remove_department(dept_id) {
+    match s.lock().remove_department(dept_id) {
         Ok(()) => Json(json!({"ok": true})).into_response(),
         Err(e) => e.into_response(),
     }

@@ -9,12 +9,14 @@
 //! it whatever the timing; `*_rate` draws from a seeded stream of the kind's own (which request
 //! meets a fault still depends on arrival order when requests are concurrent, how many do not).
 //! A control API changes the organization between runs and reads call counters, in-process
-//! through [`SimulatorHandle`] or over HTTP under `/_sim/` (see [`control`]).
+//! through [`SimulatorHandle`] or over HTTP under `/_sim/` (see [`control`]). Stream mode (the
+//! event WebSocket) is in [`stream`].
 
 pub mod cli;
 pub mod control;
 pub mod org;
 pub mod server;
+pub mod stream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 pub use cli::{SimulateArgs, run_simulate};
 pub use org::{OrgSnapshot, SimDepartment, SimUser, UserPatch};
 pub use server::{SimEndpointStats, SimStats};
+pub use stream::SimStreamStats;
 
 use self::org::{Org, OrgShape};
 use self::server::Shared;
@@ -76,6 +79,12 @@ pub struct SimulatorConfig {
     pub throttle_every: Option<u64>,
     /// Root's `listsub` also shows the family-school directory (id -1).
     pub family_school_department: bool,
+    /// How long a Stream-mode ticket stays valid (DingTalk: 90 s).
+    pub stream_ticket_ttl: Duration,
+    /// An unacknowledged Stream event is delivered again after this long.
+    pub stream_redelivery: Duration,
+    /// An event answered LATER is delivered again after this long (zero: at once).
+    pub stream_later_delay: Duration,
 }
 
 impl Default for SimulatorConfig {
@@ -101,6 +110,9 @@ impl Default for SimulatorConfig {
             malformed_every: None,
             throttle_every: None,
             family_school_department: false,
+            stream_ticket_ttl: Duration::from_secs(90),
+            stream_redelivery: Duration::from_secs(30),
+            stream_later_delay: Duration::from_secs(5),
         }
     }
 }
@@ -125,6 +137,11 @@ impl SimulatorConfig {
 
     fn validate(&self) -> Result<(), SimulatorError> {
         self.faults().validate()?;
+        if self.stream_redelivery.is_zero() {
+            return Err(SimulatorError::Invalid(
+                "stream_redelivery must be positive".into(),
+            ));
+        }
         if self.token_ttl.is_zero() {
             return Err(SimulatorError::Invalid("token_ttl must be positive".into()));
         }
@@ -246,6 +263,7 @@ impl Simulator {
             &config.company_name,
         );
         org.family_school = config.family_school_department;
+        let cancel = CancellationToken::new();
         let shared = Arc::new(Shared::new(
             org,
             config.faults(),
@@ -254,6 +272,14 @@ impl Simulator {
             config.token_ttl,
             config.seed,
         ));
+        shared.lock().stream.configure(
+            [
+                config.stream_ticket_ttl,
+                config.stream_redelivery,
+                config.stream_later_delay,
+            ],
+            cancel.child_token(),
+        );
         let listener = tokio::net::TcpListener::bind(listen_addr)
             .await
             .map_err(|source| SimulatorError::Bind {
@@ -266,7 +292,6 @@ impl Simulator {
                 addr: listen_addr,
                 source,
             })?;
-        let cancel = CancellationToken::new();
         let app = server::router(shared.clone());
         let stop = cancel.clone();
         let task = tokio::spawn(async move {
@@ -347,34 +372,34 @@ impl SimulatorHandle {
 
     /// Adds a user (an empty userid gets a generated one; no `dept_id_list` means the root).
     pub fn add_user(&self, user: SimUser) -> Result<String, SimulatorError> {
-        self.shared.lock().org.add_user(user)
+        self.shared.lock().add_user(user)
     }
 
     pub fn update_user(&self, userid: &str, patch: UserPatch) -> Result<(), SimulatorError> {
-        self.shared.lock().org.update_user(userid, patch)
+        self.shared.lock().update_user(userid, patch)
     }
 
     /// Removes a user, as when someone leaves the organization.
     pub fn remove_user(&self, userid: &str) -> Result<(), SimulatorError> {
-        self.shared.lock().org.remove_user(userid)
+        self.shared.lock().remove_user(userid)
     }
 
     /// Adds a department under `parent_id`; returns its id.
     pub fn add_department(&self, name: &str, parent_id: i64) -> Result<i64, SimulatorError> {
-        self.shared.lock().org.add_department(name, parent_id)
+        self.shared.lock().add_department(name, parent_id)
     }
 
     pub fn rename_department(&self, dept_id: i64, name: &str) -> Result<(), SimulatorError> {
-        self.shared.lock().org.rename_department(dept_id, name)
+        self.shared.lock().rename_department(dept_id, name)
     }
 
     pub fn move_department(&self, dept_id: i64, new_parent: i64) -> Result<(), SimulatorError> {
-        self.shared.lock().org.move_department(dept_id, new_parent)
+        self.shared.lock().move_department(dept_id, new_parent)
     }
 
     /// Removes a department without sub-departments; its members lose that membership.
     pub fn remove_department(&self, dept_id: i64) -> Result<(), SimulatorError> {
-        self.shared.lock().org.remove_department(dept_id)
+        self.shared.lock().remove_department(dept_id)
     }
 
     /// Makes every call about `dept_id` answer `code` (e.g. 60003 or 50004); `None` heals it.

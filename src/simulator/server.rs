@@ -163,6 +163,7 @@ pub(crate) struct SimState {
     /// Calls still to be answered with the IP-ban signature, whatever the clock says.
     pub ban_calls: Option<(u64, BanStyle)>,
     pub stats: SimStats,
+    pub stream: super::stream::StreamSim,
     tokens: TokenState,
     rng: SplitMix64,
     dice: FaultDice,
@@ -195,6 +196,7 @@ impl Shared {
                 ban: None,
                 ban_calls: None,
                 stats: SimStats::default(),
+                stream: super::stream::StreamSim::new(seed),
                 tokens: TokenState {
                     current: None,
                     issued: 0,
@@ -426,7 +428,10 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
     for endpoint in Endpoint::ALL.into_iter().filter(|e| e.is_topapi()) {
         router = router.route(endpoint.path(), post(topapi));
     }
-    router.merge(super::control::routes()).with_state(shared)
+    router
+        .merge(super::control::routes())
+        .merge(super::stream::routes())
+        .with_state(shared)
 }
 
 async fn latency(shared: &Shared) {
