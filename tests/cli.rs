@@ -495,7 +495,14 @@ fn demo_exits_zero_and_its_database_holds_the_synced_organization() {
     let json = syncerd(Some(&url), &["runs", "--format", "json"], &[]);
     let runs: serde_json::Value = serde_json::from_str(&text(&json).0).unwrap();
     let runs = runs.as_array().unwrap();
-    assert_eq!(runs.len(), 5, "{runs:?}");
+    // Five interval runs, and the event runs DingTalk Stream brought between them.
+    let interval = runs.iter().filter(|r| r["trigger"] != "event").count();
+    assert_eq!(interval, 5, "{runs:?}");
+    assert!(runs.iter().any(|r| r["trigger"] == "event"), "{runs:?}");
+    assert!(
+        stdout.contains("after the change (DingTalk Stream"),
+        "{stdout}"
+    );
     assert!(runs.iter().all(|r| r["status"] == "succeeded"));
     let total_created: u64 = runs
         .iter()

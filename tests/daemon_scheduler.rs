@@ -191,6 +191,8 @@ impl TestDaemon {
         settings.scheduler.shutdown_grace = Duration::from_secs(2);
         settings.http.listen = "127.0.0.1:0".into();
         settings.http.admin_token = Some(Secret::new(TOKEN));
+        // These tests count the runs of the schedule and the admin API alone.
+        settings.stream.enabled = false;
         tweak(&mut settings);
         let instance = format!(
             "testhost:{}:{}",

@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use syncerd::config::{DatabaseUrl, Settings};
 use syncerd::daemon::{self, Control, ControlSource, DaemonOptions};
-use syncerd::db::{self, Db, NewSyncer, RunFilter, RunStatus};
+use syncerd::db::{self, Db, NewSyncer, RunFilter, RunStatus, RunTrigger};
 use syncerd::dingtalk::User;
 use syncerd::launch::{InstanceKind, instance_id};
 use syncerd::simulator::{SimUser, Simulator, SimulatorConfig, SimulatorHandle, UserPatch};
@@ -80,7 +80,7 @@ async fn wait_for_runs(db: &Db, count: usize, limit: Duration) -> anyhow::Result
         .await?;
         let finished: Vec<_> = runs
             .iter()
-            .filter(|r| r.status != RunStatus::Running)
+            .filter(|r| r.status != RunStatus::Running && r.trigger != RunTrigger::Event)
             .collect();
         if finished.len() >= count {
             return Ok(finished[0].status);
@@ -90,6 +90,48 @@ async fn wait_for_runs(db: &Db, count: usize, limit: Duration) -> anyhow::Result
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The finished event runs of the demo's syncer, newest first.
+async fn event_runs(db: &Db) -> anyhow::Result<Vec<db::RunRow>> {
+    let runs = db::list_runs(
+        db,
+        &RunFilter {
+            syncer: Some(SYNCER.to_owned()),
+            limit: 100,
+            ..Default::default()
+        },
+    )
+    .await?;
+    Ok(runs
+        .into_iter()
+        .filter(|r| r.trigger == RunTrigger::Event && r.status != RunStatus::Running)
+        .collect())
+}
+
+/// Waits a few seconds for an event run after a change and says how soon it landed; `None`
+/// when none came (the interval run took the change first, or the change sent no event).
+async fn wait_for_event_run(
+    db: &Db,
+    before: usize,
+    changed_at: Instant,
+) -> anyhow::Result<Option<String>> {
+    let deadline = changed_at + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        let runs = event_runs(db).await?;
+        if runs.len() > before
+            && let Some(run) = runs.first()
+        {
+            return Ok(Some(format!(
+                "event run {}: {} {} ms after the change (DingTalk Stream; no wait for the interval)",
+                run.id,
+                run.status,
+                changed_at.elapsed().as_millis()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(None)
 }
 
 /// Changes the simulated organization before run `cycle` (1-based) and says what changed.
@@ -171,6 +213,10 @@ pub async fn run(base: &Settings, args: DemoArgs) -> anyhow::Result<ExitCode> {
     // A fresh database of its own: no Casdoor table prefix to follow.
     settings.database.table_prefix = String::new();
     settings.dingtalk.api_base = sim.base_url();
+    // The simulator speaks Stream mode too: changes land through event runs within a second.
+    settings.dingtalk.open_api_base = sim.base_url();
+    settings.stream.enabled = true;
+    settings.stream.coalesce_window = Duration::from_millis(100);
     settings.scheduler.reload_interval = Duration::from_secs(1);
     settings.scheduler.min_interval = Duration::from_secs(1);
     settings.http.listen = "127.0.0.1:0".to_owned();
@@ -227,7 +273,12 @@ pub async fn run(base: &Settings, args: DemoArgs) -> anyhow::Result<ExitCode> {
         println!("run {cycle}: {status}");
         all_ok &= status == RunStatus::Succeeded;
         if cycle < args.cycles {
+            let events_before = event_runs(&db).await?.len();
+            let changed_at = Instant::now();
             println!("  {}", change_organization(&sim, cycle)?);
+            if let Some(line) = wait_for_event_run(&db, events_before, changed_at).await? {
+                println!("  {line}");
+            }
         }
     }
     let _ = control.send(Control::Shutdown("demo finished")).await;
@@ -271,6 +322,7 @@ async fn print_results(db: &Db) -> anyhow::Result<()> {
         .map(|r| {
             vec![
                 r.id.to_string(),
+                r.trigger.to_string(),
                 r.status.to_string(),
                 r.counts.fetched.to_string(),
                 r.counts.created.to_string(),
@@ -291,6 +343,7 @@ async fn print_results(db: &Db) -> anyhow::Result<()> {
         table(
             &[
                 "RUN",
+                "TRIGGER",
                 "STATUS",
                 "FETCHED",
                 "CREATED",

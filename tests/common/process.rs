@@ -68,9 +68,13 @@ impl Syncerd {
     }
 
     /// The daemon: `syncerd run ARGS...`.
+    /// `syncerd run`. Its DingTalk event streams are off unless `env` turns them on
+    /// (`SYNCERD_STREAM__ENABLED=true`): most tests count the runs of the schedule alone.
     pub fn daemon(db_url: &str, args: &[&str], env: &[(&str, &str)]) -> Syncerd {
         let all: Vec<&str> = ["run"].iter().chain(args).copied().collect();
-        Syncerd::spawn(db_url, &all, env)
+        let mut env_all = vec![("SYNCERD_STREAM__ENABLED", "false")];
+        env_all.extend_from_slice(env);
+        Syncerd::spawn(db_url, &all, &env_all)
     }
 
     /// The daemon with the usual test settings: 200 ms reload, 1 s minimum interval.
@@ -108,6 +112,19 @@ impl Syncerd {
         match tokio::time::timeout(limit, self.child.wait()).await {
             Ok(status) => status.unwrap(),
             Err(_) => panic!("syncerd did not exit within {limit:?}:\n{}", self.stderr()),
+        }
+    }
+
+    /// The body of `/metrics` (empty when the daemon does not answer).
+    pub async fn metrics(&self) -> String {
+        let answer = reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{}/metrics", self.port))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await;
+        match answer {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
         }
     }
 

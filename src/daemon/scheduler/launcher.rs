@@ -38,6 +38,11 @@ impl Guards {
         self.of(name).try_lock_owned().ok()
     }
 
+    /// The guard of `name`, once the run holding it (if any) has ended.
+    pub(crate) async fn take(&self, name: &str) -> OwnedMutexGuard<()> {
+        self.of(name).lock_owned().await
+    }
+
     /// Whether a run of `name` is going in this process.
     pub(crate) fn is_running(&self, name: &str) -> bool {
         self.of(name).try_lock().is_err()

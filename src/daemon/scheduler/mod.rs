@@ -415,7 +415,16 @@ impl Shared {
         if let Some(refused) = self.refusal(name, trigger).await {
             return Err(refused);
         }
-        let Some(guard) = self.runs.guards.try_take(name) else {
+        let guard = match self.runs.guards.try_take(name) {
+            Some(guard) => Some(guard),
+            // Events wait their turn behind the run going: it may have fetched before them.
+            None if trigger == RunTrigger::Event => tokio::select! {
+                guard = self.runs.guards.take(name) => Some(guard),
+                _ = self.runs.token.cancelled() => return Err(TriggerError::ShuttingDown),
+            },
+            None => None,
+        };
+        let Some(guard) = guard else {
             self.metrics.record_skip(name, SkipReason::Overlap);
             tracing::debug!(
                 "syncer {name}: {trigger} tick skipped: the previous run is still going"

@@ -104,13 +104,6 @@ impl Streams {
             .map(|(name, task)| (name.clone(), task.state.borrow().clone()))
             .collect()
     }
-
-    /// Stops every task (shutdown).
-    pub(crate) fn stop_all(&self) {
-        for (_, task) in self.tasks.lock().unwrap_or_else(|e| e.into_inner()).drain() {
-            task.cancel.cancel();
-        }
-    }
 }
 
 impl Shared {
