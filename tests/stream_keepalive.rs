@@ -89,6 +89,48 @@ async fn a_peer_that_never_answers_a_ping_is_dropped_after_the_pong_timeout() {
     server.abort();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wss_endpoint_goes_through_rustls_and_failures_are_typed() {
+    init_test_log();
+    // Nothing listens there: the TLS config is built, the TCP connect fails, no panic.
+    let closed = tokio::net::TcpListener::bind(any_port()).await.unwrap();
+    let addr = closed.local_addr().unwrap();
+    drop(closed);
+    let open = MockServer::start_async().await;
+    open.mock_async(|when, then| {
+        when.method(POST).path("/v1.0/gateway/connections/open");
+        then.status(200).json_body(
+            json!({"endpoint": format!("wss://{addr}/connect"), "ticket": "tkt-secret-1"}),
+        );
+    })
+    .await;
+    let config = StreamConfig {
+        open_api_base: open.base_url(),
+        backoff_min: Duration::from_secs(3600),
+        backoff_max: Duration::from_secs(3600),
+        ..StreamConfig::default()
+    };
+    let creds = creds("ding-key", "a-realistic-app-secret-of-some-length");
+    let mut client = spawn_client_with(config, creds, Arc::default());
+    let state = client
+        .state_until(|s| matches!(s, ConnectionState::Reconnecting { .. }))
+        .await;
+    let ConnectionState::Reconnecting { last_error, .. } = &state else {
+        unreachable!()
+    };
+    let text = last_error.to_string();
+    assert!(
+        matches!(last_error, StreamError::WebSocket { .. }),
+        "{text}"
+    );
+    assert!(
+        text.contains("wss://") && text.contains("refused"),
+        "{text}"
+    );
+    assert!(!format!("{state:?} {text}").contains("tkt-secret-1"));
+    client.stop().await;
+}
+
 /// A `Write` into a shared buffer, for capturing log lines.
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);

@@ -190,6 +190,8 @@ async fn run_until_cancelled<S: EventSink>(
         .connect_timeout(config.connect_timeout)
         .timeout(config.connect_timeout)
         .user_agent(config.ua.clone())
+        // The App Secret is in the body: never resend it to wherever a redirect points.
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| StreamError::Config(format!("cannot build the HTTP client: {e}")))?;
     let session = Session {
@@ -582,7 +584,8 @@ impl<S: EventSink> Session<'_, S> {
     }
 }
 
-/// `text` without the given secret values, then with URL secrets redacted.
+/// `text` without the given secret values, then with URL secrets redacted. Every occurrence is
+/// replaced, however short the secret (a toy secret mangles words; a leak would be worse).
 fn scrub<'a>(text: &str, secrets: impl IntoIterator<Item = Option<&'a Secret>>) -> String {
     let mut text = text.to_owned();
     for secret in secrets.into_iter().flatten() {

@@ -86,7 +86,8 @@ pub struct StreamStats {
     pub pings_answered: AtomicU64,
     /// WebSocket pings sent after an idle spell.
     pub keepalive_pings: AtomicU64,
-    /// Sum and maximum of the time from the start of `store` to the ack sent, in microseconds.
+    /// Sum and maximum of the time from the start of `store` to the ack sent, in microseconds,
+    /// over the stored events (`events_acked - events_other`; refused frames are not timed).
     pub ack_latency_micros_total: AtomicU64,
     pub ack_latency_micros_max: AtomicU64,
 }
