@@ -447,3 +447,65 @@ async fn events_left_unacknowledged_go_to_the_next_connection() {
     assert_eq!(sim.stream_stats().redeliveries, 1);
     client.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_api_drives_stream_mode_over_http() {
+    let sim = sim().await;
+    let http = reqwest::Client::new();
+    let base = sim.base_url();
+    let post = |path: &str, body: serde_json::Value| {
+        http.post(format!("{base}/_sim/stream/{path}"))
+            .json(&body)
+            .send()
+    };
+    let refused = post("duplicate", json!({})).await.unwrap();
+    assert_eq!(refused.status(), 400, "nothing acknowledged to duplicate");
+    post("tickets/expire", json!({"count": 1}))
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+
+    let sink = Arc::new(Recorder::default());
+    let mut client = spawn_client(config_for(&sim), &sim, sink.clone());
+    client.connected().await;
+    post("ping", json!({}))
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+    http.post(format!("{base}/_sim/users"))
+        .json(&json!({"profile": {"userid": "ctl-u1", "name": "控制", "dept_id_list": [1]}}))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+    until("the event stored", || sink.stored().len() == 1).await;
+    until("the ack", || sim.stream_stats().acks == 1).await;
+    let duplicate: serde_json::Value = post("duplicate", json!({}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(duplicate["event_id"], sink.stored()[0].event_id.as_str());
+    until("the duplicate stored", || sink.stored().len() == 2).await;
+    until("the ping answered", || {
+        sim.stream_stats().pings_answered == 1
+    })
+    .await;
+
+    let stats: syncerd::simulator::SimStreamStats = http
+        .get(format!("{base}/_sim/stream/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats.tickets_refused, 1, "{stats:?}");
+    assert_eq!(stats.events_created, 1, "{stats:?}");
+    assert_eq!(stats.duplicates_sent, 1, "{stats:?}");
+    client.stop().await;
+}
