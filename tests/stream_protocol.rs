@@ -6,186 +6,18 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod dingtalk_support;
+mod stream_support;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use dingtalk_support::*;
 use serde_json::json;
+use stream_support::*;
 use syncerd::simulator::{SimUser, SimulatorConfig, SimulatorHandle};
 use syncerd::stream::{
-    Change, ConnectionState, DeptChange, EventSink, FrameError, StreamConfig, StreamError,
-    StreamEvent, StreamStats, UserChange, run_stream,
+    Change, ConnectionState, DeptChange, StreamConfig, StreamError, StreamEvent, UserChange,
 };
-use tokio::sync::{Semaphore, watch};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
-
-/// The longest any condition may take before the test fails.
-const DEADLINE: Duration = Duration::from_secs(20);
-
-#[derive(Debug, thiserror::Error)]
-#[error("the inbox is unavailable")]
-struct InboxDown;
-
-/// A sink that records what it stored, can fail the next N stores, and can hold stores at a
-/// gate until the test lets them through.
-#[derive(Default)]
-struct Recorder {
-    attempts: Mutex<Vec<String>>,
-    stored: Mutex<Vec<StreamEvent>>,
-    others: Mutex<Vec<String>>,
-    refused: Mutex<Vec<String>>,
-    failures_left: AtomicU64,
-    gate: Option<Semaphore>,
-}
-
-impl Recorder {
-    fn gated() -> Self {
-        Self {
-            gate: Some(Semaphore::new(0)),
-            ..Self::default()
-        }
-    }
-
-    fn failing(times: u64) -> Self {
-        Self {
-            failures_left: AtomicU64::new(times),
-            ..Self::default()
-        }
-    }
-
-    fn stored(&self) -> Vec<StreamEvent> {
-        self.stored.lock().unwrap().clone()
-    }
-
-    fn attempts(&self) -> Vec<String> {
-        self.attempts.lock().unwrap().clone()
-    }
-}
-
-impl EventSink for Recorder {
-    type Error = InboxDown;
-
-    async fn store(&self, event: &StreamEvent) -> Result<(), InboxDown> {
-        self.attempts.lock().unwrap().push(event.event_id.clone());
-        if let Some(gate) = &self.gate {
-            gate.acquire().await.unwrap().forget();
-        }
-        let fail = self
-            .failures_left
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok();
-        if fail {
-            return Err(InboxDown);
-        }
-        self.stored.lock().unwrap().push(event.clone());
-        Ok(())
-    }
-
-    fn other(&self, event: &StreamEvent) {
-        self.others.lock().unwrap().push(event.event_type.clone());
-    }
-
-    fn refused(&self, message_id: &str, _error: &FrameError) {
-        self.refused.lock().unwrap().push(message_id.to_owned());
-    }
-}
-
-struct Client {
-    state: watch::Receiver<ConnectionState>,
-    stats: Arc<StreamStats>,
-    cancel: CancellationToken,
-    task: JoinHandle<Result<(), StreamError>>,
-}
-
-impl Client {
-    /// Waits until the connection state satisfies `cond`; returns that state.
-    async fn state_until(&mut self, cond: impl FnMut(&ConnectionState) -> bool) -> ConnectionState {
-        let state = tokio::time::timeout(DEADLINE, self.state.wait_for(cond))
-            .await
-            .expect("the connection state never got there")
-            .expect("the client dropped its state");
-        state.clone()
-    }
-
-    async fn connected(&mut self) {
-        self.state_until(|s| matches!(s, ConnectionState::Connected { .. }))
-            .await;
-    }
-
-    async fn stop(self) {
-        self.cancel.cancel();
-        let result = tokio::time::timeout(DEADLINE, self.task)
-            .await
-            .expect("the client did not stop when cancelled")
-            .expect("the client task panicked");
-        assert_eq!(result, Ok(()));
-        assert_eq!(*self.state.borrow(), ConnectionState::Stopped);
-    }
-}
-
-fn config_for(sim: &SimulatorHandle) -> StreamConfig {
-    StreamConfig {
-        open_api_base: sim.base_url(),
-        connect_timeout: Duration::from_secs(5),
-        backoff_min: Duration::from_millis(10),
-        backoff_max: Duration::from_millis(200),
-        auth_backoff: Duration::from_secs(3600),
-        ..StreamConfig::default()
-    }
-}
-
-fn spawn_client(config: StreamConfig, sim: &SimulatorHandle, sink: Arc<Recorder>) -> Client {
-    spawn_client_with(config, sim.credentials(), sink)
-}
-
-fn spawn_client_with(
-    config: StreamConfig,
-    creds: syncerd::dingtalk::Credentials,
-    sink: Arc<Recorder>,
-) -> Client {
-    let (state_tx, state) = watch::channel(ConnectionState::Connecting);
-    let stats = Arc::new(StreamStats::default());
-    let cancel = CancellationToken::new();
-    let task = tokio::spawn({
-        let (stats, cancel) = (stats.clone(), cancel.clone());
-        async move { run_stream(&config, &creds, sink, state_tx, stats, cancel).await }
-    });
-    Client {
-        state,
-        stats,
-        cancel,
-        task,
-    }
-}
-
-/// Waits (under [`DEADLINE`]) until `cond` holds, checking whenever the runtime is free.
-async fn until(what: &str, mut cond: impl FnMut() -> bool) {
-    let wait = async {
-        while !cond() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    };
-    if tokio::time::timeout(DEADLINE, wait).await.is_err() {
-        panic!("timed out waiting for {what}");
-    }
-}
-
-async fn sim_with(config: SimulatorConfig) -> SimulatorHandle {
-    init_test_log();
-    start_simulator(SimulatorConfig {
-        users: 5,
-        departments: 2,
-        ..config
-    })
-    .await
-}
-
-async fn sim() -> SimulatorHandle {
-    sim_with(SimulatorConfig::default()).await
-}
 
 fn ids(event: &StreamEvent) -> Vec<String> {
     match &event.change {
@@ -613,5 +445,67 @@ async fn events_left_unacknowledged_go_to_the_next_connection() {
     assert_eq!(sink.stored()[0].event_id, event_id);
     until("the ack", || sim.stream_stats().acks == 1).await;
     assert_eq!(sim.stream_stats().redeliveries, 1);
+    client.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_api_drives_stream_mode_over_http() {
+    let sim = sim().await;
+    let http = reqwest::Client::new();
+    let base = sim.base_url();
+    let post = |path: &str, body: serde_json::Value| {
+        http.post(format!("{base}/_sim/stream/{path}"))
+            .json(&body)
+            .send()
+    };
+    let refused = post("duplicate", json!({})).await.unwrap();
+    assert_eq!(refused.status(), 400, "nothing acknowledged to duplicate");
+    post("tickets/expire", json!({"count": 1}))
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+
+    let sink = Arc::new(Recorder::default());
+    let mut client = spawn_client(config_for(&sim), &sim, sink.clone());
+    client.connected().await;
+    post("ping", json!({}))
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+    http.post(format!("{base}/_sim/users"))
+        .json(&json!({"profile": {"userid": "ctl-u1", "name": "控制", "dept_id_list": [1]}}))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+    until("the event stored", || sink.stored().len() == 1).await;
+    until("the ack", || sim.stream_stats().acks == 1).await;
+    let duplicate: serde_json::Value = post("duplicate", json!({}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(duplicate["event_id"], sink.stored()[0].event_id.as_str());
+    until("the duplicate stored", || sink.stored().len() == 2).await;
+    until("the ping answered", || {
+        sim.stream_stats().pings_answered == 1
+    })
+    .await;
+
+    let stats: syncerd::simulator::SimStreamStats = http
+        .get(format!("{base}/_sim/stream/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats.tickets_refused, 1, "{stats:?}");
+    assert_eq!(stats.events_created, 1, "{stats:?}");
+    assert_eq!(stats.duplicates_sent, 1, "{stats:?}");
     client.stop().await;
 }

@@ -190,6 +190,8 @@ async fn run_until_cancelled<S: EventSink>(
         .connect_timeout(config.connect_timeout)
         .timeout(config.connect_timeout)
         .user_agent(config.ua.clone())
+        // The App Secret is in the body: never resend it to wherever a redirect points.
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| StreamError::Config(format!("cannot build the HTTP client: {e}")))?;
     let session = Session {
@@ -432,6 +434,7 @@ impl<S: EventSink> Session<'_, S> {
                         return Err(StreamError::PongTimeout(self.config.pong_timeout));
                     }
                     self.send(ws, Message::Ping(Default::default())).await?;
+                    StreamStats::bump(&self.stats.keepalive_pings);
                     pong_due = Some(Instant::now() + self.config.pong_timeout);
                 }
                 message = ws.next() => {
@@ -581,7 +584,8 @@ impl<S: EventSink> Session<'_, S> {
     }
 }
 
-/// `text` without the given secret values, then with URL secrets redacted.
+/// `text` without the given secret values, then with URL secrets redacted. Every occurrence is
+/// replaced, however short the secret (a toy secret mangles words; a leak would be worse).
 fn scrub<'a>(text: &str, secrets: impl IntoIterator<Item = Option<&'a Secret>>) -> String {
     let mut text = text.to_owned();
     for secret in secrets.into_iter().flatten() {
@@ -623,54 +627,5 @@ impl Backoff {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_with_bounded_jitter_caps_and_resets() {
-        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
-        b.rng = SplitMix64::new(7);
-        let delays: Vec<Duration> = (0..9).map(|_| b.next_delay()).collect();
-        let mut base = Duration::from_secs(1);
-        for d in &delays {
-            assert!(*d >= base.min(Duration::from_secs(60)), "{d:?} < {base:?}");
-            assert!(
-                *d <= base.mul_f64(1.2).min(Duration::from_secs(60)),
-                "{d:?}"
-            );
-            base = base.saturating_mul(2).min(Duration::from_secs(60));
-        }
-        assert_eq!(delays[8], Duration::from_secs(60));
-        b.reset();
-        assert!(b.next_delay() < Duration::from_millis(1201));
-    }
-
-    #[test]
-    fn scrub_removes_secret_values_and_ticket_query_values() {
-        let secret = Secret::new("s3cr3t-value");
-        let ticket = Secret::new("tkt-123");
-        let text = "failed for ws://h/connect?ticket=tkt-123 with s3cr3t-value";
-        let out = scrub(text, [Some(&secret), Some(&ticket)]);
-        assert!(
-            !out.contains("s3cr3t-value") && !out.contains("tkt-123"),
-            "{out}"
-        );
-        let out = scrub("ws://h/connect?ticket=other", [None]);
-        assert!(!out.contains("other"), "{out}");
-    }
-
-    #[test]
-    fn invalid_settings_are_refused_with_the_key() {
-        let config = StreamConfig {
-            backoff_min: Duration::ZERO,
-            ..StreamConfig::default()
-        };
-        let e = config
-            .validate()
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        assert!(e.contains("stream.backoff_min"), "{e}");
-        assert!(StreamConfig::default().validate().is_ok());
-    }
-}
+#[path = "client_tests.rs"]
+mod tests;

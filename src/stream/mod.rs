@@ -84,7 +84,10 @@ pub struct StreamStats {
     /// Frames refused (too large, garbled, undecodable events).
     pub frames_refused: AtomicU64,
     pub pings_answered: AtomicU64,
-    /// Sum and maximum of the time from the start of `store` to the ack sent, in microseconds.
+    /// WebSocket pings sent after an idle spell.
+    pub keepalive_pings: AtomicU64,
+    /// Sum and maximum of the time from the start of `store` to the ack sent, in microseconds,
+    /// over the stored events (`events_acked - events_other`; refused frames are not timed).
     pub ack_latency_micros_total: AtomicU64,
     pub ack_latency_micros_max: AtomicU64,
 }
@@ -100,6 +103,7 @@ pub struct StreamStatsSnapshot {
     pub events_other: u64,
     pub frames_refused: u64,
     pub pings_answered: u64,
+    pub keepalive_pings: u64,
     pub ack_latency_micros_total: u64,
     pub ack_latency_micros_max: u64,
 }
@@ -116,6 +120,7 @@ impl StreamStats {
             events_other: get(&self.events_other),
             frames_refused: get(&self.frames_refused),
             pings_answered: get(&self.pings_answered),
+            keepalive_pings: get(&self.keepalive_pings),
             ack_latency_micros_total: get(&self.ack_latency_micros_total),
             ack_latency_micros_max: get(&self.ack_latency_micros_max),
         }
