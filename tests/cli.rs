@@ -34,10 +34,17 @@ async fn syncerd_async(db_url: &str, api_base: Option<&str>, args: &[&str]) -> O
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     tokio::task::spawn_blocking(move || {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        // The simulator serves both API families (and Stream mode).
         let extra: Vec<(&str, &str)> = api_base
             .as_deref()
-            .map(|base| ("SYNCERD_DINGTALK__API_BASE", base))
+            .map(|base| {
+                [
+                    ("SYNCERD_DINGTALK__API_BASE", base),
+                    ("SYNCERD_DINGTALK__OPEN_API_BASE", base),
+                ]
+            })
             .into_iter()
+            .flatten()
             .collect();
         syncerd(Some(&db_url), &args, &extra)
     })
@@ -294,6 +301,10 @@ async fn check_says_ok_against_the_simulator_and_names_bad_credentials() {
     assert!(good.status.success(), "{stdout}{stderr}");
     assert!(stdout.contains("can sync"), "{stdout}");
     assert!(
+        stdout.contains("Stream mode (POST /v1.0/gateway/connections/open): ok"),
+        "{stdout}"
+    );
+    assert!(
         stdout.contains("mobile") && stdout.contains("email"),
         "{stdout}"
     );
@@ -303,6 +314,10 @@ async fn check_says_ok_against_the_simulator_and_names_bad_credentials() {
     assert!(!bad.status.success());
     assert!(
         stdout.contains("40089") && stdout.contains("App Secret"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("connections/open): unavailable") && stdout.contains("interval runs"),
         "{stdout}"
     );
     for secret in ["Sim-Check-S3cret", "Wrong-S3cret-42"] {

@@ -171,6 +171,15 @@ async fn a_change_in_dingtalk_reaches_its_row_through_an_event_run() {
             )),
             "{metrics}"
         );
+        let acked_here = metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!(
+                    "syncerd_stream_ack_latency_seconds_count{{syncer=\"{SYNCER}\"}} "
+                ))
+            })
+            .and_then(|n| n.parse::<u64>().ok());
+        assert!(acked_here.is_some_and(|n| n >= 2), "{metrics}");
         let log = daemon.stderr();
         assert!(!log.contains(SECRET), "the App Secret reached the log");
         daemon.signal("TERM");

@@ -196,6 +196,31 @@ async fn find_syncer(db: &Db, name: &str) -> anyhow::Result<db::SyncerRow> {
 
 /// The `check` line about the syncer's Casdoor organization; none in syncerd's embedded
 /// database, which has no organization table.
+/// What `syncerd check` says of Stream mode for the syncer: off by configuration, or whether
+/// DingTalk hands the app a Stream ticket (`connections/open`).
+async fn stream_line(
+    settings: &Settings,
+    name: &str,
+    credentials: &syncerd::dingtalk::Credentials,
+) -> String {
+    const LINE: &str = "Stream mode (POST /v1.0/gateway/connections/open)";
+    if !settings.stream.streams(name) {
+        return format!("{LINE}: off (stream.enabled, stream.disabled_syncers)");
+    }
+    let config = syncerd::stream::StreamConfig {
+        open_api_base: settings.dingtalk.open_api_base.clone(),
+        ..Default::default()
+    };
+    match syncerd::stream::check_open(&config, credentials).await {
+        Ok(()) => format!("{LINE}: ok, changes are applied within seconds"),
+        Err(e) => format!(
+            "{LINE}: unavailable ({e}); the interval runs still sync. Turn on Stream mode and \
+             the address-book events in the app's developer console, or list the syncer in \
+             stream.disabled_syncers"
+        ),
+    }
+}
+
 fn organization_step(name: &str, row: OrganizationRow) -> Option<CheckStep> {
     let outcome = match row {
         OrganizationRow::NoTable => return None,
@@ -260,6 +285,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .steps
                 .extend(organization_step(&syncer.organization, organization));
             print!("{}", report.render());
+            // Events are an addition: an app without Stream mode still syncs on its interval.
+            println!(
+                "{}",
+                stream_line(settings, &syncer.name, &credentials).await
+            );
             Ok(if report.can_sync() {
                 ExitCode::SUCCESS
             } else {

@@ -7,9 +7,10 @@
 use crate::db::RunStatus;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use super::RunSummary;
+use crate::stream::{StreamStats, StreamStatsSnapshot};
 
 /// Upper bounds (seconds) of the run-duration histogram buckets.
 const DURATION_BUCKETS: [f64; 12] = [
@@ -89,6 +90,8 @@ struct Inner {
     /// From `eventBornTime` to the run that applied the event having finished.
     stream_latency: BTreeMap<String, Histogram>,
     stream_connected: BTreeMap<String, bool>,
+    /// The live counters of each syncer's Stream client.
+    stream_clients: BTreeMap<String, Arc<StreamStats>>,
 }
 
 /// All counters of one daemon.
@@ -201,7 +204,15 @@ impl Metrics {
             }
             None => {
                 m.stream_connected.remove(syncer);
+                m.stream_clients.remove(syncer);
             }
+        });
+    }
+
+    /// The counters of `syncer`'s Stream client, read at every render.
+    pub fn watch_stream_client(&self, syncer: &str, stats: Arc<StreamStats>) {
+        self.with(|m| {
+            m.stream_clients.insert(syncer.to_owned(), stats);
         });
     }
 
@@ -371,6 +382,52 @@ fn render_stream(m: &Inner, out: &mut String) {
         "DingTalk events applied by event runs, by syncer.",
         lines,
     );
+    let clients: Vec<(String, StreamStatsSnapshot)> = m
+        .stream_clients
+        .iter()
+        .map(|(syncer, stats)| (escape(syncer), stats.snapshot()))
+        .collect();
+    let per_client = |pick: fn(&StreamStatsSnapshot) -> String| {
+        clients
+            .iter()
+            .map(move |(s, snap)| format!("{{syncer=\"{s}\"}} {}", pick(snap)))
+            .collect::<Vec<_>>()
+            .into_iter()
+    };
+    for (name, kind, help, pick) in [
+        (
+            "syncerd_stream_connections_total",
+            "counter",
+            "WebSocket connections the Stream client opened (a reconnection adds one).",
+            (|s| s.connections.to_string()) as fn(&StreamStatsSnapshot) -> String,
+        ),
+        (
+            "syncerd_stream_events_later_total",
+            "counter",
+            "Events answered LATER because the inbox could not store them.",
+            |s| s.events_later.to_string(),
+        ),
+        (
+            "syncerd_stream_ack_latency_seconds_sum",
+            "counter",
+            "Time from an event's arrival to its acknowledgement (stored in the inbox), summed.",
+            |s| format!("{:.6}", s.ack_latency_micros_total as f64 / 1e6),
+        ),
+        (
+            "syncerd_stream_ack_latency_seconds_count",
+            "counter",
+            "Events acknowledged.",
+            |s| s.events_acked.to_string(),
+        ),
+        (
+            "syncerd_stream_ack_latency_seconds_max",
+            "gauge",
+            "The longest time from an event's arrival to its acknowledgement.",
+            |s| format!("{:.6}", s.ack_latency_micros_max as f64 / 1e6),
+        ),
+    ] {
+        family(out, name, kind, help, per_client(pick));
+    }
     let lines = m
         .stream_latency
         .iter()

@@ -177,6 +177,45 @@ pub async fn run_stream<S: EventSink>(
     result
 }
 
+/// Asks `connections/open` for a ticket and lets it expire unused: whether the app may use
+/// Stream mode (for `syncerd check`). Opens no WebSocket.
+pub async fn check_open(config: &StreamConfig, creds: &Credentials) -> Result<(), StreamError> {
+    /// Nothing arrives without a WebSocket.
+    struct NoEvents;
+    impl EventSink for NoEvents {
+        type Error = std::convert::Infallible;
+        async fn store(&self, _event: &StreamEvent) -> Result<(), Self::Error> {
+            Ok(())
+        }
+    }
+    config.validate()?;
+    let (state, _) = watch::channel(ConnectionState::Connecting);
+    let session = Session {
+        config,
+        creds,
+        sink: &NoEvents,
+        stats: &StreamStats::default(),
+        cancel: &CancellationToken::new(),
+        state: &state,
+        http: open_client(config)?,
+        tls: OnceLock::new(),
+        other_types: Mutex::new(BTreeSet::new()),
+    };
+    session.open().await.map(|_| ())
+}
+
+/// The HTTP client of `connections/open`.
+fn open_client(config: &StreamConfig) -> Result<reqwest::Client, StreamError> {
+    reqwest::Client::builder()
+        .connect_timeout(config.connect_timeout)
+        .timeout(config.connect_timeout)
+        .user_agent(config.ua.clone())
+        // The App Secret is in the body: never resend it to wherever a redirect points.
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| StreamError::Config(format!("cannot build the HTTP client: {e}")))
+}
+
 async fn run_until_cancelled<S: EventSink>(
     config: &StreamConfig,
     creds: &Credentials,
@@ -186,14 +225,7 @@ async fn run_until_cancelled<S: EventSink>(
     cancel: &CancellationToken,
 ) -> Result<(), StreamError> {
     config.validate()?;
-    let http = reqwest::Client::builder()
-        .connect_timeout(config.connect_timeout)
-        .timeout(config.connect_timeout)
-        .user_agent(config.ua.clone())
-        // The App Secret is in the body: never resend it to wherever a redirect points.
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|e| StreamError::Config(format!("cannot build the HTTP client: {e}")))?;
+    let http = open_client(config)?;
     let session = Session {
         config,
         creds,

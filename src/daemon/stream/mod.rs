@@ -295,6 +295,7 @@ async fn stream_and_apply(
     };
     let sink = InboxSink::new(db.clone(), name.clone(), wake, shared.clone());
     let stats = Arc::new(StreamStats::default());
+    shared.metrics.watch_stream_client(&name, stats.clone());
     let connection = async {
         if let Err(e) = run_stream(
             &config,
