@@ -15,7 +15,7 @@ use common::{TestDb, eventually, on_every_engine, runs_of};
 use syncerd::db::inbox::pending_events;
 use syncerd::db::{self, Db, NewSyncer, RunStatus, RunTrigger};
 use syncerd::secret::Secret;
-use syncerd::simulator::{Simulator, SimulatorConfig, SimulatorHandle, UserPatch};
+use syncerd::simulator::{Faults, Simulator, SimulatorConfig, SimulatorHandle, UserPatch};
 
 const SYNCER: &str = "dt";
 /// Long enough that only the first run comes from the schedule during a test.
@@ -184,6 +184,79 @@ async fn a_change_in_dingtalk_reaches_its_row_through_an_event_run() {
         assert!(!log.contains(SECRET), "the App Secret reached the log");
         daemon.signal("TERM");
         daemon.exit_within(Duration::from_secs(30)).await;
+        sim.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_stored_before_a_crash_are_applied_by_the_next_daemon() {
+    on_every_engine(async |t: &TestDb| {
+        let db = t.migrated().await;
+        add_syncer(&db).await;
+        let sim = dingtalk().await;
+        // One attempt per call, and no retry of unapplied events by this daemon.
+        let base = sim.base_url();
+        let env = [
+            ("SYNCERD_DINGTALK__API_BASE", base.as_str()),
+            ("SYNCERD_DINGTALK__OPEN_API_BASE", base.as_str()),
+            ("SYNCERD_DINGTALK__MAX_ATTEMPTS", "1"),
+            ("SYNCERD_STREAM__ENABLED", "true"),
+            ("SYNCERD_STREAM__COALESCE_WINDOW", "100ms"),
+            ("SYNCERD_STREAM__RETRY_INTERVAL", "3600s"),
+        ];
+        let mut first = Syncerd::fast_daemon(t.url(), &[], &env);
+        eventually(WITHIN, "the stream connection", || async {
+            sim.stream_stats().connections >= 1
+        })
+        .await;
+
+        // DingTalk fails every lookup: the event is stored and acknowledged, its run fails.
+        sim.set_faults(Faults {
+            bad_gateway_every: Some(1),
+            ..Faults::default()
+        })
+        .unwrap();
+        let leaver = sim.org().users[2].profile.userid.clone();
+        sim.remove_user(&leaver).unwrap();
+        eventually(WITHIN, "a failed event run", || async {
+            runs_with(&db, RunTrigger::Event)
+                .await
+                .iter()
+                .any(|r| r.status == RunStatus::Failed)
+        })
+        .await;
+        assert_eq!(pending_events(&db, SYNCER, 10).await.unwrap().len(), 1);
+        assert_eq!(sim.stream_stats().acks, 1, "stored, so acknowledged");
+        let forbidden = |rows: &[syncerd::db::entities::user::Model]| {
+            rows.iter().any(|u| {
+                u.dingtalk.as_deref() == Some(leaver.as_str()) && u.is_forbidden == Some(true)
+            })
+        };
+        assert!(!forbidden(&users(&db).await), "{}", t.label());
+
+        // The process dies; DingTalk recovers; the next daemon drains the inbox.
+        first.signal("KILL");
+        first.exit_within(Duration::from_secs(30)).await;
+        sim.set_faults(Faults::default()).unwrap();
+        let mut second = Syncerd::fast_daemon(t.url(), &[], &env);
+        eventually(WITHIN, "the stored event applied", || async {
+            pending_events(&db, SYNCER, 10).await.unwrap().is_empty()
+        })
+        .await;
+        assert!(
+            runs_with(&db, RunTrigger::Event)
+                .await
+                .iter()
+                .any(|r| r.status == RunStatus::Succeeded),
+            "{}",
+            t.label()
+        );
+        assert!(forbidden(&users(&db).await), "{}", t.label());
+        // DingTalk did not deliver it again: the inbox had it.
+        assert_eq!(sim.stream_stats().redeliveries, 0);
+        second.signal("TERM");
+        second.exit_within(Duration::from_secs(30)).await;
         sim.shutdown().await.unwrap();
     })
     .await;
