@@ -69,18 +69,10 @@ fn fresh_database(args: &DemoArgs) -> anyhow::Result<PathBuf> {
 async fn wait_for_runs(db: &Db, count: usize, limit: Duration) -> anyhow::Result<RunStatus> {
     let deadline = Instant::now() + limit;
     loop {
-        let runs = db::list_runs(
-            db,
-            &RunFilter {
-                syncer: Some(SYNCER.to_owned()),
-                limit: 100,
-                ..Default::default()
-            },
-        )
-        .await?;
-        let finished: Vec<_> = runs
-            .iter()
-            .filter(|r| r.status != RunStatus::Running && r.trigger != RunTrigger::Event)
+        let finished: Vec<_> = finished_runs(db)
+            .await?
+            .into_iter()
+            .filter(|r| r.trigger != RunTrigger::Event)
             .collect();
         if finished.len() >= count {
             return Ok(finished[0].status);
@@ -92,8 +84,8 @@ async fn wait_for_runs(db: &Db, count: usize, limit: Duration) -> anyhow::Result
     }
 }
 
-/// The finished event runs of the demo's syncer, newest first.
-async fn event_runs(db: &Db) -> anyhow::Result<Vec<db::RunRow>> {
+/// The finished runs of the demo's syncer, newest first.
+async fn finished_runs(db: &Db) -> anyhow::Result<Vec<db::RunRow>> {
     let runs = db::list_runs(
         db,
         &RunFilter {
@@ -105,8 +97,15 @@ async fn event_runs(db: &Db) -> anyhow::Result<Vec<db::RunRow>> {
     .await?;
     Ok(runs
         .into_iter()
-        .filter(|r| r.trigger == RunTrigger::Event && r.status != RunStatus::Running)
+        .filter(|r| r.status != RunStatus::Running)
         .collect())
+}
+
+/// The finished event runs of the demo's syncer, newest first.
+async fn event_runs(db: &Db) -> anyhow::Result<Vec<db::RunRow>> {
+    let mut runs = finished_runs(db).await?;
+    runs.retain(|r| r.trigger == RunTrigger::Event);
+    Ok(runs)
 }
 
 /// Waits a few seconds for an event run after a change and says how soon it landed; `None`
