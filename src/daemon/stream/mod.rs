@@ -351,8 +351,14 @@ async fn follow_state(
                 ..
             } => {
                 down_since.get_or_insert_with(Instant::now);
+                let hint = if last_error.is_unauthorized() {
+                    ". DingTalk refused the app: is Stream mode on in its developer console? \
+                     Else list the syncer in stream.disabled_syncers (the interval runs still sync)"
+                } else {
+                    ""
+                };
                 tracing::warn!(
-                    "syncer {name}: event stream down ({last_error}); reconnecting in {:.1} s",
+                    "syncer {name}: event stream down ({last_error}); reconnecting in {:.1} s{hint}",
                     retry_in.as_secs_f64()
                 );
             }
