@@ -582,6 +582,7 @@ async fn a_table_prefix_puts_every_table_but_casbin_user_rule_under_the_prefix()
             "syncer_link",
             "syncer_lease",
             "syncer_event",
+            "syncer_change",
             "syncerd_migrations",
         ] {
             assert!(

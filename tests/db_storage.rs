@@ -22,7 +22,7 @@ use syncerd::db::{
 use syncerd::secret::Secret;
 
 const CASDOOR_TABLES: [&str; 4] = ["syncer", "user", "group", "casbin_user_rule"];
-const ALL_TABLES: [&str; 8] = [
+const ALL_TABLES: [&str; 9] = [
     "syncer",
     "user",
     "group",
@@ -31,6 +31,7 @@ const ALL_TABLES: [&str; 8] = [
     "syncer_link",
     "syncer_lease",
     "syncer_event",
+    "syncer_change",
 ];
 
 fn new_syncer(name: &str) -> NewSyncer {
@@ -55,7 +56,8 @@ async fn migrate_creates_everything_once_and_a_second_run_is_a_noop() {
                 "m20261125_000001_casdoor_tables",
                 "m20261125_000002_syncerd_tables",
                 "m20261207_000003_link_row_identity",
-                "m20261207_000004_event_inbox"
+                "m20261207_000004_event_inbox",
+                "m20261207_000005_change_log"
             ],
             "{}",
             t.label()
@@ -156,7 +158,7 @@ async fn migrate_leaves_an_existing_casdoor_database_untouched_and_reads_its_nul
 
         let before = t.dump_tables(&db, &CASDOOR_TABLES).await;
         let report = db::migrate(&db).await.unwrap();
-        assert_eq!(report.applied.len(), 4, "{}", t.label());
+        assert_eq!(report.applied.len(), 5, "{}", t.label());
         assert!(report.created_casdoor_tables.is_empty(), "{report:?}");
         db::check_schema(&db).await.unwrap();
 
@@ -775,7 +777,8 @@ async fn check_schema_names_missing_tables_and_columns_and_says_what_to_do() {
                 "syncer_run".into(),
                 "syncer_link".into(),
                 "syncer_lease".into(),
-                "syncer_event".into()
+                "syncer_event".into(),
+                "syncer_change".into()
             ]
         }));
         assert!(message.contains("`syncerd migrate`"), "{message}");
@@ -785,10 +788,10 @@ async fn check_schema_names_missing_tables_and_columns_and_says_what_to_do() {
         let (found, message) = problems(db::check_schema(&db).await);
         assert_eq!(found.len(), 2, "{}: {found:?}", t.label());
         assert!(
-            matches!(&found[0], SchemaProblem::MissingSyncerdTables { tables } if tables.len() == 4)
+            matches!(&found[0], SchemaProblem::MissingSyncerdTables { tables } if tables.len() == 5)
         );
         assert!(
-            matches!(&found[1], SchemaProblem::PendingMigrations { names } if names.len() == 4)
+            matches!(&found[1], SchemaProblem::PendingMigrations { names } if names.len() == 5)
         );
         assert!(
             message.contains("syncer_run") && message.contains("run `syncerd migrate`"),

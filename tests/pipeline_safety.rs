@@ -254,8 +254,8 @@ async fn a_user_recreated_under_the_same_name_is_neither_written_nor_forbidden()
 
         // Links made before the identity was recorded (the migration undone and redone) are
         // filled from their row, once.
-        // (Two steps down: the event inbox came after the link identity.)
-        Migrator::down(db.conn(), Some(2)).await.unwrap();
+        // (Three steps down: the event inbox and the change log came after the link identity.)
+        Migrator::down(db.conn(), Some(3)).await.unwrap();
         assert!(
             !db::table_columns(&db, "syncer_link")
                 .await
@@ -268,7 +268,8 @@ async fn a_user_recreated_under_the_same_name_is_neither_written_nor_forbidden()
             upgrade.applied,
             [
                 "m20261207_000003_link_row_identity",
-                "m20261207_000004_event_inbox"
+                "m20261207_000004_event_inbox",
+                "m20261207_000005_change_log"
             ]
         );
         let link = link_of(&db, &userid(2)).await.unwrap();

@@ -8,6 +8,7 @@ mod m20261125_000001_casdoor_tables;
 mod m20261125_000002_syncerd_tables;
 mod m20261207_000003_link_row_identity;
 mod m20261207_000004_event_inbox;
+mod m20261207_000005_change_log;
 mod prefix;
 
 pub use prefix::{prefixed, prefixed_iden, table_prefix, with_table_prefix};
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000002_syncerd_tables::Migration),
             Box::new(m20261207_000003_link_row_identity::Migration),
             Box::new(m20261207_000004_event_inbox::Migration),
+            Box::new(m20261207_000005_change_log::Migration),
         ]
     }
 

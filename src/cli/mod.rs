@@ -13,6 +13,7 @@ use syncerd::pipeline::{OrganizationRow, find_organization};
 use syncerd::syncer::SyncerProblem;
 use syncerd::telemetry::LogGuard;
 
+mod changes;
 mod daemon;
 mod demo;
 mod output;
@@ -67,8 +68,9 @@ pub enum LogFormatArg {
 /// Output format of listing commands.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
-    /// Aligned columns for people.
+    /// Aligned columns for people (also `text`).
     #[default]
+    #[value(alias = "text")]
     Table,
     /// One JSON document for programs.
     Json,
@@ -87,6 +89,13 @@ pub enum Command {
     Syncer(syncer::SyncerCommand),
     /// Read the run history, newest first; `syncerd runs show ID` for one run in full.
     Runs(runs::RunsArgs),
+    /// The history of one Casdoor user across runs, newest first: created, updated (each field
+    /// old → new), forbidden, unforbidden, deleted, added to or removed from a group.
+    ///
+    /// Read from the change log (table syncer_change), which every run that writes fills in the
+    /// transaction of each change; a dry run records nothing. Values of secret columns are never
+    /// recorded. The daemon deletes changes older than history.keep_days (90 by default).
+    Changes(changes::ChangesArgs),
     /// See the whole product work, with nothing configured: a simulated DingTalk organization,
     /// a fresh SQLite file, and the real daemon syncing it for a few cycles.
     ///
@@ -306,6 +315,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Runs(args) => runtime()?.block_on(async {
             let db = open_db(settings, false).await?;
             runs::run(&db, args).await?;
+            db.close().await?;
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Changes(args) => runtime()?.block_on(async {
+            let db = open_db(settings, false).await?;
+            changes::run(&db, args).await?;
             db.close().await?;
             Ok(ExitCode::SUCCESS)
         }),

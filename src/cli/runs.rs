@@ -4,9 +4,11 @@ use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
+use syncerd::db::changes::run_changes;
 use syncerd::db::{self, Db, RunFilter, RunRow, RunStatus};
 
 use super::OutputFormat;
+use super::changes::{change_json, changes_table};
 use super::output::{one_line, table};
 
 #[derive(Debug, Args)]
@@ -37,6 +39,10 @@ pub enum RunsCommand {
     Show {
         /// The run id (first column of `syncerd runs`).
         id: i64,
+        /// Also list every change the run made to a user: action, name, DingTalk userid, and
+        /// the fields it changed (old → new; values of secret columns are never recorded).
+        #[arg(long)]
+        changes: bool,
         #[arg(long, value_enum, default_value_t)]
         format: OutputFormat,
     },
@@ -69,15 +75,13 @@ pub fn parse_since(text: &str, now: DateTime<Utc>) -> anyhow::Result<DateTime<Ut
 }
 
 pub async fn run(db: &Db, args: RunsArgs) -> anyhow::Result<()> {
-    if let Some(RunsCommand::Show { id, format }) = args.command {
-        let Some(run) = db::get_run(db, id).await? else {
-            bail!("no run with id {id}; `syncerd runs` lists recent runs");
-        };
-        match format {
-            OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&run_json(&run))?),
-            OutputFormat::Table => print!("{}", run_detail(&run)),
-        }
-        return Ok(());
+    if let Some(RunsCommand::Show {
+        id,
+        changes,
+        format,
+    }) = args.command
+    {
+        return show(db, id, changes, format).await;
     }
     let status = match &args.status {
         Some(s) => Some(
@@ -136,6 +140,39 @@ pub async fn run(db: &Db, args: RunsArgs) -> anyhow::Result<()> {
                     &rows
                 )
             );
+        }
+    }
+    Ok(())
+}
+
+async fn show(db: &Db, id: i64, with_changes: bool, format: OutputFormat) -> anyhow::Result<()> {
+    let Some(run) = db::get_run(db, id).await? else {
+        bail!("no run with id {id}; `syncerd runs` lists recent runs");
+    };
+    let changes = if with_changes {
+        Some(run_changes(db, id).await?)
+    } else {
+        None
+    };
+    match format {
+        OutputFormat::Json => {
+            let mut doc = run_json(&run);
+            if let (Some(changes), Some(obj)) = (&changes, doc.as_object_mut()) {
+                let rows: Vec<Value> = changes.iter().map(change_json).collect();
+                obj.insert("changes".to_owned(), Value::Array(rows));
+            }
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+        }
+        OutputFormat::Table => {
+            print!("{}", run_detail(&run));
+            match &changes {
+                Some(rows) if rows.is_empty() => println!(
+                    "changes:      none recorded (a dry run records none; older than \
+                     history.keep_days they are pruned)"
+                ),
+                Some(rows) => print!("changes ({}):\n{}", rows.len(), changes_table(rows, false)),
+                None => {}
+            }
         }
     }
     Ok(())

@@ -52,6 +52,7 @@ pub struct Settings {
     pub scheduler: SchedulerSettings,
     pub sync: SyncSettings,
     pub stream: StreamSettings,
+    pub history: HistorySettings,
     pub http: HttpSettings,
     pub log: LogSettings,
 }
@@ -410,6 +411,21 @@ impl Default for LogSettings {
             rotation: LogRotation::Daily,
             max_files: 14,
         }
+    }
+}
+
+/// `[history]`: how long the per-user change log (`syncer_change`) is kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HistorySettings {
+    /// Days a change row is kept; the daemon deletes older ones (at most once an hour).
+    /// `0` keeps them forever.
+    pub keep_days: u32,
+}
+
+impl Default for HistorySettings {
+    fn default() -> Self {
+        Self { keep_days: 90 }
     }
 }
 

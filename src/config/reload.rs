@@ -17,6 +17,7 @@ impl Settings {
     pub fn take_live(&mut self, new: &Settings) {
         self.log.level.clone_from(&new.log.level);
         self.scheduler.clone_from(&new.scheduler);
+        self.history.clone_from(&new.history);
         self.http.admin_token.clone_from(&new.http.admin_token);
         self.http
             .admin_token_file

@@ -12,6 +12,7 @@ mod tables;
 mod time;
 
 pub mod casdoor;
+pub mod changes;
 pub mod entities;
 pub mod inbox;
 pub mod leases;

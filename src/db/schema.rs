@@ -7,7 +7,8 @@ use migrations::{Migrator, MigratorTrait};
 use sea_orm::{ConnectionTrait, EntityTrait, IdenStatic, Iterable, Statement};
 
 use super::entities::{
-    casbin_user_rule, group, syncer, syncer_event, syncer_lease, syncer_link, syncer_run, user,
+    casbin_user_rule, group, syncer, syncer_change, syncer_event, syncer_lease, syncer_link,
+    syncer_run, user,
 };
 use super::error::QueryContext as _;
 use super::{Db, DbError, Table};
@@ -124,6 +125,10 @@ pub async fn check_schema(db: &Db) -> Result<(), SchemaError> {
         (
             name(Table::SyncerEvent),
             entity_columns::<syncer_event::Entity>(),
+        ),
+        (
+            name(Table::SyncerChange),
+            entity_columns::<syncer_change::Entity>(),
         ),
     ];
 

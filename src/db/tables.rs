@@ -12,7 +12,8 @@ use sea_orm::sea_query::{Alias, IntoTableRef, TableRef};
 use sea_orm::{ActiveModelTrait, DeleteMany, EntityTrait, Insert, QueryTrait, Select, UpdateMany};
 
 use super::entities::{
-    casbin_user_rule, group, syncer, syncer_event, syncer_lease, syncer_link, syncer_run, user,
+    casbin_user_rule, group, syncer, syncer_change, syncer_event, syncer_lease, syncer_link,
+    syncer_run, user,
 };
 
 /// Longest `database.table_prefix`: index names carry it too, and PostgreSQL cuts identifiers
@@ -33,6 +34,7 @@ pub enum Table {
     SyncerLink,
     SyncerLease,
     SyncerEvent,
+    SyncerChange,
 }
 
 impl Table {
@@ -50,6 +52,7 @@ impl Table {
             Table::SyncerLink => "syncer_link",
             Table::SyncerLease => "syncer_lease",
             Table::SyncerEvent => "syncer_event",
+            Table::SyncerChange => "syncer_change",
         }
     }
 
@@ -156,6 +159,7 @@ stored_in! {
     syncer_link::Entity => Table::SyncerLink,
     syncer_lease::Entity => Table::SyncerLease,
     syncer_event::Entity => Table::SyncerEvent,
+    syncer_change::Entity => Table::SyncerChange,
 }
 
 /// A sea-orm query that can be pointed at another name of its table.
@@ -229,6 +233,7 @@ mod tests {
             entity_table::<syncer_link::Entity>(),
             entity_table::<syncer_lease::Entity>(),
             entity_table::<syncer_event::Entity>(),
+            entity_table::<syncer_change::Entity>(),
         ] {
             assert_eq!(entity, base);
         }

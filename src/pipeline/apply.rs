@@ -23,12 +23,13 @@ use tracing::{debug, info, warn};
 use crate::db::casdoor::{
     Batch, SchemaFacts, UserRowUpdate, Writer, begin_bounded, is_systemic, link_kind_text,
 };
+use crate::db::changes::{ChangeAction, ChangeDetail, NewChange};
 use crate::db::{Db, RunCounts, RunMode};
 use crate::secret::redact_text;
 
 use super::columns::FieldValue;
 use super::model::{
-    CasbinGrouping, GroupCreate, GroupUpdate, LinkKind, NewUser, OwnershipLink, Plan,
+    CasbinGrouping, FieldChange, GroupCreate, GroupUpdate, LinkKind, NewUser, OwnershipLink, Plan,
 };
 use super::report::{Phase, Progress};
 
@@ -215,6 +216,64 @@ impl<'p> Unit<'p> {
         }
     }
 
+    /// The change log's rows of this unit: what it does to its user.
+    fn changes(&self) -> Vec<NewChange<'_>> {
+        let Subject::User { userid, name } = &self.subject else {
+            return Vec::new();
+        };
+        let change = |action, detail| NewChange {
+            userid: userid.as_deref().unwrap_or_default(),
+            casdoor_name: name,
+            action,
+            detail,
+        };
+        let mut changes = Vec::new();
+        if let Some(new) = self.user_create {
+            changes.push(change(
+                ChangeAction::Created,
+                ChangeDetail::Created {
+                    groups: &new.groups,
+                },
+            ));
+        }
+        if let Some(update) = self.user_update {
+            let (status, fields): (Vec<&FieldChange>, Vec<&FieldChange>) = match update {
+                // Everything a leaver action writes belongs to it.
+                UserRowUpdate::Leaver(l) => (l.changes.iter().collect(), Vec::new()),
+                UserRowUpdate::Directory(u) => u
+                    .changes
+                    .iter()
+                    .partition(|c| STATUS_COLUMNS.contains(&c.column.as_str())),
+            };
+            match status_action(&status) {
+                Some(action) => changes.push(change(action, ChangeDetail::Fields(status))),
+                None if !status.is_empty() => {
+                    changes.push(change(ChangeAction::Updated, ChangeDetail::Fields(status)))
+                }
+                None => {}
+            }
+            if !fields.is_empty() {
+                changes.push(change(ChangeAction::Updated, ChangeDetail::Fields(fields)));
+            }
+        }
+        for rule in &self.casbin_remove {
+            changes.push(change(
+                ChangeAction::GroupRemoved,
+                ChangeDetail::Group(group_of(rule)),
+            ));
+        }
+        // A new user's groups are in its `created` row.
+        if self.user_create.is_none() {
+            for rule in &self.casbin_add {
+                changes.push(change(
+                    ChangeAction::GroupAdded,
+                    ChangeDetail::Group(group_of(rule)),
+                ));
+            }
+        }
+        changes
+    }
+
     /// Adds what this unit did, once it is committed, to `outcome`.
     fn count(&self, outcome: &mut ApplyOutcome, token_table: bool, session_table: bool) {
         let c = &mut outcome.counts;
@@ -247,6 +306,30 @@ impl<'p> Unit<'p> {
     }
 }
 
+/// The columns a leaver action (or its undoing) writes.
+const STATUS_COLUMNS: &[&str] = &["is_forbidden", "is_deleted", "deleted_time"];
+
+/// The group a casbin `g` row names (`org/name`).
+fn group_of(rule: &CasbinGrouping) -> &str {
+    rule.v1.strip_prefix("group:").unwrap_or(&rule.v1)
+}
+
+/// What the status changes of a user row amount to: deleted over forbidden over unforbidden.
+fn status_action(changes: &[&FieldChange]) -> Option<ChangeAction> {
+    let mut action = None;
+    for c in changes {
+        match (c.column.as_str(), &c.new) {
+            ("is_deleted", FieldValue::Bool(true)) => return Some(ChangeAction::Deleted),
+            ("is_forbidden", FieldValue::Bool(true)) => action = Some(ChangeAction::Forbidden),
+            ("is_forbidden" | "is_deleted", FieldValue::Bool(false)) => {
+                action = action.or(Some(ChangeAction::Unforbidden))
+            }
+            _ => {}
+        }
+    }
+    action
+}
+
 /// What `units` write, gathered by statement.
 fn batch<'a>(units: &[&'a Unit<'_>]) -> Batch<'a> {
     let mut batch = Batch::default();
@@ -266,6 +349,7 @@ fn batch<'a>(units: &[&'a Unit<'_>]) -> Batch<'a> {
         if unit.revoke_tokens {
             batch.revoke.extend(unit.user_name());
         }
+        batch.changes.extend(unit.changes());
     }
     batch
 }

@@ -19,7 +19,7 @@ pub const ORG: &str = "acme";
 pub const SYNCER: &str = "dingtalk_acme";
 
 /// Every table a run may touch.
-pub const ALL_TABLES: [&str; 8] = [
+pub const ALL_TABLES: [&str; 9] = [
     "syncer",
     "user",
     "group",
@@ -28,6 +28,7 @@ pub const ALL_TABLES: [&str; 8] = [
     "syncer_link",
     "syncer_lease",
     "syncer_event",
+    "syncer_change",
 ];
 
 /// Logs to stderr when `TEST_LOG` is set (its value is the filter, e.g. `debug`).

@@ -18,6 +18,7 @@ mod jobs;
 mod launcher;
 mod pass;
 mod reconcile;
+mod retention;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -66,6 +67,8 @@ pub(crate) struct LiveSettings {
     /// Bound of every database call made by the daemon (`database.connect_timeout`).
     pub db_timeout: Duration,
     pub lease: LeaseTiming,
+    /// Days the change log is kept (`history.keep_days`, 0: forever).
+    pub keep_days: u32,
 }
 
 impl LiveSettings {
@@ -79,6 +82,7 @@ impl LiveSettings {
             claimed: s.scheduler.claimed_syncers.clone(),
             db_timeout: s.database.connect_timeout.max(Duration::from_secs(1)),
             lease: LeaseTiming::for_reload_interval(s.scheduler.reload_interval),
+            keep_days: s.history.keep_days,
         }
     }
 }
@@ -132,6 +136,7 @@ pub struct Shared {
     pub(crate) metrics: Metrics,
     reconcile_now: Notify,
     streams: Streams,
+    retention: retention::Retention,
 }
 
 impl Shared {
@@ -164,6 +169,7 @@ impl Shared {
             metrics: Metrics::default(),
             reconcile_now: Notify::new(),
             streams: Streams::new(settings),
+            retention: retention::Retention::default(),
         }))
     }
 

@@ -74,6 +74,9 @@ impl Shared {
             .set_syncer_counts(scheduled as u64, invalid as u64);
         self.report_invalid(db, &live, reports).await;
         self.streams().prune_inbox(db, live.db_timeout).await;
+        self.retention
+            .prune_change_log(db, live.keep_days, live.db_timeout)
+            .await;
         Ok(scheduled)
     }
 

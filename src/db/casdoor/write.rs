@@ -15,7 +15,8 @@ use sea_orm::{
 };
 
 use crate::config::Engine;
-use crate::db::entities::{casbin_user_rule, group, syncer_link, user};
+use crate::db::changes::NewChange;
+use crate::db::entities::{casbin_user_rule, group, syncer_change, syncer_link, user};
 use crate::db::{Db, Table, TableNames, utc_millis};
 use crate::pipeline::columns::FieldRef;
 use crate::pipeline::groups::DEPARTMENT_GROUP_TYPE;
@@ -124,6 +125,8 @@ pub struct Batch<'a> {
     /// Users newly forbidden or deleted: their tokens are expired and their sessions deleted,
     /// as Casdoor forces such a user offline.
     pub revoke: Vec<&'a str>,
+    /// The change log's rows of the users written (not written in a dry run).
+    pub changes: Vec<NewChange<'a>>,
 }
 
 /// Builds and runs the statements of a [`Batch`] for one organization and syncer.
@@ -286,8 +289,9 @@ impl<'a> Writer<'a> {
         Ok(values)
     }
 
-    /// Runs every statement of `batch` in `txn`: groups, users, casbin rows, links, then the
-    /// revocations. The caller commits or rolls back.
+    /// Runs every statement of `batch` in `txn`: groups, users, casbin rows, links, the
+    /// revocations, then the change log's rows. The caller commits or rolls back, so the log
+    /// holds exactly what was committed.
     pub async fn write(&self, txn: &DatabaseTransaction, batch: &Batch<'_>) -> Result<(), DbErr> {
         self.insert_groups(txn, &batch.group_creates).await?;
         for g in batch.group_updates.iter().filter(|g| !g.changes.is_empty()) {
@@ -309,7 +313,8 @@ impl<'a> Writer<'a> {
         self.upsert_links(txn, &batch.links).await?;
         self.delete_links(txn, &batch.link_deletes).await?;
         self.revoke_tokens(txn, &batch.revoke).await?;
-        self.delete_sessions(txn, &batch.revoke).await
+        self.delete_sessions(txn, &batch.revoke).await?;
+        self.insert_changes(txn, &batch.changes).await
     }
 
     async fn insert_groups(
@@ -612,6 +617,52 @@ impl<'a> Writer<'a> {
                 .and_where(Expr::col(Alias::new("owner")).eq(self.organization))
                 .and_where(Expr::col(Alias::new("name")).is_in(chunk.iter().copied()))
                 .to_owned();
+            txn.execute(&stmt).await?;
+        }
+        Ok(())
+    }
+}
+
+impl Writer<'_> {
+    /// The change log's rows of this batch, as multi-row inserts; none without a run (a dry
+    /// run records nothing).
+    async fn insert_changes(
+        &self,
+        txn: &DatabaseTransaction,
+        changes: &[NewChange<'_>],
+    ) -> Result<(), DbErr> {
+        use syncer_change::Column as C;
+        let Some(run_id) = self.run_id else {
+            return Ok(());
+        };
+        let columns = [
+            C::RunId,
+            C::SyncerName,
+            C::Organization,
+            C::Userid,
+            C::CasdoorName,
+            C::Action,
+            C::Changes,
+            C::CreatedAt,
+        ];
+        for chunk in statement_chunks(changes, self.engine, columns.len(), 0) {
+            let mut stmt = Query::insert()
+                .into_table(self.tables.iden(Table::SyncerChange))
+                .columns(columns)
+                .to_owned();
+            for change in chunk {
+                let row: Vec<SimpleExpr> = vec![
+                    Value::BigInt(Some(run_id)).into(),
+                    text(self.syncer).into(),
+                    text(self.organization).into(),
+                    text(change.userid).into(),
+                    text(change.casdoor_name).into(),
+                    text(change.action.as_str()).into(),
+                    Value::String(Some(change.detail.to_json_text())).into(),
+                    text(&self.now_utc).into(),
+                ];
+                values_row(&mut stmt, row)?;
+            }
             txn.execute(&stmt).await?;
         }
         Ok(())

@@ -5,6 +5,7 @@
 pub mod casbin_user_rule;
 pub mod group;
 pub mod syncer;
+pub mod syncer_change;
 pub mod syncer_event;
 pub mod syncer_lease;
 pub mod syncer_link;
