@@ -489,19 +489,22 @@ async fn burst_report(r: &mut Report, db: &Db, sim: &Sim, burst: &Burst) {
     r.line("");
 }
 
+/// Waits until `count` runs have finished and none is going.
+async fn runs_finished(db: &Db, count: usize, log: &Path) {
+    wait_for(Duration::from_secs(600), "the runs", log, || async {
+        let all = runs(db).await;
+        let going = all.iter().any(|r| r.status == RunStatus::Running);
+        !going && all.len() >= count
+    })
+    .await;
+}
+
 /// Waits for `count` finished runs and lets each syncer's stream start: every syncer of one
 /// DingTalk app in another organization meets Casdoor's globally unique group names (the root
 /// department's group `1`), so all runs but one end `partial`, and a stream waits for a
 /// `succeeded` run. The bench marks those runs `succeeded` in the run history.
 async fn first_runs_then_streams(db: &Db, sim: &Sim, count: usize, log: &Path) -> usize {
-    wait_for(Duration::from_secs(600), "every first run", log, || async {
-        let all = runs(db).await;
-        all.iter()
-            .filter(|r| r.status != RunStatus::Running)
-            .count()
-            >= count
-    })
-    .await;
+    runs_finished(db, count, log).await;
     let partial = runs(db)
         .await
         .iter()
@@ -567,20 +570,22 @@ async fn idle(r: &mut Report, sizes: &StreamSizes) {
     ));
     let _ = daemon.kill().await;
 
-    // The same database without streams, for the share the connections take.
+    // The same database without streams, for the share the connections take. A daemon runs
+    // every syncer soon after it starts: measured once those runs are done.
     let mut cmd = syncerd(dir.path(), &db_url, &sim.base);
     cmd.env("SYNCERD_STREAM__ENABLED", "false")
         .env("SYNCERD_HTTP__LISTEN", format!("127.0.0.1:{}", free_port()))
         .arg("run")
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stderr(std::fs::File::create(&log).unwrap());
     let mut plain = cmd.spawn().unwrap();
     let pid = plain.id().unwrap();
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    runs_finished(&db, 2 * count, &log).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
     let (cpu, share) = cpu_over(pid, window).await;
     let rss = status_kib(pid, "VmRSS:").unwrap();
     r.line(format!(
-        "- the same daemon and database with `stream.enabled = false` (no run due): RSS {:.1} MB, CPU {cpu:.2} s over {} s = {share:.2} % of a core",
+        "- the same database, a new daemon with `stream.enabled = false`, idle after its start-up runs: RSS {:.1} MB, CPU {cpu:.2} s over {} s = {share:.2} % of a core",
         rss as f64 / 1024.0,
         window.as_secs()
     ));
