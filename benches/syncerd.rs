@@ -17,14 +17,18 @@
 //! 4. A no-change run over the same users: rows written and time against fetch only.
 //! 5. Peak RSS of `syncerd sync` (first import and no-change run) and idle RSS of `syncerd run`
 //!    with 50 enabled syncers.
+//! 6. DingTalk Stream events (issue 15, [`stream`]): event-to-row latency, a burst of leavers,
+//!    an idle daemon holding 50 Stream connections.
 //!
 //! `SYNCERD_BENCH_QUICK=1` runs every step at a small size (a smoke test of the runner),
 //! `SYNCERD_BENCH_ONLY=memory` only step 5, `SYNCERD_BENCH_ONLY=import` only steps 3–4 (fetched
-//! without a QPS cap). The report is printed and written to
-//! `target/bench-report.md`.
+//! without a QPS cap), `SYNCERD_BENCH_ONLY=stream` only step 6. The report is printed and
+//! written to `target/bench-report.md`.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "syncerd/stream.rs"]
+mod stream;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -642,7 +646,7 @@ fn main() {
         if only == "import" {
             let fetched = fetch_uncapped(&mut r, sizes.import).await;
             imports(&mut r, &fetched).await;
-        } else if only != "memory" {
+        } else if only != "memory" && only != "stream" {
             let fetched = fetch_only(&mut r, &sizes).await;
             latency_bound(&mut r, &sizes).await;
             let biggest = fetched
@@ -654,10 +658,14 @@ fn main() {
         if only.is_empty() || only == "memory" {
             memory(&mut r, &sizes).await;
         }
+        if only.is_empty() || only == "stream" {
+            stream::stream(&mut r).await;
+        }
         r.line(format!(
             "Whole benchmark: {:.0} s.",
             started.elapsed().as_secs_f64()
         ));
+        std::fs::create_dir_all(report_path().parent().unwrap()).unwrap();
         std::fs::write(report_path(), &r.text).unwrap();
         eprintln!("report written to {}", report_path().display());
     });
