@@ -160,7 +160,12 @@ mod applier {
 
             let batches: Arc<Mutex<Vec<EventBatch>>> = Arc::default();
             // The first run fails, the next ones succeed.
-            let statuses = Arc::new(Mutex::new(vec![RunStatus::Succeeded, RunStatus::Failed]));
+            // Popped from the end: the backlog fails, then applies; the burst is held.
+            let statuses = Arc::new(Mutex::new(vec![
+                RunStatus::Held,
+                RunStatus::Succeeded,
+                RunStatus::Failed,
+            ]));
             let wake = Arc::new(Notify::new());
             let cancel = CancellationToken::new();
             let task = tokio::spawn(apply_events(
@@ -212,14 +217,15 @@ mod applier {
                 assert!(!b[0].user_ids.contains("not-mine"));
             }
 
-            // A burst stored before the wake is one run.
+            // A burst stored before the wake is one run; it is held, and its events are set
+            // aside (the approved full run covers them), not looked up again and again.
             for i in 0..50 {
                 let mut e = event("acme", &format!("burst-{i:02}"), 100 + i);
                 e.user_ids = vec![format!("user-{i}")];
                 store_event(&db, &e).await.unwrap();
             }
             wake.notify_one();
-            eventually(Duration::from_secs(20), "the burst applied", || async {
+            eventually(Duration::from_secs(20), "the burst set aside", || async {
                 pending_events(&db, "acme", 100).await.unwrap().is_empty()
             })
             .await;
@@ -228,6 +234,22 @@ mod applier {
                 assert_eq!(b.len(), 3, "{}: {b:?}", t.label());
                 assert_eq!(b[2].acted_on.len(), 50);
                 assert_eq!(b[2].user_ids.len(), 50);
+            }
+            // The next event's run carries that event alone.
+            let mut next = event("acme", "after-hold", 500);
+            next.user_ids = vec!["user-after".into()];
+            store_event(&db, &next).await.unwrap();
+            wake.notify_one();
+            eventually(
+                Duration::from_secs(20),
+                "the next event applied",
+                || async { pending_events(&db, "acme", 100).await.unwrap().is_empty() },
+            )
+            .await;
+            {
+                let b = batches.lock().unwrap();
+                assert_eq!(b.len(), 4, "{}: {b:?}", t.label());
+                assert_eq!(b[3].acted_on, ["after-hold"]);
             }
             // The other syncer's event was never touched.
             assert_eq!(pending_events(&db, "other", 10).await.unwrap().len(), 1);

@@ -4,8 +4,10 @@
 //! waits a short window so that a burst (a reorganization, a mass leave) becomes one run, reads
 //! the syncer's pending events, and asks for one targeted run of the users and departments they
 //! name. Events that ask nothing of a sync are marked `ignored` at once; the others are marked
-//! `applied` by the run that applied them. A run that did not apply them leaves them pending and
-//! the applier tries again after a pause (the interval run remains the backstop). Pending events
+//! `applied` by the run that applied them, or `held` by a run the removal limits held (the full
+//! run that the operator approves finds those leavers without them). A run that failed leaves
+//! them pending and the applier tries again after a pause (the interval run remains the
+//! backstop). Pending events
 //! left by a previous process are applied when the applier starts.
 
 use std::collections::BTreeSet;
@@ -201,24 +203,29 @@ where
     let Some(summary) = run(batch).await else {
         return Round::Retry;
     };
-    if !run_applied(summary.status) {
-        tracing::warn!(
-            "syncer {syncer}: the event run ended {}; its {} events stay pending",
-            summary.status,
-            acted_on.len()
-        );
-        return Round::Retry;
-    }
-    let finished = finish(
-        db,
-        syncer,
-        &acted_on,
-        EventState::Applied,
-        summary.run_id,
-        timing,
-    )
-    .await;
-    if finished {
+    let state = match summary.status {
+        status if run_applied(status) => EventState::Applied,
+        // The leavers wait for the operator (raise the limit, or `syncerd sync NAME
+        // --allow-removals`), and whatever approves them is a full run, which finds them
+        // without these events: looking them up again every retry would only repeat the hold.
+        RunStatus::Held => {
+            tracing::warn!(
+                "syncer {syncer}: the event run was held (too many leavers); its {} events are \
+                 set aside and the leavers wait for an approved full run",
+                acted_on.len()
+            );
+            EventState::Held
+        }
+        status => {
+            tracing::warn!(
+                "syncer {syncer}: the event run ended {status}; its {} events stay pending",
+                acted_on.len()
+            );
+            return Round::Retry;
+        }
+    };
+    let finished = finish(db, syncer, &acted_on, state, summary.run_id, timing).await;
+    if finished && state == EventState::Applied {
         report(&born_at);
     }
     match (finished, full_read) {

@@ -49,6 +49,8 @@ pub enum EventState {
     Applied,
     /// It asks nothing of a sync (an event type syncerd does not act on).
     Ignored,
+    /// Its run was held by the removal limits: the full run the operator approves covers it.
+    Held,
 }
 
 impl EventState {
@@ -57,6 +59,7 @@ impl EventState {
             EventState::Pending => "pending",
             EventState::Applied => "applied",
             EventState::Ignored => "ignored",
+            EventState::Held => "held",
         }
     }
 }
