@@ -2,8 +2,8 @@
 //!
 //! After each reconcile pass the daemon follows the set of syncers that should stream (enabled,
 //! valid, `stream.enabled` and not in `stream.disabled_syncers`). Each gets a task that waits
-//! for the syncer's first complete run (events only patch a directory that was synced whole),
-//! takes the syncer's stream lease (another replica holding it streams instead), and then
+//! for the syncer's first run that wrote its directory (succeeded or partial: events only patch
+//! a directory that was imported), takes the syncer's stream lease (another replica holding it streams instead), and then
 //! keeps the connection, whose events land in the inbox, beside the applier, which turns them
 //! into targeted runs through the same launcher as every other run. A changed App Key or App
 //! Secret restarts the task; a syncer disabled or gone stops it.
@@ -195,7 +195,7 @@ async fn syncer_stream(
     state.send_replace(ConnectionState::Stopped);
 }
 
-/// Whether syncer `name` has a succeeded run; waits for one (checking every reload interval)
+/// Whether syncer `name` has a run that wrote its directory (succeeded or partial); waits for one (checking every reload interval)
 /// and answers `false` when cancelled first.
 async fn wait_for_first_complete_run(
     shared: &Shared,
@@ -203,9 +203,11 @@ async fn wait_for_first_complete_run(
     name: &str,
     cancel: &CancellationToken,
 ) -> bool {
-    let filter = RunFilter {
+    // A partial run wrote the directory too (what it skipped, it reported): a syncer whose
+    // runs are always partial, say for a department outside the app's scope, still streams.
+    let filter = |status| RunFilter {
         syncer: Some(name.to_owned()),
-        status: Some(RunStatus::Succeeded),
+        status: Some(status),
         since: None,
         limit: 1,
     };
@@ -213,14 +215,18 @@ async fn wait_for_first_complete_run(
     loop {
         let live = shared.live();
         let found = bounded(live.db_timeout, "reading the run history", async {
-            db::list_runs(db, &filter).await
+            let mut runs = db::list_runs(db, &filter(RunStatus::Succeeded)).await?;
+            if runs.is_empty() {
+                runs = db::list_runs(db, &filter(RunStatus::Partial)).await?;
+            }
+            Ok(runs)
         })
         .await;
         match found {
             Ok(runs) if !runs.is_empty() => return true,
             Ok(_) if !said => {
                 tracing::info!(
-                    "syncer {name}: its event stream starts after its first complete run"
+                    "syncer {name}: its event stream starts after its first run that writes its directory"
                 );
                 said = true;
             }
