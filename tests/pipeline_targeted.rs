@@ -519,3 +519,66 @@ async fn lookups_read_gone_as_none_and_everything_else_as_an_error() {
     assert_eq!(counter.get(), sim.stats().total_calls());
     sim.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mass_leave_arriving_in_small_bursts_is_held_once_the_event_runs_add_up_to_the_limit() {
+    on_every_engine(async |t| {
+        let (db, syncer) = setup(t).await;
+        let sim = start(40).await;
+        assert_status(t, &full_run(&db, &syncer, &sim).await, RunStatus::Succeeded);
+        let active: Vec<String> = sim
+            .org()
+            .users
+            .iter()
+            .filter(|u| u.profile.active == Some(true))
+            .map(|u| u.profile.userid.clone())
+            .collect();
+        assert!(active.len() >= 18, "{}", active.len());
+        let limits = SyncSettings {
+            max_removals: 10,
+            max_removal_percent: 100.0,
+            ..sync_settings(50)
+        };
+        let leave = |ids: &[String]| {
+            for id in ids {
+                sim.remove_user(id).unwrap();
+            }
+            Targets {
+                user_ids: ids.iter().cloned().collect(),
+                dept_ids: BTreeSet::new(),
+            }
+        };
+
+        // Six leavers: under the limit of ten.
+        let first = leave(&active[..6]);
+        let report = targeted_run(&db, &syncer, &sim, &first, limits.clone()).await;
+        assert_status(t, &report, RunStatus::Succeeded);
+        assert_eq!(report.counts.forbidden, 6, "{}", t.label());
+
+        // Six more: twelve since the last full run, as one full run would have seen them.
+        let second = leave(&active[6..12]);
+        let before = users(&db).await;
+        let report = targeted_run(&db, &syncer, &sim, &second, limits.clone()).await;
+        assert_status(t, &report, RunStatus::Held);
+        let held = report.held.clone().unwrap_or_default();
+        assert!(
+            held.contains("counted with 6 made by event runs since the last full run"),
+            "{held}"
+        );
+        assert_eq!(users(&db).await, before, "{}", t.label());
+
+        // A full run judges the directory whole again (six leavers: under the limit)...
+        let ctx = context(&db, limits.clone());
+        let (client, credentials) = (client(&sim), sim.credentials());
+        let full = run_once(&ctx, &syncer, client.fetch_directory(&credentials), apply()).await;
+        assert_status(t, &full, RunStatus::Succeeded);
+        assert_eq!(full.counts.forbidden, 6, "{}", t.label());
+        // ...and the count starts again after it.
+        let third = leave(&active[12..18]);
+        let report = targeted_run(&db, &syncer, &sim, &third, limits).await;
+        assert_status(t, &report, RunStatus::Succeeded);
+        assert_eq!(report.counts.forbidden, 6, "{}", t.label());
+        sim.shutdown().await.unwrap();
+    })
+    .await;
+}

@@ -267,6 +267,33 @@ impl Default for RunFilter {
     }
 }
 
+/// Users that event runs of `syncer` forbade or deleted since its last full run that applied
+/// (succeeded or partial): what a targeted run counts with its own removals against the limits.
+pub async fn event_removals_since_full_run(db: &Db, syncer: &str) -> Result<u64, DbError> {
+    let filter = RunFilter {
+        syncer: Some(syncer.to_owned()),
+        limit: 1_000,
+        ..RunFilter::default()
+    };
+    let mut removals = 0u64;
+    // Newest first, back to the last full run.
+    for run in list_runs(db, &filter).await? {
+        let applied = matches!(run.status, RunStatus::Succeeded | RunStatus::Partial);
+        if run.trigger != RunTrigger::Event {
+            if applied && run.mode == RunMode::Apply {
+                break;
+            }
+            continue;
+        }
+        if applied {
+            removals = removals
+                .saturating_add(run.counts.forbidden)
+                .saturating_add(run.counts.deleted);
+        }
+    }
+    Ok(removals)
+}
+
 /// Which `running` rows [`mark_interrupted`] closes. Unset fields match every row.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StaleRunFilter {

@@ -209,6 +209,10 @@ pub struct PlanOptions {
     /// Up to this many removals never trip `max_removal_percent` (`sync.min_removals_allowed`),
     /// so one leaver of a small team is acted on.
     pub min_removals_allowed: u64,
+    /// Removals that event runs made since the syncer's last full run: a targeted run counts
+    /// them with its own, so a mass leave that arrives as many small bursts is held as the one
+    /// full run that saw it whole would be. 0 in a full run.
+    pub earlier_removals: u64,
 }
 
 impl PlanOptions {
@@ -221,6 +225,7 @@ impl PlanOptions {
             adopt_existing,
             adopt_only: sync.adopt_only.iter().cloned().collect(),
             min_removals_allowed: sync.min_removals_allowed,
+            earlier_removals: 0,
         }
     }
 }
@@ -353,13 +358,23 @@ pub struct Hold {
     pub max_removals: u64,
     pub max_removal_percent: f64,
     pub min_removals_allowed: u64,
+    /// Removals event runs made since the last full run, counted with these.
+    pub earlier_removals: u64,
 }
 
 impl fmt::Display for Hold {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let earlier = if self.earlier_removals > 0 {
+            format!(
+                ", counted with {} made by event runs since the last full run",
+                self.earlier_removals
+            )
+        } else {
+            String::new()
+        };
         write!(
             f,
-            "held {} leaver removals of {} owned users (limits: sync.max_removals = {}, sync.max_removal_percent = {}% \
+            "held {} leaver removals of {} owned users{earlier} (limits: sync.max_removals = {}, sync.max_removal_percent = {}% \
              beyond sync.min_removals_allowed = {}); everything else was applied. If these people really left, raise \
              sync.max_removals / sync.max_removal_percent or run once with `syncerd sync {} --allow-removals`",
             self.removals,

@@ -942,10 +942,14 @@ fn leaver_changes(
 fn removal_hold(input: &PlanInput, actions: &mut Vec<LeaverAction>, owned: usize) -> Option<Hold> {
     let opts = &input.options;
     let removals = actions.iter().filter(|a| !a.changes.is_empty()).count();
-    let over_count = u64::try_from(removals).unwrap_or(u64::MAX) > opts.max_removals;
-    let over_percent = u64::try_from(removals).unwrap_or(u64::MAX) > opts.min_removals_allowed
+    // A targeted run counts what the event runs since the last full run removed as well.
+    let counted = u64::try_from(removals)
+        .unwrap_or(u64::MAX)
+        .saturating_add(opts.earlier_removals);
+    let over_count = counted > opts.max_removals;
+    let over_percent = counted > opts.min_removals_allowed
         && owned > 0
-        && (removals as f64) * 100.0 / (owned as f64) > opts.max_removal_percent;
+        && (counted as f64) * 100.0 / (owned as f64) > opts.max_removal_percent;
     if removals == 0 || !(over_count || over_percent) || opts.allow_removals {
         return None;
     }
@@ -959,6 +963,7 @@ fn removal_hold(input: &PlanInput, actions: &mut Vec<LeaverAction>, owned: usize
         max_removals: opts.max_removals,
         max_removal_percent: opts.max_removal_percent,
         min_removals_allowed: opts.min_removals_allowed,
+        earlier_removals: opts.earlier_removals,
     })
 }
 

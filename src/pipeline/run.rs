@@ -19,6 +19,7 @@ use tracing::{Instrument as _, debug, info, info_span, warn};
 
 use crate::config::SyncSettings;
 use crate::db::casdoor::{DbState, OrganizationRow, SchemaFacts, find_organization, load_state};
+use crate::db::runs::event_removals_since_full_run;
 use crate::db::{
     self, Db, DbError, NewRun, RunCounts, RunMode, RunOutcome, RunStatus, RunTrigger, SyncerRow,
     casdoor_timestamp, utc_millis,
@@ -410,8 +411,16 @@ impl Runner<'_> {
         self.phase(Phase::Planning);
         let now = casdoor_timestamp(Local::now());
         let facts = loaded.state.facts;
+        let earlier_removals = self.earlier_removals().await?;
         let plan = self
-            .plan(mapping, loaded, departments, complete, &now)
+            .plan(
+                mapping,
+                loaded,
+                departments,
+                complete,
+                &now,
+                earlier_removals,
+            )
             .map_err(|message| RunError::Internal {
                 syncer: self.name(),
                 what: "planning",
@@ -538,6 +547,20 @@ impl Runner<'_> {
         })
     }
 
+    /// For a targeted run, the removals event runs made since the last full run (0 otherwise).
+    async fn earlier_removals(&self) -> Result<u64, RunError> {
+        if self.scope.is_none() {
+            return Ok(0);
+        }
+        event_removals_since_full_run(&self.ctx.db, &self.syncer.name)
+            .await
+            .map_err(|source| RunError::Load {
+                syncer: self.name(),
+                organization: self.syncer.organization.clone(),
+                source,
+            })
+    }
+
     /// Decides what to write, on the CPU without stalling the runtime; a panic comes back as
     /// its message.
     fn plan(
@@ -547,6 +570,7 @@ impl Runner<'_> {
         departments: Vec<Department>,
         directory_complete: bool,
         now: &str,
+        earlier_removals: u64,
     ) -> Result<Plan, String> {
         let phase_started = Instant::now();
         let Loaded {
@@ -570,11 +594,14 @@ impl Runner<'_> {
             group_names_in_other_orgs: state.group_names_in_other_orgs,
             organization_names: state.organization_names,
             casbin_groupings: state.casbin_groupings,
-            options: PlanOptions::from_settings(
-                &self.ctx.sync,
-                self.opts.allow_removals,
-                self.opts.adopt_existing,
-            ),
+            options: PlanOptions {
+                earlier_removals,
+                ..PlanOptions::from_settings(
+                    &self.ctx.sync,
+                    self.opts.allow_removals,
+                    self.opts.adopt_existing,
+                )
+            },
             now: now.to_owned(),
             scope: self.scope.cloned(),
         };

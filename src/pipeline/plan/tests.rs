@@ -53,6 +53,7 @@ fn options() -> PlanOptions {
         adopt_existing: false,
         adopt_only: BTreeSet::new(),
         min_removals_allowed: 0,
+        earlier_removals: 0,
     }
 }
 
@@ -1604,6 +1605,7 @@ fn raw_state() -> impl Strategy<Value = RawState> {
                     adopt_existing,
                     adopt_only: BTreeSet::new(),
                     min_removals_allowed: 0,
+                    earlier_removals: 0,
                 }
             },
         );
