@@ -494,6 +494,9 @@ fn syncerd(dir: &Path, db_url: &str, api_base: &str) -> Command {
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("SYNCERD_DATABASE__URL", db_url)
         .env("SYNCERD_DINGTALK__API_BASE", api_base)
+        // The simulator is DingTalk's Stream gateway too: the daemon's default streams connect
+        // to it rather than to the real api.dingtalk.com.
+        .env("SYNCERD_DINGTALK__OPEN_API_BASE", api_base)
         .kill_on_drop(true);
     cmd
 }
