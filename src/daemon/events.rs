@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::db::inbox::{EventState, InboxEvent, finish_events, pending_events};
 use crate::db::leases::epoch_millis;
 use crate::db::{Db, RunStatus};
+use crate::launch::bounded;
 
 use super::RunSummary;
 
@@ -154,19 +155,16 @@ where
     R: Fn(EventBatch) -> F,
     F: Future<Output = Option<RunSummary>>,
 {
-    let read = tokio::time::timeout(
+    let read = bounded(
         timing.db_timeout,
+        "reading the pending events",
         pending_events(db, syncer, EVENTS_PER_RUN),
     )
     .await;
     let pending = match read {
-        Ok(Ok(pending)) => pending,
-        Ok(Err(e)) => {
+        Ok(pending) => pending,
+        Err(e) => {
             tracing::warn!("syncer {syncer}: reading its pending events failed: {e}");
-            return Round::Retry;
-        }
-        Err(_) => {
-            tracing::warn!("syncer {syncer}: reading its pending events timed out");
             return Round::Retry;
         }
     };
@@ -249,23 +247,17 @@ async fn finish(
     run_id: Option<i64>,
     timing: ApplierTiming,
 ) -> bool {
-    let marked = tokio::time::timeout(
+    let marked = bounded(
         timing.db_timeout,
+        "marking the events",
         finish_events(db, syncer, ids, state, run_id, epoch_millis()),
     )
     .await;
     match marked {
-        Ok(Ok(_)) => true,
-        Ok(Err(e)) => {
+        Ok(_) => true,
+        Err(e) => {
             tracing::warn!(
-                "syncer {syncer}: marking its events {}: {e}",
-                state.as_str()
-            );
-            false
-        }
-        Err(_) => {
-            tracing::warn!(
-                "syncer {syncer}: marking its events {} timed out",
+                "syncer {syncer}: marking its events {} failed: {e}",
                 state.as_str()
             );
             false

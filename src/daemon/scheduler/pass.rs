@@ -73,9 +73,8 @@ impl Shared {
         self.metrics
             .set_syncer_counts(scheduled as u64, invalid as u64);
         self.report_invalid(db, &live, reports).await;
-        self.streams().prune_inbox(db, live.db_timeout).await;
         self.retention
-            .prune_change_log(db, live.keep_days, live.db_timeout)
+            .prune(db, live.keep_days, live.db_timeout)
             .await;
         Ok(scheduled)
     }

@@ -18,7 +18,6 @@ use tokio_util::sync::CancellationToken;
 use super::events::{ApplierTiming, EventBatch, apply_events};
 use super::scheduler::Shared;
 use crate::config::{Settings, StreamSettings};
-use crate::db::inbox::prune_events;
 use crate::db::leases::epoch_millis;
 use crate::db::{self, Db, RunFilter, RunStatus, RunTrigger};
 use crate::dingtalk::{Credentials, Targets};
@@ -31,11 +30,6 @@ use sink::InboxSink;
 
 mod sink;
 
-/// How long applied events stay in the inbox (for `syncer_event` readers and late duplicates).
-pub(crate) const EVENT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
-/// How often the inbox is pruned.
-const PRUNE_EVERY: Duration = Duration::from_secs(3600);
-
 /// How long a stream may be down before its reconnection starts a full run.
 pub(crate) const CATCH_UP_AFTER: Duration = Duration::from_secs(60);
 
@@ -44,8 +38,6 @@ pub(crate) struct Streams {
     settings: StreamSettings,
     open_api_base: String,
     tasks: Mutex<HashMap<String, StreamTask>>,
-    /// When applied events were last pruned from the inbox.
-    pruned: Mutex<Option<Instant>>,
 }
 
 struct StreamTask {
@@ -61,32 +53,6 @@ impl Streams {
             settings: settings.stream.clone(),
             open_api_base: settings.dingtalk.open_api_base.clone(),
             tasks: Mutex::new(HashMap::new()),
-            pruned: Mutex::new(None),
-        }
-    }
-
-    /// Deletes the events applied or ignored more than [`EVENT_RETENTION`] ago, at most once per
-    /// [`PRUNE_EVERY`] (the reconcile pass calls it).
-    pub(crate) async fn prune_inbox(&self, db: &Db, db_timeout: Duration) {
-        {
-            let mut pruned = self.pruned.lock().unwrap_or_else(|e| e.into_inner());
-            if pruned.is_some_and(|at| at.elapsed() < PRUNE_EVERY) {
-                return;
-            }
-            *pruned = Some(Instant::now());
-        }
-        let keep_ms = i64::try_from(EVENT_RETENTION.as_millis()).unwrap_or(i64::MAX);
-        let before = epoch_millis().saturating_sub(keep_ms);
-        match bounded(
-            db_timeout,
-            "pruning the event inbox",
-            prune_events(db, before),
-        )
-        .await
-        {
-            Ok(0) => {}
-            Ok(n) => tracing::info!("pruned {n} applied DingTalk events from the inbox"),
-            Err(e) => tracing::warn!("pruning the event inbox failed: {e}"),
         }
     }
 
