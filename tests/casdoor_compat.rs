@@ -15,17 +15,11 @@ mod common;
 use std::time::Duration;
 
 use common::directory::{self, unionid, without};
-use common::pipeline::{ORG, SYNCER, add_syncer, apply, context, count, run, sync_settings};
+use common::pipeline::{ORG, SYNCER, add_syncer, apply, context, count, run, setup, sync_settings};
 use common::{TestDb, on_every_engine};
 use syncerd::config::{DatabaseSettings, Engine, LeaverPolicy};
-use syncerd::db::{self, Db, RunFilter, RunStatus, SyncerRow, leases};
+use syncerd::db::{self, Db, RunFilter, RunStatus, leases};
 use syncerd::pipeline::RunReport;
-
-async fn setup(t: &TestDb) -> (Db, SyncerRow) {
-    let db = t.migrated().await;
-    let syncer = add_syncer(&db).await;
-    (db, syncer)
-}
 
 fn assert_status(t: &TestDb, report: &RunReport, status: RunStatus) {
     assert_eq!(

@@ -10,7 +10,8 @@ use std::process::{Command, Output};
 
 use common::directory::{self, unionid, user_mut, userid};
 use common::pipeline::{
-    ORG, SYNCER, add_syncer_named_from, apply, context, run, sync_settings, user_row, users,
+    ORG, SYNCER, add_syncer_named_from, apply, assert_status, context, run, sync_settings,
+    user_row, users,
 };
 use common::{TestDb, on_every_engine};
 use md5::{Digest, Md5};
@@ -24,16 +25,6 @@ use syncerd::secret::Secret;
 /// values joined by `|`.
 fn casdoor_hash(values: &[&str]) -> String {
     format!("{:x}", Md5::digest(values.join("|").as_bytes()))
-}
-
-fn assert_status(t: &TestDb, report: &RunReport, status: RunStatus) {
-    assert_eq!(
-        report.status,
-        status,
-        "{}: {}",
-        t.label(),
-        report.render_text()
-    );
 }
 
 async fn set_syncer(t: &TestDb, db: &Db, assignments: &str) -> SyncerRow {

@@ -10,30 +10,14 @@ use std::process::Command;
 use chrono::{Duration, Utc};
 use common::directory::{self, unionid, user_mut, userid, without};
 use common::pipeline::{
-    ORG, SECRET, add_syncer, apply, context, count, dry_run, run, sync_settings,
+    ORG, SECRET, apply, assert_status, context, count, dry_run, run, setup, sync_settings,
     unique_email_taken_by_outsider,
 };
 use common::{TestDb, on_every_engine};
 use serde_json::{Value, json};
 use syncerd::db::changes::{ChangeAction, ChangeRow, prune_older_than, run_changes, user_changes};
-use syncerd::db::{Db, RunStatus, SyncerRow};
+use syncerd::db::{Db, RunStatus};
 use syncerd::pipeline::RunReport;
-
-async fn setup(t: &TestDb) -> (Db, SyncerRow) {
-    let db = t.migrated().await;
-    let syncer = add_syncer(&db).await;
-    (db, syncer)
-}
-
-fn assert_status(t: &TestDb, report: &RunReport, status: RunStatus) {
-    assert_eq!(
-        report.status,
-        status,
-        "{}: {}",
-        t.label(),
-        report.render_text()
-    );
-}
 
 async fn changes_of(db: &Db, report: &RunReport) -> Vec<ChangeRow> {
     run_changes(db, report.run_id.expect("a recorded run"))

@@ -7,7 +7,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::pipeline::{ORG, add_syncer, apply, context, count, rows, sync_settings, users};
+use common::pipeline::{
+    ORG, add_syncer, apply, assert_status, context, count, rows, sync_settings, users,
+};
 use common::{TestDb, on_every_engine};
 use syncerd::db::entities::user;
 use syncerd::db::{self, Db, RunStatus, SyncerRow};
@@ -81,16 +83,6 @@ async fn setup(t: &TestDb) -> (Db, SyncerRow) {
     .await;
     let syncer = db::get_syncer(&db, &syncer.name).await.unwrap().unwrap();
     (db, syncer)
-}
-
-fn assert_status(t: &TestDb, report: &RunReport, status: RunStatus) {
-    assert_eq!(
-        report.status,
-        status,
-        "{}: {}",
-        t.label(),
-        report.render_text()
-    );
 }
 
 /// What a run decides about a user: everything but generated ids and timestamps.

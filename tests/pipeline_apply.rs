@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use chrono::DateTime;
 use common::directory::{self, unionid, user_mut, userid, without};
 use common::pipeline::{
-    ORG, SYNCER, add_syncer, apply, context, count, rows, run, sync_settings,
+    ORG, SYNCER, add_syncer, apply, assert_status, context, count, rows, run, setup, sync_settings,
     unique_email_taken_by_outsider, user_row, users,
 };
 use common::{TestDb, on_every_engine};
@@ -22,9 +22,9 @@ use sea_orm::{
 };
 use syncerd::config::Engine;
 use syncerd::db::entities::{casbin_user_rule, group, syncer_link, user};
-use syncerd::db::{Db, RunStatus, SyncerRow};
+use syncerd::db::{Db, RunStatus};
 use syncerd::dingtalk::types::{Directory, DirectoryUser};
-use syncerd::pipeline::{ErrorKind, RunContext, RunReport};
+use syncerd::pipeline::{ErrorKind, RunContext};
 
 fn md5_hex(text: &str) -> String {
     Md5::digest(text.as_bytes())
@@ -121,22 +121,6 @@ fn assert_casdoor_shaped(t: &TestDb, row: &user::Model, u: &DirectoryUser) {
         checked += 1;
     }
     assert_eq!(checked, 181);
-}
-
-async fn setup(t: &TestDb) -> (Db, SyncerRow) {
-    let db = t.migrated().await;
-    let syncer = add_syncer(&db).await;
-    (db, syncer)
-}
-
-fn assert_status(t: &TestDb, report: &RunReport, status: RunStatus) {
-    assert_eq!(
-        report.status,
-        status,
-        "{}: {}",
-        t.label(),
-        report.render_text()
-    );
 }
 
 #[tokio::test]

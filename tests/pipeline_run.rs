@@ -7,25 +7,19 @@ mod common;
 use chrono::DateTime;
 use common::directory::{self, unionid, user_mut, userid, without};
 use common::pipeline::{
-    ALL_TABLES, ORG, SECRET, SYNCER, add_syncer, apply, context, count, dry_run, rows, run,
-    sync_settings, unique_email_taken_by_outsider, user_row,
+    ALL_TABLES, ORG, SECRET, SYNCER, apply, assert_status, context, count, dry_run, rows, run,
+    setup, sync_settings, unique_email_taken_by_outsider, user_row,
 };
 use common::{TestDb, on_every_engine};
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use syncerd::db::entities::syncer;
-use syncerd::db::{self, Db, RunMode, RunStatus, RunTrigger, SyncerRow};
+use syncerd::db::{self, Db, RunMode, RunStatus, RunTrigger};
 use syncerd::dingtalk::types::Department;
 use syncerd::pipeline::{
-    ChangeAction, ErrorKind, ObjectKind, Phase, Progress, RunReport, run_once, run_with_directory,
+    ChangeAction, ErrorKind, ObjectKind, Phase, Progress, run_once, run_with_directory,
 };
 use tokio::sync::watch;
-
-async fn setup(t: &TestDb) -> (Db, SyncerRow) {
-    let db = t.migrated().await;
-    let syncer = add_syncer(&db).await;
-    (db, syncer)
-}
 
 /// Asserts two dumps are equal, showing only the lines that differ.
 ///
@@ -62,16 +56,6 @@ fn assert_same_dump(t: &TestDb, before: &str, after: &str) {
             t.label()
         );
     }
-}
-
-fn assert_status(t: &TestDb, report: &RunReport, status: RunStatus) {
-    assert_eq!(
-        report.status,
-        status,
-        "{}: {}",
-        t.label(),
-        report.render_text()
-    );
 }
 
 async fn error_text(db: &Db) -> String {

@@ -6,30 +6,16 @@
 mod common;
 
 use common::directory::{self, unionid, user_mut, userid, without};
-use common::pipeline::{ORG, add_syncer, apply, context, run, sync_settings, user_row, users};
+use common::pipeline::{
+    ORG, apply, assert_status, context, run, setup, sync_settings, user_row, users,
+};
 use common::{TestDb, on_every_engine};
 use migrations::{Migrator, MigratorTrait};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use syncerd::config::{Engine, SyncSettings};
 use syncerd::db::entities::syncer_link;
-use syncerd::db::{self, Db, RunStatus, SyncerRow};
+use syncerd::db::{self, Db, RunStatus};
 use syncerd::pipeline::{ErrorKind, RunReport};
-
-async fn setup(t: &TestDb) -> (Db, SyncerRow) {
-    let db = t.migrated().await;
-    let syncer = add_syncer(&db).await;
-    (db, syncer)
-}
-
-fn assert_status(t: &TestDb, report: &RunReport, status: RunStatus) {
-    assert_eq!(
-        report.status,
-        status,
-        "{}: {}",
-        t.label(),
-        report.render_text()
-    );
-}
 
 /// A boolean literal of this engine.
 fn truth(t: &TestDb) -> &'static str {

@@ -8,7 +8,9 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::pipeline::{ORG, SECRET, add_syncer, apply, context, sync_settings, users};
+use common::pipeline::{
+    ORG, SECRET, add_syncer, apply, assert_status, context, sync_settings, users,
+};
 use common::{TestDb, on_every_engine, runs_of};
 use syncerd::config::{LeaverPolicy, SyncSettings};
 use syncerd::db::entities::{group, user};
@@ -103,16 +105,6 @@ async fn targeted_run(
     let cancel = opts.cancel.clone();
     let run = run_targets(&ctx, &valid, targets, lookup, opts);
     launch(db, &valid, &holder, &cancel, run).await.unwrap()
-}
-
-fn assert_status(t: &TestDb, report: &RunReport, status: RunStatus) {
-    assert_eq!(
-        report.status,
-        status,
-        "{}: {}",
-        t.label(),
-        report.render_text()
-    );
 }
 
 /// The row of DingTalk user `userid`.

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect, Statement};
 use syncerd::config::{LeaverPolicy, SyncSettings};
 use syncerd::db::entities::{casbin_user_rule, group, syncer_link, user};
-use syncerd::db::{self, Db, NewSyncer, RunMode, RunTrigger, SyncerRow};
+use syncerd::db::{self, Db, NewSyncer, RunMode, RunStatus, RunTrigger, SyncerRow};
 use syncerd::dingtalk::types::Directory;
 use syncerd::pipeline::{RunContext, RunOptions, RunReport, run_with_directory};
 use syncerd::secret::Secret;
@@ -273,4 +273,22 @@ pub async fn assert_whole(t: &TestDb, db: &Db, batch: Option<u64>) -> (u64, u64)
         );
     }
     (users, groups)
+}
+
+/// A migrated database holding the test syncer.
+pub async fn setup(t: &TestDb) -> (Db, SyncerRow) {
+    let db = t.migrated().await;
+    let syncer = add_syncer(&db).await;
+    (db, syncer)
+}
+
+/// Fails with the run's report when it did not end with `status`.
+pub fn assert_status(t: &TestDb, report: &RunReport, status: RunStatus) {
+    assert_eq!(
+        report.status,
+        status,
+        "{}: {}",
+        t.label(),
+        report.render_text()
+    );
 }
