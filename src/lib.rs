@@ -4,6 +4,7 @@
 //! The daemon parts only decide *when* a run happens. The binary (`main.rs`, `cli`) is a thin
 //! shell over this library so integration tests can reach every behaviour.
 
+pub mod checkup;
 pub mod config;
 pub mod daemon;
 pub mod db;

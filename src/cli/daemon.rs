@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use syncerd::config::{LoadedConfig, Settings};
-use syncerd::daemon::{self, ControlSource, DaemonExit, DaemonOptions, RunFn};
+use syncerd::daemon::{self, ControlSource, DaemonExit, DaemonOptions, Tools};
 use syncerd::launch::{InstanceKind, instance_id};
 
 use super::{GlobalOpts, runtime};
@@ -14,11 +14,11 @@ use super::{GlobalOpts, runtime};
 /// Exit code after a second SIGTERM/SIGINT cut the graceful stop short (128 + SIGINT).
 const FORCED_EXIT: u8 = 130;
 
-/// The work of one run: the DingTalk fetch and the pipeline, with one client (token cache, rate
-/// limiters) shared by every syncer.
-fn run_fn(settings: &Settings) -> anyhow::Result<RunFn> {
+/// The work of one run (the DingTalk fetch and the pipeline) and the console's Test connection
+/// and Dry run, with one client (token cache, rate limiters) shared by every syncer.
+fn tools(settings: &Settings) -> anyhow::Result<Tools> {
     let client = syncerd::dingtalk::Client::new((&settings.dingtalk).into())?;
-    Ok(daemon::pipeline_run_fn(settings.sync.clone(), client))
+    Ok(Tools::new(settings, client))
 }
 
 /// `syncerd run`: schedules every enabled DingTalk syncer until SIGTERM/SIGINT.
@@ -35,8 +35,10 @@ pub fn run(global: &GlobalOpts, loaded: LoadedConfig) -> anyhow::Result<ExitCode
     let settings = loaded.settings;
     let exit = runtime.block_on(async {
         let control = ControlSource::os_signals().context("cannot install signal handlers")?;
+        let tools = tools(&settings)?;
         let daemon = daemon::bind(DaemonOptions {
-            run_fn: run_fn(&settings)?,
+            run_fn: tools.run_fn(),
+            tools: Some(tools),
             settings,
             config_loader: Some(loader),
             instance: instance_id(InstanceKind::Daemon),

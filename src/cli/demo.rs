@@ -42,6 +42,17 @@ pub struct DemoArgs {
     /// temporary directory, kept afterwards so you can look at it.
     #[arg(long, value_name = "FILE")]
     pub database: Option<PathBuf>,
+    /// After the last cycle, keep the daemon, its web console and the simulator running until
+    /// Ctrl-C, to look around the console (its URL and sign-in token are printed at the start).
+    #[arg(long)]
+    pub stay: bool,
+}
+
+/// A fresh console token for this demo: 32 random bytes as hex.
+fn demo_token() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no random bytes for a token: {e}"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 fn fresh_database(args: &DemoArgs) -> anyhow::Result<PathBuf> {
@@ -219,6 +230,14 @@ pub async fn run(base: &Settings, args: DemoArgs) -> anyhow::Result<ExitCode> {
     settings.scheduler.reload_interval = Duration::from_secs(1);
     settings.scheduler.min_interval = Duration::from_secs(1);
     settings.http.listen = "127.0.0.1:0".to_owned();
+    // The demo's own token for the web console, printed below; a configured one is kept.
+    let generated = match settings.http.admin_token {
+        Some(_) => None,
+        None => Some(demo_token()?),
+    };
+    if let Some(token) = &generated {
+        settings.http.admin_token = Some(syncerd::secret::Secret::new(token.clone()));
+    }
 
     println!("syncerd demo");
     println!(
@@ -251,15 +270,25 @@ pub async fn run(base: &Settings, args: DemoArgs) -> anyhow::Result<ExitCode> {
     );
 
     let client = syncerd::dingtalk::Client::new((&settings.dingtalk).into())?;
+    let tools = daemon::Tools::new(&settings, client);
     let daemon = daemon::bind(DaemonOptions {
-        run_fn: daemon::pipeline_run_fn(settings.sync.clone(), client),
+        run_fn: tools.run_fn(),
+        tools: Some(tools),
         settings: settings.clone(),
         config_loader: None,
         instance: instance_id(InstanceKind::Daemon),
     })
     .await?;
     if let Some(addr) = daemon.local_addr() {
-        println!("daemon running; metrics at http://{addr}/metrics\n");
+        println!("daemon running; metrics at http://{addr}/metrics");
+        match &generated {
+            Some(token) => println!("web console: http://{addr}/  (sign in with token {token})"),
+            None => println!("web console: http://{addr}/  (sign in with your http.admin_token)"),
+        }
+        if !args.stay {
+            println!("  (add --stay to keep it running after the last cycle)");
+        }
+        println!();
     }
     let (control, rx) = mpsc::channel(4);
     let running = tokio::spawn(daemon.run(ControlSource::Channel(rx)));
@@ -279,6 +308,10 @@ pub async fn run(base: &Settings, args: DemoArgs) -> anyhow::Result<ExitCode> {
                 println!("  {line}");
             }
         }
+    }
+    if args.stay {
+        println!("\nthe daemon, its console and the simulator keep running; Ctrl-C stops them");
+        let _ = tokio::signal::ctrl_c().await;
     }
     let _ = control.send(Control::Shutdown("demo finished")).await;
     running.await.context("the daemon task failed")?;

@@ -8,9 +8,6 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use syncerd::config::{ConfigSources, LoadedConfig, Settings};
 use syncerd::db::{self, Db};
-use syncerd::dingtalk::{CheckStep, StepOutcome};
-use syncerd::pipeline::{OrganizationRow, find_organization};
-use syncerd::syncer::SyncerProblem;
 use syncerd::telemetry::LogGuard;
 
 mod changes;
@@ -203,54 +200,6 @@ async fn find_syncer(db: &Db, name: &str) -> anyhow::Result<db::SyncerRow> {
     })?)
 }
 
-/// The `check` line about the syncer's Casdoor organization; none in syncerd's embedded
-/// database, which has no organization table.
-/// What `syncerd check` says of Stream mode for the syncer: off by configuration, or whether
-/// DingTalk hands the app a Stream ticket (`connections/open`).
-async fn stream_line(
-    settings: &Settings,
-    name: &str,
-    credentials: &syncerd::dingtalk::Credentials,
-) -> String {
-    const LINE: &str = "Stream mode (POST /v1.0/gateway/connections/open)";
-    if !settings.stream.streams(name) {
-        return format!("{LINE}: off (stream.enabled, stream.disabled_syncers)");
-    }
-    let config = syncerd::stream::StreamConfig {
-        open_api_base: settings.dingtalk.open_api_base.clone(),
-        ..Default::default()
-    };
-    match syncerd::stream::check_open(&config, credentials).await {
-        Ok(()) => format!("{LINE}: ok, changes are applied within seconds"),
-        Err(e) => format!(
-            "{LINE}: unavailable ({e}); the interval runs still sync. Turn on Stream mode and \
-             the address-book events in the app's developer console, or list the syncer in \
-             stream.disabled_syncers"
-        ),
-    }
-}
-
-fn organization_step(name: &str, row: OrganizationRow) -> Option<CheckStep> {
-    let outcome = match row {
-        OrganizationRow::NoTable => return None,
-        OrganizationRow::Found { .. } => StepOutcome::Ok {
-            detail: "exists".to_owned(),
-        },
-        OrganizationRow::Missing => StepOutcome::Failed {
-            message: SyncerProblem::UnknownOrganization {
-                organization: name.to_owned(),
-            }
-            .to_string(),
-            code: None,
-            permission: None,
-        },
-    };
-    Some(CheckStep {
-        name: format!("Casdoor organization `{name}` (table organization)"),
-        outcome,
-    })
-}
-
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -282,24 +231,19 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check { name } => runtime()?.block_on(async {
             let db = open_db(settings, false).await?;
             let syncer = find_syncer(&db, &name).await?;
-            let organization = find_organization(&db, &syncer.organization).await?;
-            db.close().await?;
             let client = syncerd::dingtalk::Client::new((&settings.dingtalk).into())?;
-            let credentials = syncerd::dingtalk::Credentials {
-                app_key: syncer.app_key.clone(),
-                app_secret: syncer.app_secret.clone(),
-            };
-            let mut report = client.check(&credentials).await;
-            report
-                .steps
-                .extend(organization_step(&syncer.organization, organization));
-            print!("{}", report.render());
-            // Events are an addition: an app without Stream mode still syncs on its interval.
-            println!(
-                "{}",
-                stream_line(settings, &syncer.name, &credentials).await
-            );
-            Ok(if report.can_sync() {
+            let check = syncerd::checkup::check_syncer(
+                &client,
+                &settings.stream,
+                &settings.dingtalk.open_api_base,
+                &db,
+                &syncer,
+            )
+            .await;
+            db.close().await?;
+            let check = check?;
+            print!("{}", check.render());
+            Ok(if check.can_sync() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

@@ -294,6 +294,9 @@ pub struct HttpSettings {
     /// Connections served at once; more are answered 503 and closed at once, so stalled
     /// clients cannot take every file descriptor the database needs.
     pub max_connections: usize,
+    /// How long a console sign-in lasts (the session cookie's lifetime).
+    #[serde(with = "text::duration_text")]
+    pub session_lifetime: Duration,
 }
 
 impl Default for HttpSettings {
@@ -305,6 +308,7 @@ impl Default for HttpSettings {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(5),
             max_connections: 64,
+            session_lifetime: Duration::from_secs(8 * 3600),
         }
     }
 }
@@ -648,6 +652,9 @@ impl Settings {
             return invalid(
                 "http.header_read_timeout and http.idle_timeout must be more than 0".into(),
             );
+        }
+        if self.http.session_lifetime < Duration::from_secs(60) {
+            return invalid("http.session_lifetime must be at least 1 minute".into());
         }
         if self.http.max_connections == 0 {
             return invalid("http.max_connections must be at least 1".into());

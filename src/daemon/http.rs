@@ -283,6 +283,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/syncers", get(list_syncers))
         .route("/api/v1/syncers/{name}/run", post(run_now))
+        .merge(super::console::routes())
         .with_state(shared)
 }
 
@@ -318,7 +319,7 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 
 /// Compares two byte strings in time that depends only on their lengths: every byte is looked
 /// at, and `black_box` keeps the compiler from stopping at the first difference.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     let mut diff = a.len() ^ b.len();
     for i in 0..a.len().max(b.len()) {
         let x = a.get(i).copied().unwrap_or_default();

@@ -13,6 +13,7 @@
 //! per run, so shutdown cancels every run at once.
 //! Runs live in a `TaskTracker` that shutdown drains within `scheduler.shutdown_grace`.
 
+mod console;
 pub mod events;
 pub mod http;
 pub mod metrics;
@@ -36,7 +37,7 @@ use crate::db::{self, Db, DbError, RunCounts, RunStatus, RunTrigger, StaleRunFil
 use crate::dingtalk::Targets;
 use crate::syncer::ValidSyncer;
 
-pub use pipeline::{pipeline_run_fn, summary_of};
+pub use pipeline::{Tools, pipeline_run_fn, summary_of};
 pub use scheduler::{TriggerError, effective_interval};
 pub use shutdown::{Control, ControlSource};
 
@@ -59,6 +60,9 @@ pub struct RunRequest {
     /// For a run of DingTalk events (`trigger` is `event`): the users and departments to look
     /// up. `None`: a full run.
     pub targets: Option<Targets>,
+    /// Apply leaver actions past `sync.max_removals` / `sync.max_removal_percent` (the
+    /// console's "Approve removals" of a held run, once).
+    pub allow_removals: bool,
 }
 
 /// What a run reports back to the daemon (for metrics, logs and the admin API). The run
@@ -101,6 +105,9 @@ pub type ConfigLoader = Box<dyn Fn() -> Result<Settings, ConfigError> + Send + S
 pub struct DaemonOptions {
     pub settings: Settings,
     pub run_fn: RunFn,
+    /// The console's Test connection and Dry run; without them the console says they are
+    /// unavailable (tests that run a stand-in [`RunFn`]).
+    pub tools: Option<Tools>,
     /// Used on SIGHUP; `None` means a reload only reconciles.
     pub config_loader: Option<ConfigLoader>,
     /// See [`crate::launch::instance_id`].
@@ -161,6 +168,9 @@ pub async fn bind(options: DaemonOptions) -> Result<BoundDaemon, DaemonError> {
     let shared = Shared::new(&options.settings, options.run_fn, options.instance, &root)
         .await
         .map_err(|e| DaemonError::Scheduler(e.to_string()))?;
+    if let Some(tools) = options.tools {
+        shared.set_tools(tools);
+    }
     Ok(BoundDaemon {
         root,
         shared,

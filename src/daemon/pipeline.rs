@@ -4,10 +4,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::SyncSettings;
-use crate::db::RunMode;
+use tokio_util::sync::CancellationToken;
+
+use crate::checkup::{SyncerCheck, check_syncer};
+use crate::config::{Settings, StreamSettings, SyncSettings};
+use crate::db::{Db, DbError, RunMode, RunTrigger, SyncerRow};
 use crate::dingtalk::{Client, Credentials};
 use crate::pipeline::{RunContext, RunOptions, RunReport, run_targets, run_valid};
+use crate::syncer::ValidSyncer;
 
 use super::{RunFn, RunRequest, RunSummary};
 
@@ -25,8 +29,10 @@ pub fn pipeline_run_fn(sync: SyncSettings, client: Client) -> RunFn {
                 instance,
                 db,
                 targets,
+                allow_removals,
             } = request;
             let mut options = RunOptions::new(trigger, RunMode::Apply);
+            options.allow_removals = allow_removals;
             options.adopt_existing = sync.adopt_existing;
             options.cancel = cancel;
             let ctx = RunContext { db, sync, instance };
@@ -61,5 +67,63 @@ pub fn summary_of(report: &RunReport) -> RunSummary {
         api_calls: report.api_calls,
         duration: Duration::from_millis(report.duration_ms),
         message: report.summary_line(),
+    }
+}
+
+/// What the console's **Test connection** and **Dry run** need besides the database: the
+/// DingTalk client the runs share (its token cache and rate limiters) and the settings.
+#[derive(Clone)]
+pub struct Tools {
+    client: Client,
+    sync: SyncSettings,
+    stream: StreamSettings,
+    open_api_base: String,
+}
+
+impl Tools {
+    pub fn new(settings: &Settings, client: Client) -> Self {
+        Tools {
+            client,
+            sync: settings.sync.clone(),
+            stream: settings.stream.clone(),
+            open_api_base: settings.dingtalk.open_api_base.clone(),
+        }
+    }
+
+    /// The daemon's [`RunFn`] over the same client.
+    pub fn run_fn(&self) -> RunFn {
+        pipeline_run_fn(self.sync.clone(), self.client.clone())
+    }
+
+    /// What `syncerd check NAME` reports of `row`.
+    pub async fn check(&self, db: &Db, row: &SyncerRow) -> Result<SyncerCheck, DbError> {
+        check_syncer(&self.client, &self.stream, &self.open_api_base, db, row).await
+    }
+
+    /// A dry run of `syncer`: fetched, planned and applied inside a transaction that is rolled
+    /// back, so every constraint is checked and nothing is written (no run history either).
+    pub async fn dry_run(
+        &self,
+        db: Db,
+        syncer: &ValidSyncer,
+        instance: String,
+        cancel: CancellationToken,
+    ) -> RunReport {
+        let mut options = RunOptions::new(RunTrigger::Manual, RunMode::DryRun);
+        options.adopt_existing = self.sync.adopt_existing;
+        options.cancel = cancel;
+        let ctx = RunContext {
+            db,
+            sync: self.sync.clone(),
+            instance,
+        };
+        let credentials = Credentials {
+            app_key: syncer.app_key.clone(),
+            app_secret: syncer.app_secret.clone(),
+        };
+        let fetch =
+            self.client
+                .fetch_directory_counted(&credentials, None, options.api_calls.clone());
+        run_valid(&ctx, syncer, fetch, options).await
     }
 }

@@ -11,7 +11,7 @@ use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait};
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde_json::{Value, json};
 
 use super::entities::syncer_change;
@@ -179,6 +179,32 @@ pub async fn run_changes(db: &Db, run_id: i64) -> Result<Vec<ChangeRow>, DbError
         .await
         .with_context(|| format!("reading the changes of run {run_id} from syncer_change"))?;
     rows.into_iter().map(change_row).collect()
+}
+
+/// One page of the changes run `run_id` made (`limit` rows from `offset`, in the order it made
+/// them) and how many it made in all: the console shows a first import's 100,000 rows a page
+/// at a time.
+pub async fn run_changes_page(
+    db: &Db,
+    run_id: i64,
+    offset: u64,
+    limit: u64,
+) -> Result<(Vec<ChangeRow>, u64), DbError> {
+    let context = || format!("reading the changes of run {run_id} from syncer_change");
+    let query = db
+        .tables()
+        .at(syncer_change::Entity::find())
+        .filter(syncer_change::Column::RunId.eq(run_id));
+    let total = query.clone().count(db.conn()).await.with_context(context)?;
+    let rows = query
+        .order_by_asc(syncer_change::Column::Id)
+        .offset(offset)
+        .limit(limit)
+        .all(db.conn())
+        .await
+        .with_context(context)?;
+    let rows = rows.into_iter().map(change_row).collect::<Result<_, _>>()?;
+    Ok((rows, total))
 }
 
 /// The history of the user `name` in `organizations`, newest first, at most `limit` rows.

@@ -161,6 +161,8 @@ pub(crate) struct Order {
     pub trigger: RunTrigger,
     /// The users and departments of DingTalk events; `None`: a full run.
     pub targets: Option<Targets>,
+    /// Removals past the limits are approved for this run.
+    pub allow_removals: bool,
     /// Told the run's summary when it ends (dropped unanswered when no run started).
     pub done: Option<oneshot::Sender<RunSummary>>,
 }
@@ -176,6 +178,7 @@ pub(crate) async fn run_task(
     let Order {
         trigger,
         targets,
+        allow_removals,
         done,
     } = order;
     let _permit = tokio::select! {
@@ -203,6 +206,7 @@ pub(crate) async fn run_task(
         instance: holder.instance.clone(),
         db: db.clone(),
         targets,
+        allow_removals,
     };
     let work = async {
         shared.metrics.run_started();

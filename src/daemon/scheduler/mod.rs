@@ -38,9 +38,10 @@ use crate::launch::Holder;
 use crate::launch::lease::LeaseTiming;
 use crate::secret::Secret;
 
+use super::console::Console;
 use super::metrics::{Metrics, SkipReason};
 use super::stream::Streams;
-use super::{RunFn, RunSummary};
+use super::{RunFn, RunSummary, Tools};
 
 pub(crate) use health::{LastRun, Snapshot, SyncerState};
 pub(crate) use reconcile::Desired;
@@ -137,6 +138,8 @@ pub struct Shared {
     reconcile_now: Notify,
     streams: Streams,
     retention: retention::Retention,
+    tools: OnceLock<Tools>,
+    console: Console,
 }
 
 impl Shared {
@@ -170,6 +173,8 @@ impl Shared {
             reconcile_now: Notify::new(),
             streams: Streams::new(settings),
             retention: retention::Retention::default(),
+            tools: OnceLock::new(),
+            console: Console::new(settings),
         }))
     }
 
@@ -182,6 +187,20 @@ impl Shared {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// The console's Test connection and Dry run, when the daemon was given them.
+    pub(crate) fn tools(&self) -> Option<&Tools> {
+        self.tools.get()
+    }
+
+    pub(crate) fn set_tools(&self, tools: Tools) {
+        let _ = self.tools.set(tools);
+    }
+
+    /// The web console's sessions and limits.
+    pub(crate) fn console(&self) -> &Console {
+        &self.console
     }
 
     pub(crate) fn db(&self) -> Option<&Db> {
@@ -250,6 +269,7 @@ impl Shared {
         *self.live.write().unwrap_or_else(|e| e.into_inner()) = live;
         *self.admin_token.write().unwrap_or_else(|e| e.into_inner()) =
             settings.http.admin_token.clone();
+        self.console.apply(settings);
     }
 
     /// `/metrics` in the Prometheus text format.
@@ -386,6 +406,19 @@ impl Shared {
         let order = Order {
             trigger,
             targets: None,
+            allow_removals: false,
+            done: None,
+        };
+        self.start(name, order).await
+    }
+
+    /// A manual full run of `name` that applies its leaver actions past the removal limits:
+    /// the console's "Approve removals" of a held run.
+    pub(crate) async fn trigger_approved(&self, name: &str) -> Result<(), TriggerError> {
+        let order = Order {
+            trigger: RunTrigger::Manual,
+            targets: None,
+            allow_removals: true,
             done: None,
         };
         self.start(name, order).await
@@ -399,6 +432,7 @@ impl Shared {
         let order = Order {
             trigger: RunTrigger::Event,
             targets: Some(targets),
+            allow_removals: false,
             done: Some(done),
         };
         match self.start(name, order).await {
