@@ -11,6 +11,7 @@
 //! drops the database from a helper thread.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod console;
 pub mod directory;
 pub mod pipeline;
 pub mod process;
