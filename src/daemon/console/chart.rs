@@ -28,7 +28,8 @@ fn bar_class(status: RunStatus) -> &'static str {
 /// One panel of bars, one per run (oldest on the left), scaled to the largest value.
 fn panel(runs: &[&RunRow], top: f64, label: &str, value: &dyn Fn(&RunRow) -> f64) -> Markup {
     let max = runs.iter().map(|r| value(r)).fold(0.0_f64, f64::max);
-    let slot = (WIDTH - LEFT) / runs.len().max(1) as f64;
+    // At most 30 units a run, so a short history is not drawn as a few wide slabs.
+    let slot = ((WIDTH - LEFT) / runs.len().max(1) as f64).min(30.0);
     let bar = (slot * 0.7).max(1.0);
     let scale = |v: f64| if max > 0.0 { v / max * PANEL } else { 0.0 };
     let max_label = if max >= 10.0 || max == 0.0 {

@@ -45,8 +45,13 @@ pub(crate) fn when(at: DateTime<Utc>) -> String {
     at.format("%Y-%m-%d %H:%M:%S UTC").to_string()
 }
 
+/// A run's duration: milliseconds under a second, else seconds with one decimal.
 fn seconds(ms: u128) -> String {
-    format!("{:.1} s", ms as f64 / 1000.0)
+    if ms < 1000 {
+        format!("{ms} ms")
+    } else {
+        format!("{:.1} s", ms as f64 / 1000.0)
+    }
 }
 
 fn status_class(status: RunStatus) -> &'static str {
@@ -191,11 +196,7 @@ pub(crate) fn syncers(
                 }
             } @else {
                 table.syncers {
-                    thead { tr {
-                        th { "Name" } th { "Organization" } th { "Enabled" } th { "Interval" }
-                        th { "Stream" } th { "Last run" } th { "Next run" } th { "Last error" }
-                        th { "Actions" }
-                    } }
+                    (syncer_head())
                     tbody {
                         @for line in lines { (syncer_row(line)) }
                     }
@@ -203,6 +204,16 @@ pub(crate) fn syncers(
             }
         },
     )
+}
+
+fn syncer_head() -> Markup {
+    html! {
+        thead { tr {
+            th { "Name" } th { "Organization" } th { "Enabled" } th { "Interval" }
+            th { "Stream" } th { "Last run" } th { "Next run" } th { "Last error" }
+            th { "Actions" }
+        } }
+    }
 }
 
 fn syncer_row(line: &SyncerLine) -> Markup {
@@ -260,7 +271,7 @@ pub(crate) fn syncer(line: &SyncerLine, runs: &[RunRow], flash: Option<&Flash>) 
         html! {
             p.crumbs { a href="/" { "Syncers" } " / " (name) }
             h1 { "Syncer " (name) }
-            table.syncers { tbody { (syncer_row(line)) } }
+            table.syncers { (syncer_head()) tbody { (syncer_row(line)) } }
             h2 { "Last " (runs.len()) " runs" }
             @if runs.is_empty() {
                 p.muted { "No run recorded yet." }
