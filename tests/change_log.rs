@@ -15,7 +15,9 @@ use common::pipeline::{
 };
 use common::{TestDb, on_every_engine};
 use serde_json::{Value, json};
-use syncerd::db::changes::{ChangeAction, ChangeRow, prune_older_than, run_changes, user_changes};
+use syncerd::db::changes::{
+    ChangeAction, ChangeRow, prune_older_than, run_changes, run_changes_page, user_changes,
+};
 use syncerd::db::{Db, RunStatus};
 use syncerd::pipeline::RunReport;
 
@@ -65,6 +67,39 @@ async fn a_first_import_logs_one_created_row_per_user_and_nothing_else() {
         let again = run(&ctx, &syncer, &directory::directory(30, 3), apply()).await;
         assert!(changes_of(&db, &again).await.is_empty(), "{}", t.label());
         assert_eq!(change_rows(t, &db).await, 30);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_runs_changes_are_read_a_page_at_a_time_in_order() {
+    on_every_engine(async |t| {
+        let (db, syncer) = setup(t).await;
+        let ctx = context(&db, sync_settings(7));
+        let report = run(&ctx, &syncer, &directory::directory(23, 3), apply()).await;
+        assert_status(t, &report, RunStatus::Succeeded);
+        let all = changes_of(&db, &report).await;
+        let id = report.run_id.unwrap();
+        let mut paged = Vec::new();
+        for offset in (0..30).step_by(10) {
+            let (rows, total) = run_changes_page(&db, id, offset, 10).await.unwrap();
+            assert_eq!(total, 23, "{}", t.label());
+            assert_eq!(
+                rows.len(),
+                (23 - offset.min(23)).min(10) as usize,
+                "{}",
+                t.label()
+            );
+            paged.extend(rows);
+        }
+        assert_eq!(
+            paged,
+            all,
+            "{}: the pages are the whole log, in order",
+            t.label()
+        );
+        let (none, total) = run_changes_page(&db, id + 1000, 0, 10).await.unwrap();
+        assert!(none.is_empty() && total == 0);
     })
     .await;
 }

@@ -504,6 +504,24 @@ fn demo_exits_zero_and_its_database_holds_the_synced_organization() {
         assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
     }
     assert!(!stdout.contains("sim-app-secret") && !stderr.contains("sim-app-secret"));
+    // The console's address and a fresh 64-hex-digit token to sign in with.
+    let console = stdout
+        .lines()
+        .find(|l| l.starts_with("web console: http://127.0.0.1:"))
+        .unwrap_or_else(|| panic!("no console line in:\n{stdout}"));
+    let token = console
+        .split("token ")
+        .nth(1)
+        .unwrap()
+        .trim_end_matches(')');
+    assert!(
+        token.len() == 64 && token.chars().all(|c| c.is_ascii_hexdigit()),
+        "{console}"
+    );
+    assert!(
+        !stderr.contains(token),
+        "the token is printed once, not logged"
+    );
 
     // The kept database: 40 generated users plus the hire, the leaver forbidden, five runs.
     let url = format!("sqlite://{}?mode=rwc", db_file.display());
