@@ -22,6 +22,7 @@ impl Settings {
         self.http
             .admin_token_file
             .clone_from(&new.http.admin_token_file);
+        self.notify.clone_from(&new.notify);
     }
 
     /// Compares these running settings with newly loaded ones.
