@@ -383,6 +383,40 @@ async fn a_webhook_that_hangs_or_fails_holds_up_no_run_and_is_tried_once_more() 
     db.close().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_daemon_gives_up_on_a_hanging_webhook_within_its_grace() {
+    let t = TestDb::sqlite().await;
+    let db = t.migrated().await;
+    add_syncer(&db).await;
+    let sim = dingtalk().await;
+    sim.set_faults(broken()).unwrap();
+    let hook = Webhook::start(&[Reply::Hang; 20]).await;
+    let url = hook.url("/hook");
+    // Unbounded, the hanging POST would hold the stop for 20 s; the grace allows a third of 3 s.
+    let env = [
+        ("SYNCERD_NOTIFY__WEBHOOK_URL", url.as_str()),
+        ("SYNCERD_NOTIFY__TIMEOUT", "20s"),
+        ("SYNCERD_NOTIFY__RETRIES", "0"),
+        ("SYNCERD_SCHEDULER__SHUTDOWN_GRACE", "3s"),
+    ];
+    let mut d = daemon(t.url(), &sim, &[], &env);
+    hook.wait_for_count(1).await;
+    d.wait_for_log("schedule run 2 failed", WITHIN).await;
+    let stopping = std::time::Instant::now();
+    d.signal("TERM");
+    assert!(d.exit_within(WITHIN).await.success());
+    let took = stopping.elapsed();
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    let log = d.stderr();
+    assert!(
+        log.contains("notice(s) could be sent") && log.contains("syncerd daemon stopped"),
+        "{log}"
+    );
+    assert!(!log.contains("did not stop within"), "{log}");
+    assert_eq!(hook.received().len(), 1, "one POST at a time");
+    db.close().await.unwrap();
+}
+
 /// DingTalk's signature of a robot POST, computed here with the crates syncerd uses.
 fn expected_sign(timestamp: &str) -> String {
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(ROBOT_SECRET.as_bytes()).unwrap();

@@ -232,3 +232,70 @@ async fn previous_status(shared: &Shared, run: &Finished) -> Option<RunStatus> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Secret;
+
+    fn finished(status: RunStatus) -> Finished {
+        Finished {
+            syncer: "dt".into(),
+            organization: "acme".into(),
+            trigger: RunTrigger::Schedule,
+            summary: RunSummary::bare(status, Duration::from_millis(5), None),
+            finished_at: Utc::now(),
+        }
+    }
+
+    fn notices(url: Option<&str>) -> Notices {
+        Notices::new(&NotifySettings {
+            webhook_url: url.map(Secret::new),
+            ..NotifySettings::default()
+        })
+    }
+
+    #[test]
+    fn a_full_queue_drops_notices_without_waiting_and_counts_those_that_needed_attention() {
+        let n = notices(Some("http://127.0.0.1:9/hook?access_token=t"));
+        let metrics = Metrics::default();
+        for _ in 0..QUEUE {
+            n.after_run(&metrics, finished(RunStatus::Failed));
+        }
+        assert_eq!(metrics.notices(NoticeResult::Dropped), 0);
+        n.after_run(&metrics, finished(RunStatus::Failed));
+        n.after_run(&metrics, finished(RunStatus::Held));
+        // A success is only maybe a recovery: skipped, not counted.
+        n.after_run(&metrics, finished(RunStatus::Succeeded));
+        assert_eq!(metrics.notices(NoticeResult::Dropped), 2);
+        let mut inbox = n.take_inbox().unwrap_or_else(|| panic!("the inbox"));
+        assert_eq!(inbox.len(), QUEUE);
+        assert!(n.take_inbox().is_none(), "one sender task");
+        // Interrupted runs are never queued.
+        let _ = inbox.try_recv();
+        n.after_run(&metrics, finished(RunStatus::Interrupted));
+        assert_eq!(inbox.len(), QUEUE - 1);
+    }
+
+    #[test]
+    fn without_a_webhook_nothing_is_queued_and_a_reload_turns_notices_on_and_off() {
+        let n = notices(None);
+        let metrics = Metrics::default();
+        n.after_run(&metrics, finished(RunStatus::Failed));
+        let inbox = n.take_inbox().unwrap_or_else(|| panic!("the inbox"));
+        assert_eq!(inbox.len(), 0);
+        n.configure(&NotifySettings {
+            webhook_url: Some(Secret::new("https://hooks.example.com/x/Tok")),
+            ..NotifySettings::default()
+        });
+        assert_eq!(
+            n.target().map(|t| t.shown.clone()).as_deref(),
+            Some("https://hooks.example.com")
+        );
+        n.after_run(&metrics, finished(RunStatus::Failed));
+        assert_eq!(inbox.len(), 1);
+        n.configure(&NotifySettings::default());
+        n.after_run(&metrics, finished(RunStatus::Failed));
+        assert_eq!(inbox.len(), 1);
+    }
+}
