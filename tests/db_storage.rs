@@ -744,6 +744,157 @@ async fn run_history_records_outcomes_filters_and_lists_newest_first() {
     .await;
 }
 
+/// Records a finished run of `syncer` and returns its id.
+async fn finished_run(
+    db: &db::Db,
+    syncer: &str,
+    trigger: RunTrigger,
+    mode: RunMode,
+    status: RunStatus,
+    started: &str,
+) -> i64 {
+    let id = db::insert_run(
+        db,
+        NewRun {
+            trigger,
+            mode,
+            ..new_run(syncer, started)
+        },
+    )
+    .await
+    .unwrap();
+    if status != RunStatus::Running {
+        let outcome = RunOutcome {
+            status,
+            counts: RunCounts::default(),
+            api_calls: 0,
+            error_summary: None,
+            details: None,
+            finished_at: at(started),
+            duration: Duration::ZERO,
+        };
+        db::finish_run(db, id, outcome).await.unwrap();
+    }
+    id
+}
+
+#[tokio::test]
+async fn the_previous_status_of_a_run_skips_dry_interrupted_and_other_kinds_of_runs() {
+    use RunStatus::{Failed, Held, Interrupted, Running, Succeeded};
+    on_every_engine(async |t| {
+        let db = t.migrated().await;
+        let previous = |kind, before| db::previous_status(&db, "alpha", kind, before);
+        let (full, event) = (db::RunKind::Full, db::RunKind::Event);
+        assert_eq!(previous(full, None).await.unwrap(), None, "{}", t.label());
+
+        let (schedule, apply) = (RunTrigger::Schedule, RunMode::Apply);
+        let f1 = finished_run(
+            &db,
+            "alpha",
+            schedule,
+            apply,
+            Failed,
+            "2026-11-25T01:00:00Z",
+        )
+        .await;
+        let e1 = finished_run(
+            &db,
+            "alpha",
+            RunTrigger::Event,
+            apply,
+            Held,
+            "2026-11-25T01:10:00Z",
+        )
+        .await;
+        // Neither a dry run, an interrupted one, one still going nor another syncer's counts.
+        finished_run(
+            &db,
+            "alpha",
+            RunTrigger::Cli,
+            RunMode::DryRun,
+            Succeeded,
+            "2026-11-25T01:20:00Z",
+        )
+        .await;
+        finished_run(
+            &db,
+            "alpha",
+            schedule,
+            apply,
+            Interrupted,
+            "2026-11-25T01:30:00Z",
+        )
+        .await;
+        finished_run(
+            &db,
+            "beta",
+            schedule,
+            apply,
+            Succeeded,
+            "2026-11-25T01:40:00Z",
+        )
+        .await;
+        let s2 = finished_run(
+            &db,
+            "alpha",
+            RunTrigger::Manual,
+            apply,
+            Succeeded,
+            "2026-11-25T02:00:00Z",
+        )
+        .await;
+        let now = finished_run(
+            &db,
+            "alpha",
+            schedule,
+            apply,
+            Running,
+            "2026-11-25T03:00:00Z",
+        )
+        .await;
+
+        assert_eq!(
+            previous(full, Some(now)).await.unwrap(),
+            Some(Succeeded),
+            "{}",
+            t.label()
+        );
+        assert_eq!(
+            previous(full, Some(s2)).await.unwrap(),
+            Some(Failed),
+            "{}",
+            t.label()
+        );
+        assert_eq!(
+            previous(full, Some(f1)).await.unwrap(),
+            None,
+            "{}",
+            t.label()
+        );
+        assert_eq!(
+            previous(event, Some(now)).await.unwrap(),
+            Some(Held),
+            "{}",
+            t.label()
+        );
+        assert_eq!(
+            previous(event, Some(e1)).await.unwrap(),
+            None,
+            "{}",
+            t.label()
+        );
+        // Without an id of its own (the run could not record itself): the newest finished run.
+        assert_eq!(
+            previous(full, None).await.unwrap(),
+            Some(Succeeded),
+            "{}",
+            t.label()
+        );
+        db.close().await.unwrap();
+    })
+    .await;
+}
+
 fn problems(result: Result<(), SchemaError>) -> (Vec<SchemaProblem>, String) {
     match result {
         Err(e @ SchemaError::Mismatch { .. }) => {

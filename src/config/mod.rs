@@ -54,6 +54,7 @@ pub struct Settings {
     pub stream: StreamSettings,
     pub history: HistorySettings,
     pub http: HttpSettings,
+    pub notify: NotifySettings,
     pub log: LogSettings,
 }
 
@@ -390,7 +391,7 @@ macro_rules! from_text {
         }
     )*};
 }
-from_text!(LeaverPolicy, LogFormat, LogRotation);
+from_text!(LeaverPolicy, LogFormat, LogRotation, NotifyFormat);
 
 /// `[log]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -431,6 +432,112 @@ impl Default for HistorySettings {
     fn default() -> Self {
         Self { keep_days: 90 }
     }
+}
+
+/// How a notice is written: syncerd's own JSON, or a DingTalk group robot's markdown message.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum NotifyFormat {
+    #[default]
+    Json,
+    DingTalk,
+}
+
+impl FromStr for NotifyFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "json" => Ok(Self::Json),
+            "dingtalk" => Ok(Self::DingTalk),
+            other => Err(format!(
+                "unknown notice format `{other}` (expected json or dingtalk)"
+            )),
+        }
+    }
+}
+
+/// `[notify]`: a webhook told when a daemon run fails, is held or is partial, and when a
+/// failing syncer recovers. Off while `webhook_url` is unset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NotifySettings {
+    /// Where notices are POSTed. A secret: a DingTalk robot's URL carries its `access_token`
+    /// (and other services put their token in the path), so only its scheme and host are shown.
+    pub webhook_url: Option<Secret>,
+    /// Path of a file holding `webhook_url` (wins over `webhook_url` when set).
+    pub webhook_url_file: Option<PathBuf>,
+    pub format: NotifyFormat,
+    /// The signing secret (`SEC…`) of a DingTalk robot with "sign" security (dingtalk only).
+    pub secret: Option<Secret>,
+    /// Path of a file holding `secret` (wins over `secret` when set).
+    pub secret_file: Option<PathBuf>,
+    /// Longest one POST may take, connecting included.
+    #[serde(with = "text::duration_text")]
+    pub timeout: Duration,
+    /// Further attempts after a POST that failed in a way worth repeating (no answer, a
+    /// timeout, 429, 5xx, DingTalk's "sent too fast").
+    pub retries: u32,
+}
+
+impl Default for NotifySettings {
+    fn default() -> Self {
+        Self {
+            webhook_url: None,
+            webhook_url_file: None,
+            format: NotifyFormat::Json,
+            secret: None,
+            secret_file: None,
+            timeout: Duration::from_secs(5),
+            retries: 1,
+        }
+    }
+}
+
+/// Most attempts a notice gets after its first (`notify.retries`).
+pub const MAX_NOTIFY_RETRIES: u32 = 5;
+
+impl NotifySettings {
+    /// Rejects values that cannot work; the message never holds the URL or the secret.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        if let Some(url) = &self.webhook_url
+            && let Err(problem) = webhook_url_problem(url.expose())
+        {
+            return invalid(format!(
+                "notify.webhook_url (not shown: it may hold a token) {problem} \
+                 (SYNCERD_NOTIFY__WEBHOOK_URL)"
+            ));
+        }
+        if self.secret.is_some() && self.format != NotifyFormat::DingTalk {
+            return invalid(
+                "notify.secret signs DingTalk robot messages: set notify.format = \"dingtalk\" \
+                 or unset notify.secret"
+                    .into(),
+            );
+        }
+        if self.timeout < Duration::from_millis(100) || self.timeout > Duration::from_secs(60) {
+            return invalid("notify.timeout must be between 100ms and 60s".into());
+        }
+        if self.retries > MAX_NOTIFY_RETRIES {
+            return invalid(format!(
+                "notify.retries must be at most {MAX_NOTIFY_RETRIES}"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Why `url` cannot be a webhook, in words that do not quote it.
+fn webhook_url_problem(url: &str) -> Result<(), &'static str> {
+    let parsed = reqwest::Url::parse(url.trim())
+        .map_err(|_| "is not a URL (expected https://HOST/PATH?QUERY)")?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err("must start with https:// or http://");
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err("has no host");
+    }
+    Ok(())
 }
 
 /// A configuration that cannot be used. The message names the key and its source.
@@ -543,8 +650,14 @@ impl Settings {
                 (secret.set)(self, value);
             }
         }
-        if self.http.admin_token.as_ref().is_some_and(Secret::is_empty) {
-            self.http.admin_token = None;
+        for value in [
+            &mut self.http.admin_token,
+            &mut self.notify.webhook_url,
+            &mut self.notify.secret,
+        ] {
+            if value.as_ref().is_some_and(Secret::is_empty) {
+                *value = None;
+            }
         }
         Ok(())
     }
@@ -659,6 +772,7 @@ impl Settings {
         if self.http.max_connections == 0 {
             return invalid("http.max_connections must be at least 1".into());
         }
+        self.notify.validate()?;
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return invalid(format!(
                 "log.level `{}` is not a valid filter (try info, debug or info,syncerd=debug)",
@@ -699,6 +813,20 @@ const SECRET_KEYS: &[SecretKey] = &[
         value: |s| s.http.admin_token.as_ref().map(Secret::expose),
         file: |s| s.http.admin_token_file.as_deref(),
         set: |s, v| s.http.admin_token = Some(Secret::new(v)),
+    },
+    SecretKey {
+        key: "notify.webhook_url",
+        file_key: "notify.webhook_url_file",
+        value: |s| s.notify.webhook_url.as_ref().map(Secret::expose),
+        file: |s| s.notify.webhook_url_file.as_deref(),
+        set: |s, v| s.notify.webhook_url = Some(Secret::new(v)),
+    },
+    SecretKey {
+        key: "notify.secret",
+        file_key: "notify.secret_file",
+        value: |s| s.notify.secret.as_ref().map(Secret::expose),
+        file: |s| s.notify.secret_file.as_deref(),
+        set: |s, v| s.notify.secret = Some(Secret::new(v)),
     },
 ];
 
@@ -1139,6 +1267,127 @@ mod tests {
         // The restart keys keep their running value, so the next reload warns again.
         assert_eq!(next.reload(&new).needs_restart, reload.needs_restart);
         assert!(next.reload(&new).applied.is_empty());
+    }
+
+    #[test]
+    fn notify_loads_from_the_environment_and_files_and_never_shows_the_url() {
+        let url = "https://oapi.dingtalk.com/robot/send?access_token=Robot-Tok-4242";
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let secret = write_file(&dir, "sign", "SEC-sign-secret-77\n");
+        let sources = ConfigSources {
+            env: env(&[
+                ("SYNCERD_NOTIFY__WEBHOOK_URL", url),
+                ("SYNCERD_NOTIFY__FORMAT", "DingTalk"),
+                (
+                    "SYNCERD_NOTIFY__SECRET_FILE",
+                    secret.to_string_lossy().as_ref(),
+                ),
+                ("SYNCERD_NOTIFY__TIMEOUT", "2s"),
+                ("SYNCERD_NOTIFY__RETRIES", "3"),
+            ]),
+            ..Default::default()
+        };
+        let c = load(&sources);
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        let n = &c.settings.notify;
+        assert_eq!(n.webhook_url.as_ref().map(Secret::expose), Some(url));
+        assert_eq!(n.format, NotifyFormat::DingTalk);
+        assert_eq!(
+            n.secret.as_ref().map(Secret::expose),
+            Some("SEC-sign-secret-77")
+        );
+        assert_eq!((n.timeout, n.retries), (Duration::from_secs(2), 3));
+        let shown = format!("{}{:?}", c.settings.to_redacted_toml(), c.settings);
+        assert!(
+            !shown.contains("Robot-Tok") && !shown.contains("SEC-sign"),
+            "{shown}"
+        );
+
+        let defaults = load(&ConfigSources::default()).settings.notify;
+        assert_eq!(defaults, NotifySettings::default());
+        assert_eq!(defaults.webhook_url, None);
+        assert_eq!(
+            (defaults.timeout, defaults.retries),
+            (Duration::from_secs(5), 1)
+        );
+        // An empty value turns notices off (for example to override a file in the environment).
+        let off = load(&ConfigSources {
+            env: env(&[("SYNCERD_NOTIFY__WEBHOOK_URL", "")]),
+            ..Default::default()
+        });
+        assert_eq!(off.settings.notify.webhook_url, None);
+    }
+
+    #[test]
+    fn unusable_notify_settings_are_refused_without_quoting_the_url() {
+        let error = |pairs: &[(&str, &str)]| {
+            Settings::load(&ConfigSources {
+                env: env(pairs),
+                ..Default::default()
+            })
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+        };
+        for (url, problem) in [
+            (
+                "ftp://hooks.example.com/x?access_token=Tok-1",
+                "must start with https://",
+            ),
+            ("hooks.example.com/robot?access_token=Tok-1", "is not a URL"),
+            (
+                "mailto:ops@example.com?token=Tok-1",
+                "must start with https://",
+            ),
+        ] {
+            let text = error(&[("SYNCERD_NOTIFY__WEBHOOK_URL", url)]);
+            assert!(
+                text.contains("notify.webhook_url") && text.contains(problem),
+                "{url}: {text}"
+            );
+            assert!(!text.contains("Tok-1"), "{text}");
+        }
+        let url = ("SYNCERD_NOTIFY__WEBHOOK_URL", "https://h.example/x");
+        assert!(
+            error(&[url, ("SYNCERD_NOTIFY__SECRET", "SEC-1")])
+                .contains("notify.secret signs DingTalk robot messages")
+        );
+        assert!(
+            error(&[url, ("SYNCERD_NOTIFY__FORMAT", "slack")])
+                .ends_with("unknown notice format `slack` (expected json or dingtalk)")
+        );
+        assert!(error(&[url, ("SYNCERD_NOTIFY__TIMEOUT", "0s")]).contains("notify.timeout"));
+        assert!(error(&[url, ("SYNCERD_NOTIFY__RETRIES", "9")]).contains("notify.retries"));
+    }
+
+    #[test]
+    fn notify_settings_apply_on_reload_and_the_url_change_is_named_without_it() {
+        let running = Settings::default();
+        let mut new = Settings::default();
+        new.notify.webhook_url = Some(Secret::new("https://h.example/x?access_token=Tok-9"));
+        new.notify.format = NotifyFormat::DingTalk;
+        new.notify.secret = Some(Secret::new("SEC-reload"));
+        let reload = running.reload(&new);
+        let applied: Vec<String> = reload.applied.iter().map(|c| c.to_string()).collect();
+        assert_eq!(
+            applied,
+            [
+                "notify.format json → dingtalk",
+                "notify.secret changed",
+                "notify.webhook_url changed",
+            ]
+        );
+        assert!(
+            reload.needs_restart.is_empty(),
+            "{:?}",
+            reload.needs_restart
+        );
+        assert_eq!(reload.next.notify, new.notify);
+        let shown = format!("{reload:?}");
+        assert!(
+            !shown.contains("Tok-9") && !shown.contains("SEC-reload"),
+            "{shown}"
+        );
     }
 
     #[test]

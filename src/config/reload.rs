@@ -23,6 +23,7 @@ impl Settings {
             .admin_token_file
             .clone_from(&new.http.admin_token_file);
         self.http.session_lifetime = new.http.session_lifetime;
+        self.notify.clone_from(&new.notify);
     }
 
     /// Compares these running settings with newly loaded ones.

@@ -35,6 +35,27 @@ impl SkipReason {
     }
 }
 
+/// What became of a notice (`notify.webhook_url`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum NoticeResult {
+    /// The webhook took it.
+    Sent,
+    /// Every attempt failed.
+    Failed,
+    /// Never attempted: the queue was full or the daemon stopped first.
+    Dropped,
+}
+
+impl NoticeResult {
+    fn as_str(self) -> &'static str {
+        match self {
+            NoticeResult::Sent => "sent",
+            NoticeResult::Failed => "failed",
+            NoticeResult::Dropped => "dropped",
+        }
+    }
+}
+
 #[derive(Debug, Default, Clone)]
 struct Histogram {
     buckets: [u64; DURATION_BUCKETS.len()],
@@ -78,6 +99,7 @@ struct Inner {
     users: BTreeMap<(String, &'static str), u64>,
     api_calls: BTreeMap<String, u64>,
     skipped: BTreeMap<(String, SkipReason), u64>,
+    notices: BTreeMap<NoticeResult, u64>,
     reconciles: u64,
     reconcile_errors: u64,
     invalid_syncers: u64,
@@ -144,6 +166,16 @@ impl Metrics {
                 .copied()
                 .unwrap_or_default()
         })
+    }
+
+    /// `n` notices that ended as `result`.
+    pub fn record_notices(&self, result: NoticeResult, n: u64) {
+        self.with(|m| *m.notices.entry(result).or_default() += n);
+    }
+
+    /// Notices that ended as `result` so far.
+    pub fn notices(&self, result: NoticeResult) -> u64 {
+        self.with(|m| m.notices.get(&result).copied().unwrap_or_default())
     }
 
     pub fn record_reconcile(&self, ok: bool) {
@@ -296,6 +328,18 @@ impl Metrics {
                 "syncerd_skipped_ticks_total",
                 "counter",
                 "Ticks that started no run: overlap (still running here) or lease (running elsewhere).",
+                lines,
+            );
+
+            let lines = m
+                .notices
+                .iter()
+                .map(|(result, n)| format!("{{result=\"{}\"}} {n}", result.as_str()));
+            family(
+                &mut out,
+                "syncerd_notices_total",
+                "counter",
+                "Notices for notify.webhook_url: sent, failed (every attempt), or dropped (never attempted).",
                 lines,
             );
 
@@ -500,6 +544,8 @@ mod tests {
         m.record_skip("acme", SkipReason::Lease);
         m.record_reconcile(true);
         m.record_reconcile(false);
+        m.record_notices(NoticeResult::Sent, 2);
+        m.record_notices(NoticeResult::Dropped, 1);
         let text = m.render();
         for line in [
             "syncerd_runs_total{syncer=\"acme\",status=\"succeeded\"} 1",
@@ -516,6 +562,8 @@ mod tests {
             "syncerd_skipped_ticks_total{syncer=\"acme\",reason=\"lease\"} 1",
             "syncerd_reconcile_errors_total 1",
             "syncerd_reconciles_total 2",
+            "syncerd_notices_total{result=\"sent\"} 2",
+            "syncerd_notices_total{result=\"dropped\"} 1",
             "# TYPE syncerd_run_duration_seconds histogram",
         ] {
             assert!(

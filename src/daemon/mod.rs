@@ -6,7 +6,8 @@
 //! * [`scheduler`]: the reconcile pass (table → tokio-cron-scheduler jobs), the single-flight
 //!   guard, the process-wide run limit, the run task (which runs through [`crate::launch`]);
 //! * [`shutdown`]: signals as [`Control`] events, and the database back-off;
-//! * [`http`]: `/healthz`, `/readyz`, `/metrics` and the admin API; [`metrics`]: the counters.
+//! * [`http`]: `/healthz`, `/readyz`, `/metrics` and the admin API; [`metrics`]: the counters;
+//! * `notices`: the webhook told about runs that need a person (`[notify]`).
 //!
 //! One `CancellationToken` tree: under the root, one child stops the reconcile loop, one the HTTP
 //! server (last, so `/healthz` answers during the drain), and the `runs` child parents one token
@@ -17,6 +18,7 @@ mod console;
 pub mod events;
 pub mod http;
 pub mod metrics;
+mod notices;
 pub mod notify;
 mod pipeline;
 pub mod scheduler;
@@ -241,6 +243,7 @@ impl BoundDaemon {
         let exit = match db {
             Some(db) => {
                 shared.set_db(db);
+                shared.start_notices();
                 if let Err(e) = shared.start_jobs().await {
                     tracing::error!("the job scheduler did not start: {e}; retrying on reconcile");
                 }

@@ -39,8 +39,8 @@ use crate::secret::redact_text;
 
 pub use error::DbError;
 pub use runs::{
-    NewRun, RunCounts, RunFilter, RunMode, RunOutcome, RunRow, RunStatus, RunTrigger,
-    StaleRunFilter, finish_run, get_run, insert_run, list_runs, mark_interrupted,
+    NewRun, RunCounts, RunFilter, RunKind, RunMode, RunOutcome, RunRow, RunStatus, RunTrigger,
+    StaleRunFilter, finish_run, get_run, insert_run, list_runs, mark_interrupted, previous_status,
 };
 pub use schema::{SchemaError, SchemaProblem, check_schema, table_columns};
 pub use syncers::{

@@ -429,6 +429,63 @@ pub async fn get_run(db: &Db, id: i64) -> Result<Option<RunRow>, DbError> {
     row.map(run_row).transpose()
 }
 
+/// Which earlier run [`previous_status`] looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunKind {
+    /// Runs of the whole directory (every trigger but `event`).
+    Full,
+    /// Targeted runs of DingTalk events.
+    Event,
+}
+
+impl RunKind {
+    pub fn of(trigger: RunTrigger) -> Self {
+        if trigger == RunTrigger::Event {
+            RunKind::Event
+        } else {
+            RunKind::Full
+        }
+    }
+}
+
+/// How the newest finished run of `syncer` of `kind` before run `before` ended (before every run
+/// when `None`): `succeeded`, `partial`, `held` or `failed`. Dry runs, interrupted runs and
+/// runs still going are passed over; they say nothing about whether the syncer works.
+pub async fn previous_status(
+    db: &Db,
+    syncer: &str,
+    kind: RunKind,
+    before: Option<i64>,
+) -> Result<Option<RunStatus>, DbError> {
+    let finished = [
+        RunStatus::Succeeded,
+        RunStatus::Partial,
+        RunStatus::Held,
+        RunStatus::Failed,
+    ];
+    let event = RunTrigger::Event.as_str();
+    let mut query = db
+        .tables()
+        .at(syncer_run::Entity::find())
+        .filter(syncer_run::Column::SyncerName.eq(syncer))
+        .filter(syncer_run::Column::Mode.eq(RunMode::Apply.as_str()))
+        .filter(syncer_run::Column::Status.is_in(finished.map(RunStatus::as_str)));
+    query = match kind {
+        RunKind::Full => query.filter(syncer_run::Column::Trigger.ne(event)),
+        RunKind::Event => query.filter(syncer_run::Column::Trigger.eq(event)),
+    };
+    if let Some(before) = before {
+        query = query.filter(syncer_run::Column::Id.lt(before));
+    }
+    let row = query
+        .order_by_desc(syncer_run::Column::StartedAt)
+        .order_by_desc(syncer_run::Column::Id)
+        .one(db.conn())
+        .await
+        .with_context(|| format!("reading the previous run of syncer {syncer} from syncer_run"))?;
+    row.map(|m| run_row(m).map(|r| r.status)).transpose()
+}
+
 /// Marks the `running` rows matching `filter` as `interrupted`, finished at `finished_at`,
 /// with `reason` as their error summary. Their duration stays unknown (NULL): nobody saw the
 /// run end. Returns how many rows changed.

@@ -730,7 +730,7 @@ fn failure_of(error: reqwest::Error) -> Failure {
 }
 
 /// A reqwest error's text and its causes, without the URL (which carries secrets).
-fn describe_reqwest_error(error: reqwest::Error) -> String {
+pub(crate) fn describe_reqwest_error(error: reqwest::Error) -> String {
     let error = error.without_url();
     let mut parts = vec![error.to_string()];
     let mut source = std::error::Error::source(&error);

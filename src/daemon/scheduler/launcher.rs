@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::Shared;
 use super::reconcile::runs_scheduled;
 use crate::daemon::metrics::{SkipReason, unix_seconds_now};
+use crate::daemon::notices::Finished;
 use crate::daemon::{RunRequest, RunSummary};
 use crate::db::{self, RunStatus, RunTrigger};
 use crate::dingtalk::Targets;
@@ -243,6 +244,14 @@ pub(crate) async fn run_task(
         .record_run(&name, &summary, unix_seconds_now());
     log_run(&name, trigger, &summary);
     shared.record_last_run(&name, &summary).await;
+    let finished = Finished {
+        syncer: name.clone(),
+        organization: syncer.organization.clone(),
+        trigger,
+        summary: summary.clone(),
+        finished_at: chrono::Utc::now(),
+    };
+    shared.notices().after_run(&shared.metrics, finished);
     if let Some(done) = done {
         // The asker may have stopped waiting (shutdown): nothing to tell then.
         let _ = done.send(summary);

@@ -40,6 +40,7 @@ use crate::secret::Secret;
 
 use super::console::Console;
 use super::metrics::{Metrics, SkipReason};
+use super::notices::{Notices, deliver_notices};
 use super::stream::Streams;
 use super::{RunFn, RunSummary, Tools};
 
@@ -135,6 +136,7 @@ pub struct Shared {
     jobs: JobTable,
     runs: Runs,
     pub(crate) metrics: Metrics,
+    notices: Notices,
     reconcile_now: Notify,
     streams: Streams,
     retention: retention::Retention,
@@ -170,6 +172,7 @@ impl Shared {
                 last_started: Mutex::new(HashMap::new()),
             },
             metrics: Metrics::default(),
+            notices: Notices::new(&settings.notify),
             reconcile_now: Notify::new(),
             streams: Streams::new(settings),
             retention: retention::Retention::default(),
@@ -244,6 +247,18 @@ impl Shared {
         self.runs.token.child_token()
     }
 
+    pub(crate) fn notices(&self) -> &Notices {
+        &self.notices
+    }
+
+    /// Starts the task that sends notices (once); it stops with the runs at shutdown.
+    pub(crate) fn start_notices(&self) {
+        if let (Some(me), Some(inbox)) = (self.me(), self.notices.take_inbox()) {
+            let stop = self.runs.token.child_token();
+            self.spawn_tracked(deliver_notices(me, inbox, stop));
+        }
+    }
+
     /// Spawns a long task shutdown waits for (it must end when its token is cancelled).
     pub(crate) fn spawn_tracked(&self, task: impl Future<Output = ()> + Send + 'static) {
         self.runs.tracker.spawn(task);
@@ -270,6 +285,7 @@ impl Shared {
         *self.admin_token.write().unwrap_or_else(|e| e.into_inner()) =
             settings.http.admin_token.clone();
         self.console.apply(settings);
+        self.notices.configure(&settings.notify);
     }
 
     /// `/metrics` in the Prometheus text format.
