@@ -306,16 +306,19 @@ async fn sync_now(client: &Client, setup: &ConsoleSetup, base: &str) {
         ..Default::default()
     };
     setup.sim.update_user(&user, patch).unwrap();
-    // Manual runs wait scheduler.min_interval (1 s) after the last start: press again when told.
+    // Manual runs wait scheduler.min_interval (1 s) after the last start and for the run before
+    // to end: press again when told.
     let deadline = Instant::now() + WITHIN;
     loop {
         client.goto(&format!("{base}/")).await.unwrap();
         click(client, &format!("sync-now-{SYNCER}")).await;
         let flash = find(client, "flash").await.text().await.unwrap();
-        if flash.contains("started") && !flash.contains("retry in") {
+        if flash.contains("Run of ") {
             break;
         }
-        assert!(flash.contains("retry in"), "{flash}");
+        // Told to wait: min_interval, or the first run still ending (single flight).
+        let wait = flash.contains("retry in") || flash.contains("is already going");
+        assert!(wait, "{flash}");
         assert!(Instant::now() < deadline, "Sync now never started a run");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }

@@ -31,8 +31,9 @@ fn text(html: &str) -> String {
 }
 
 /// Presses `path` (Sync now, Approve removals) until a run starts: manual runs of a syncer start
-/// at most once per scheduler.min_interval (1 s here) after its last start, so the first press
-/// may be told to wait; it must never be refused for another reason. Answers the flash.
+/// at most once per scheduler.min_interval (1 s here) after its last start, and not while the
+/// previous run is still ending, so the first press may be told to wait; it must never be
+/// refused for another reason. Answers the flash.
 async fn press_until_started(browser: &Browser, path: &str) -> String {
     let deadline = std::time::Instant::now() + WITHIN;
     loop {
@@ -42,7 +43,10 @@ async fn press_until_started(browser: &Browser, path: &str) -> String {
         if page.body.contains("Run of ") {
             return text(&page.body);
         }
-        assert!(page.body.contains("retry in"), "{}", page.body);
+        // The run before may still be ending (its row is written before its lease is given
+        // back): single flight says so, and the next press starts one.
+        let wait = page.body.contains("retry in") || page.body.contains("is already going");
+        assert!(wait, "{}", page.body);
         assert!(std::time::Instant::now() < deadline, "no run started");
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }

@@ -352,9 +352,11 @@ async fn a_webhook_that_hangs_or_fails_holds_up_no_run_and_is_tried_once_more() 
         "no third attempt after the 500 (notify.retries = 1)"
     );
     // The timeout (2 s) and the pause before the retry (1 s) lie between the two attempts.
+    // Measured here at arrival: the first POST's connection set-up may take longer than the
+    // second's, so allow half a second of it.
     let gap = (retried.at - hung.at).to_std().unwrap();
     assert!(
-        gap >= Duration::from_secs(3) && gap < Duration::from_secs(10),
+        gap >= Duration::from_millis(2500) && gap < Duration::from_secs(10),
         "{gap:?}"
     );
     // The run ended before its notice went out, and later runs ended while it hung.

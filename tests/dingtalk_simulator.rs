@@ -698,6 +698,9 @@ async fn run_simulate_serves_until_shutdown() {
         malformed_every: None,
         throttle_every: None,
         family_school: false,
+        stream_ticket_ttl: Duration::from_secs(90),
+        stream_redelivery: Duration::from_secs(30),
+        stream_later_delay: Duration::from_secs(5),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(run_simulate(args, async {

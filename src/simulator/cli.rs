@@ -98,6 +98,15 @@ pub struct SimulateArgs {
     /// Also list the family-school directory (department -1) under the root.
     #[arg(long)]
     pub family_school: bool,
+    /// Stream mode: how long a ticket from connections/open stays valid (DingTalk: 90s).
+    #[arg(long, default_value = "90s", value_parser = crate::config::parse_duration)]
+    pub stream_ticket_ttl: Duration,
+    /// Stream mode: an event not acknowledged is delivered again after this long.
+    #[arg(long, default_value = "30s", value_parser = crate::config::parse_duration)]
+    pub stream_redelivery: Duration,
+    /// Stream mode: an event answered LATER is delivered again after this long (0s: at once).
+    #[arg(long, default_value = "5s", value_parser = crate::config::parse_duration)]
+    pub stream_later_delay: Duration,
 }
 
 fn parse_rate(text: &str) -> Result<f64, String> {
@@ -134,6 +143,9 @@ impl From<&SimulateArgs> for SimulatorConfig {
             malformed_every: a.malformed_every,
             throttle_every: a.throttle_every,
             family_school_department: a.family_school,
+            stream_ticket_ttl: a.stream_ticket_ttl,
+            stream_redelivery: a.stream_redelivery,
+            stream_later_delay: a.stream_later_delay,
             ..SimulatorConfig::default()
         }
     }
@@ -193,6 +205,9 @@ mod tests {
             "--malformed-rate",
             "--throttle-rate",
             "--invalidate-token-every",
+            "--stream-ticket-ttl",
+            "--stream-redelivery",
+            "--stream-later-delay",
         ] {
             assert!(help.contains(flag), "{flag} missing from:\n{help}");
         }
@@ -226,6 +241,26 @@ mod tests {
         let config = SimulatorConfig::from(&cli.args);
         assert_eq!(config.busy_rate, 0.05);
         assert_eq!(config.app_key, "sim-app-key");
+        assert_eq!(
+            config.stream_ticket_ttl,
+            Duration::from_secs(90),
+            "DingTalk's default"
+        );
+        let stream = Cli::try_parse_from([
+            "simulate",
+            "--stream-ticket-ttl",
+            "2s",
+            "--stream-redelivery",
+            "500ms",
+            "--stream-later-delay",
+            "0s",
+        ])
+        .unwrap();
+        let config = SimulatorConfig::from(&stream.args);
+        assert_eq!(config.stream_ticket_ttl, Duration::from_secs(2));
+        assert_eq!(config.stream_redelivery, Duration::from_millis(500));
+        assert_eq!(config.stream_later_delay, Duration::ZERO);
+        assert!(Cli::try_parse_from(["simulate", "--stream-redelivery", "soon"]).is_err());
         assert!(Cli::try_parse_from(["simulate", "--busy-rate", "1.5"]).is_err());
         assert!(Cli::try_parse_from(["simulate", "--throttle-rate", "x"]).is_err());
     }

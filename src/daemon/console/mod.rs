@@ -47,6 +47,8 @@ const CHANGES_PER_PAGE: u64 = 200;
 const MAX_FORM_BYTES: usize = 8 * 1024;
 
 const CSS: &str = include_str!("console.css");
+/// What a page says while the daemon has no database connection.
+const NO_DB: &str = "The database is not connected yet; the daemon keeps trying.";
 
 /// The console's routes, to merge into the daemon's router.
 pub(crate) fn routes() -> Router<Arc<Shared>> {
@@ -157,6 +159,10 @@ fn unavailable(text: &str) -> Response {
     )
 }
 
+fn no_db() -> Response {
+    unavailable(NO_DB)
+}
+
 fn not_found(text: &str) -> Response {
     html(StatusCode::NOT_FOUND, pages::message("Not found", text))
 }
@@ -187,7 +193,7 @@ async fn syncer_lines(shared: &Shared) -> (Vec<SyncerLine>, Option<String>) {
                 .into_iter()
                 .map(|s| line(s, None, None))
                 .collect(),
-            Some("The database is not connected yet; the daemon keeps trying.".into()),
+            Some(NO_DB.into()),
         );
     };
     let mut problem = None;
@@ -273,7 +279,7 @@ async fn syncer_page(
         return no_syncer(&name);
     };
     let Some(db) = shared.db().cloned() else {
-        return unavailable("The database is not connected yet; the daemon keeps trying.");
+        return no_db();
     };
     let runs = match last_runs(&db, &name, RUNS_SHOWN).await {
         Ok(runs) => runs,
@@ -281,6 +287,20 @@ async fn syncer_page(
     };
     let flash = shared.console().take_flash(&who.session);
     html(StatusCode::OK, pages::syncer(&line, &runs, flash.as_ref()))
+}
+
+/// Run `id` from the history, or the answer to send.
+async fn find_run(shared: &Shared, id: i64) -> Result<(Db, RunRow), Box<Response>> {
+    let Some(db) = shared.db().cloned() else {
+        return Err(Box::new(no_db()));
+    };
+    match lookup("the run history", db::get_run(&db, id)).await {
+        Ok(Some(run)) => Ok((db, run)),
+        Ok(None) => Err(Box::new(not_found(&format!(
+            "No run {id} in the run history."
+        )))),
+        Err(e) => Err(Box::new(unavailable(&e))),
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -298,13 +318,9 @@ async fn run_page(
         Ok(who) => who,
         Err(answer) => return *answer,
     };
-    let Some(db) = shared.db().cloned() else {
-        return unavailable("The database is not connected yet; the daemon keeps trying.");
-    };
-    let run = match lookup("the run history", db::get_run(&db, id)).await {
-        Ok(Some(run)) => run,
-        Ok(None) => return not_found(&format!("No run {id} in the run history.")),
-        Err(e) => return unavailable(&e),
+    let (db, run) = match find_run(&shared, id).await {
+        Ok(found) => found,
+        Err(answer) => return *answer,
     };
     let page = query.page.unwrap_or(1).clamp(1, 100_000);
     let offset = (page - 1) * CHANGES_PER_PAGE;
@@ -462,7 +478,7 @@ async fn set_enabled(
         return no_syncer(&name);
     }
     let Some(db) = shared.db().cloned() else {
-        return unavailable("The database is not connected yet; the daemon keeps trying.");
+        return no_db();
     };
     if let Err(e) = lookup(
         "the syncer table",
@@ -489,9 +505,7 @@ async fn our_row(shared: &Shared, name: &str) -> Result<(Db, SyncerRow), Box<Res
         return Err(Box::new(no_syncer(name)));
     }
     let Some(db) = shared.db().cloned() else {
-        return Err(Box::new(unavailable(
-            "The database is not connected yet; the daemon keeps trying.",
-        )));
+        return Err(Box::new(no_db()));
     };
     match lookup("the syncer table", db::get_syncer(&db, name)).await {
         Ok(Some(row)) => Ok((db, row)),
@@ -608,13 +622,9 @@ async fn approve(
         Ok(who) => who,
         Err(answer) => return *answer,
     };
-    let Some(db) = shared.db().cloned() else {
-        return unavailable("The database is not connected yet; the daemon keeps trying.");
-    };
-    let run = match lookup("the run history", db::get_run(&db, id)).await {
-        Ok(Some(run)) => run,
-        Ok(None) => return not_found(&format!("No run {id} in the run history.")),
-        Err(e) => return unavailable(&e),
+    let (db, run) = match find_run(&shared, id).await {
+        Ok(found) => found,
+        Err(answer) => return *answer,
     };
     let to = format!("/runs/{id}");
     if !approvable(&shared, &db, &run).await {

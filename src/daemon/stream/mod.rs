@@ -142,7 +142,8 @@ async fn syncer_stream(
         return;
     }
     while !cancel.is_cancelled() {
-        let holder = shared.holder();
+        let mut holder = shared.holder();
+        holder.timing = holder.timing.for_stream();
         let held = cancel.child_token();
         let work = stream_and_apply(&shared, &db, &syncer, &state, &held);
         match hold_lease(&db, &name, LeaseFor::Stream, &holder, &held, work).await {
