@@ -385,3 +385,49 @@ async fn a_held_run_is_approved_from_its_page() {
     assert!(!page.body.contains(&button));
     setup.finish().await;
 }
+
+#[tokio::test]
+async fn a_syncer_named_in_chinese_with_a_question_mark_has_working_pages_and_actions() {
+    let setup = ConsoleSetup::start(Some(TOKEN)).await;
+    let browser = signed_in(&setup).await;
+    let name = "研发 部 a?b#c";
+    db::add_syncer(
+        &setup.db,
+        db::NewSyncer {
+            name: name.into(),
+            organization: common::pipeline::ORG.into(),
+            app_key: "dingkey".into(),
+            app_secret: syncerd::secret::Secret::new(SECRET),
+            sync_interval: 3600,
+            enabled: false,
+        },
+    )
+    .await
+    .unwrap();
+    let path = "/syncers/%E7%A0%94%E5%8F%91%20%E9%83%A8%20a%3Fb%23c";
+    eventually(WITHIN, "the daemon to list the new syncer", || async {
+        browser
+            .get("/")
+            .await
+            .body
+            .contains(&format!("href=\"{path}\""))
+    })
+    .await;
+    let page = browser.get(path).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains(name));
+    let on = browser
+        .post(&format!("{path}/enabled"), &[("enabled", "true")])
+        .await;
+    assert_eq!((on.status, on.location()), (303, Some("/")));
+    assert!(
+        db::get_syncer(&setup.db, name)
+            .await
+            .unwrap()
+            .unwrap()
+            .is_enabled
+    );
+    let flash = press_until_started(&browser, &format!("{path}/sync")).await;
+    assert!(flash.contains(&format!("Run of {name} started")), "{flash}");
+    setup.finish().await;
+}

@@ -427,7 +427,7 @@ async fn sync_now(
         Ok(who) => who,
         Err(answer) => return *answer,
     };
-    let to = format!("/syncers/{name}");
+    let to = pages::syncer_path(&name);
     let Some(line) = find_line(&shared, &name).await else {
         return no_syncer(&name);
     };
@@ -637,7 +637,7 @@ async fn approve(
         );
     }
     let name = run.syncer_name;
-    let to = format!("/syncers/{name}");
+    let to = pages::syncer_path(&name);
     match shared.trigger_approved(&name).await {
         Ok(()) => {
             tracing::info!("console: removals of held run {id} approved; syncer {name} runs");

@@ -41,6 +41,21 @@ pub(crate) struct RunPage<'a> {
     pub approvable: bool,
 }
 
+/// The console path of syncer `name`, its name percent-encoded (every byte but letters, digits
+/// and `-._~`), so a name with spaces, slashes, `?` or Chinese characters stays one segment and
+/// a valid `Location` header.
+pub(crate) fn syncer_path(name: &str) -> String {
+    let mut path = String::from("/syncers/");
+    for byte in name.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            path.push(char::from(byte));
+        } else {
+            path.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    path
+}
+
 pub(crate) fn when(at: DateTime<Utc>) -> String {
     at.format("%Y-%m-%d %H:%M:%S UTC").to_string()
 }
@@ -220,7 +235,7 @@ fn syncer_row(line: &SyncerLine) -> Markup {
     let name = &line.name;
     html! {
         tr data-testid=(format!("syncer-row-{name}")) {
-            td { a href=(format!("/syncers/{name}")) data-testid=(format!("syncer-link-{name}")) { (name) } }
+            td { a href=(syncer_path(name)) data-testid=(format!("syncer-link-{name}")) { (name) } }
             td { (line.organization) }
             td {
                 span data-testid=(format!("enabled-{name}")) {
@@ -228,7 +243,7 @@ fn syncer_row(line: &SyncerLine) -> Markup {
                 }
                 " "
                 @let (label, value) = if line.enabled { ("Disable", "false") } else { ("Enable", "true") };
-                (action(&format!("/syncers/{name}/enabled"), label, &format!("enabled-toggle-{name}"), Some(("enabled", value))))
+                (action(&format!("{}/enabled", syncer_path(name)), label, &format!("enabled-toggle-{name}"), Some(("enabled", value))))
             }
             td { (line.interval_seconds) " s" }
             td data-testid=(format!("stream-{name}")) {
@@ -246,9 +261,9 @@ fn syncer_row(line: &SyncerLine) -> Markup {
                 }
             }
             td.actions {
-                (action(&format!("/syncers/{name}/sync"), "Sync now", &format!("sync-now-{name}"), None))
-                (action(&format!("/syncers/{name}/test"), "Test connection", &format!("test-connection-{name}"), None))
-                (action(&format!("/syncers/{name}/dry-run"), "Dry run", &format!("dry-run-{name}"), None))
+                (action(&format!("{}/sync", syncer_path(name)), "Sync now", &format!("sync-now-{name}"), None))
+                (action(&format!("{}/test", syncer_path(name)), "Test connection", &format!("test-connection-{name}"), None))
+                (action(&format!("{}/dry-run", syncer_path(name)), "Dry run", &format!("dry-run-{name}"), None))
             }
         }
     }
@@ -379,7 +394,7 @@ pub(crate) fn run(page: &RunPage<'_>, flash: Option<&Flash>) -> Markup {
         html! {
             p.crumbs {
                 a href="/" { "Syncers" } " / "
-                a href=(format!("/syncers/{}", run.syncer_name)) { (run.syncer_name) } " / run " (run.id)
+                a href=(syncer_path(&run.syncer_name)) { (run.syncer_name) } " / run " (run.id)
             }
             h1 { "Run " (run.id) " " span class=(status_class(run.status)) data-testid="run-status" { (run.status) } }
             dl.facts {
@@ -457,7 +472,7 @@ pub(crate) fn check(name: &str, text: &str, ok: bool) -> Markup {
         true,
         None,
         html! {
-            p.crumbs { a href="/" { "Syncers" } " / " a href=(format!("/syncers/{name}")) { (name) } " / test connection" }
+            p.crumbs { a href="/" { "Syncers" } " / " a href=(syncer_path(name)) { (name) } " / test connection" }
             h1 { "Test connection: " (name) " "
                 @if ok { span.status.ok data-testid="check-result" { "can sync" } }
                 @else { span.status.bad data-testid="check-result" { "cannot sync" } }
@@ -474,7 +489,7 @@ pub(crate) fn dry_run(name: &str, report: &RunReport) -> Markup {
         true,
         None,
         html! {
-            p.crumbs { a href="/" { "Syncers" } " / " a href=(format!("/syncers/{name}")) { (name) } " / dry run" }
+            p.crumbs { a href="/" { "Syncers" } " / " a href=(syncer_path(name)) { (name) } " / dry run" }
             h1 { "Dry run: " (name) " " span class=(status_class(report.status)) data-testid="dry-run-status" { (report.status) } }
             p { "Fetched, planned and applied inside a transaction that was rolled back: nothing was written." }
             pre data-testid="dry-run-summary" { (report.summary_line().unwrap_or_default()) }
@@ -519,3 +534,18 @@ pub(crate) fn dry_run(name: &str, report: &RunReport) -> Markup {
 pub(crate) const FAVICON: &str = "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 16 16\">\
 <rect width=\"16\" height=\"16\" rx=\"3\" fill=\"#1f6feb\"/>\
 <path d=\"M4 8h8M9 5l3 3-3 3\" stroke=\"#fff\" stroke-width=\"2\" fill=\"none\"/></svg>";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_syncer_path_is_one_ascii_segment_whatever_the_name() {
+        assert_eq!(
+            syncer_path("acme-dingtalk_1.x~"),
+            "/syncers/acme-dingtalk_1.x~"
+        );
+        assert_eq!(syncer_path("a b/c?d#e"), "/syncers/a%20b%2Fc%3Fd%23e");
+        assert_eq!(syncer_path("研发"), "/syncers/%E7%A0%94%E5%8F%91");
+    }
+}
