@@ -202,6 +202,7 @@ impl TestDaemon {
         let bound = daemon::bind(DaemonOptions {
             settings,
             run_fn,
+            dingtalk: None,
             config_loader: None,
             instance: instance.clone(),
         })

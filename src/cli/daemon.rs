@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use syncerd::config::{LoadedConfig, Settings};
 use syncerd::daemon::{self, ControlSource, DaemonExit, DaemonOptions, RunFn};
+use syncerd::dingtalk::Client;
 use syncerd::launch::{InstanceKind, instance_id};
 
 use super::{GlobalOpts, runtime};
@@ -15,10 +16,13 @@ use super::{GlobalOpts, runtime};
 const FORCED_EXIT: u8 = 130;
 
 /// The work of one run: the DingTalk fetch and the pipeline, with one client (token cache, rate
-/// limiters) shared by every syncer.
-fn run_fn(settings: &Settings) -> anyhow::Result<RunFn> {
-    let client = syncerd::dingtalk::Client::new((&settings.dingtalk).into())?;
-    Ok(daemon::pipeline_run_fn(settings.sync.clone(), client))
+/// limiters) shared by every syncer and by the streams' catch-ups.
+fn run_fn(settings: &Settings) -> anyhow::Result<(RunFn, Client)> {
+    let client = Client::new((&settings.dingtalk).into())?;
+    Ok((
+        daemon::pipeline_run_fn(settings.sync.clone(), client.clone()),
+        client,
+    ))
 }
 
 /// `syncerd run`: schedules every enabled DingTalk syncer until SIGTERM/SIGINT.
@@ -35,8 +39,10 @@ pub fn run(global: &GlobalOpts, loaded: LoadedConfig) -> anyhow::Result<ExitCode
     let settings = loaded.settings;
     let exit = runtime.block_on(async {
         let control = ControlSource::os_signals().context("cannot install signal handlers")?;
+        let (run_fn, client) = run_fn(&settings)?;
         let daemon = daemon::bind(DaemonOptions {
-            run_fn: run_fn(&settings)?,
+            run_fn,
+            dingtalk: Some(client),
             settings,
             config_loader: Some(loader),
             instance: instance_id(InstanceKind::Daemon),

@@ -252,7 +252,8 @@ pub async fn run(base: &Settings, args: DemoArgs) -> anyhow::Result<ExitCode> {
 
     let client = syncerd::dingtalk::Client::new((&settings.dingtalk).into())?;
     let daemon = daemon::bind(DaemonOptions {
-        run_fn: daemon::pipeline_run_fn(settings.sync.clone(), client),
+        run_fn: daemon::pipeline_run_fn(settings.sync.clone(), client.clone()),
+        dingtalk: Some(client),
         settings: settings.clone(),
         config_loader: None,
         instance: instance_id(InstanceKind::Daemon),

@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigError, Settings};
 use crate::db::{self, Db, DbError, RunCounts, RunStatus, RunTrigger, StaleRunFilter};
-use crate::dingtalk::Targets;
+use crate::dingtalk::{Client, Targets};
 use crate::syncer::ValidSyncer;
 
 pub use pipeline::{pipeline_run_fn, summary_of};
@@ -101,6 +101,10 @@ pub type ConfigLoader = Box<dyn Fn() -> Result<Settings, ConfigError> + Send + S
 pub struct DaemonOptions {
     pub settings: Settings,
     pub run_fn: RunFn,
+    /// The DingTalk client the event streams read leave records with when they catch up
+    /// after being away (share the runs' client: one token cache and rate limiter per App
+    /// Key). `None`: a catch-up is a full run, and only after a long outage.
+    pub dingtalk: Option<Client>,
     /// Used on SIGHUP; `None` means a reload only reconciles.
     pub config_loader: Option<ConfigLoader>,
     /// See [`crate::launch::instance_id`].
@@ -158,9 +162,15 @@ pub async fn bind(options: DaemonOptions) -> Result<BoundDaemon, DaemonError> {
             source,
         })?;
     let root = CancellationToken::new();
-    let shared = Shared::new(&options.settings, options.run_fn, options.instance, &root)
-        .await
-        .map_err(|e| DaemonError::Scheduler(e.to_string()))?;
+    let shared = Shared::new(
+        &options.settings,
+        options.run_fn,
+        options.dingtalk,
+        options.instance,
+        &root,
+    )
+    .await
+    .map_err(|e| DaemonError::Scheduler(e.to_string()))?;
     Ok(BoundDaemon {
         root,
         shared,

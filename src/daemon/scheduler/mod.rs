@@ -33,7 +33,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
 use crate::db::{Db, RunTrigger};
-use crate::dingtalk::Targets;
+use crate::dingtalk::{Client, Targets};
 use crate::launch::Holder;
 use crate::launch::lease::LeaseTiming;
 use crate::secret::Secret;
@@ -143,6 +143,7 @@ impl Shared {
     pub(crate) async fn new(
         settings: &Settings,
         run_fn: RunFn,
+        dingtalk: Option<Client>,
         instance: String,
         root: &CancellationToken,
     ) -> Result<Arc<Shared>, JobSchedulerError> {
@@ -168,7 +169,7 @@ impl Shared {
             },
             metrics: Metrics::default(),
             reconcile_now: Notify::new(),
-            streams: Streams::new(settings),
+            streams: Streams::new(settings, dingtalk),
             retention: retention::Retention::default(),
         }))
     }
