@@ -17,7 +17,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -95,7 +95,8 @@ fn plan(gap: Gap, last_full_run: Option<DateTime<Utc>>, now: DateTime<Utc>) -> P
     };
     let margin = chrono::Duration::from_std(LEAVE_RECORDS_MARGIN).unwrap_or_default();
     let from = start - margin;
-    if now - from > leave_records_max_window() {
+    // A day short of DingTalk's limit: its clock, not ours, decides.
+    if now - from > leave_records_max_window() - TimeDelta::days(1) {
         return Plan::FullRun(format!(
             "the gap since {} is longer than the 365 days DingTalk's leave records cover",
             open_api_time(from)
@@ -299,8 +300,8 @@ async fn store(
     match stored {
         Ok(new) => {
             let line = format!(
-                "syncer {name}: DingTalk's leave records since {} list {} leavers, {new} not \
-                 seen before ({calls} DingTalk calls{skipped})",
+                "syncer {name}: DingTalk's leave records since {}: leavers listed {}, new to the \
+                 inbox {new}, DingTalk calls {calls}{skipped}",
                 open_api_time(from),
                 events.len()
             );
@@ -310,11 +311,15 @@ async fn store(
             } else {
                 tracing::debug!("{line}");
             }
+            shared.metrics.record_catch_up(name, "leave_records");
         }
-        Err(e) => tracing::warn!(
-            "syncer {name}: the leavers DingTalk's leave records list could not be stored, the \
-             next interval run catches up: {e}"
-        ),
+        Err(e) => {
+            tracing::warn!(
+                "syncer {name}: the leavers DingTalk's leave records list could not be stored, \
+                 the next interval run catches up: {e}"
+            );
+            shared.metrics.record_catch_up(name, "interval_run");
+        }
     }
 }
 
@@ -338,11 +343,14 @@ async fn fall_back(shared: &Shared, name: &str, gap: Gap, catch_ups: &CatchUps, 
     }
     if full {
         full_run(shared, name, "the leave records could not be read").await;
+    } else {
+        shared.metrics.record_catch_up(name, "interval_run");
     }
 }
 
 async fn full_run(shared: &Shared, name: &str, why: &str) {
     tracing::info!("syncer {name}: {why}; a full run catches up");
+    shared.metrics.record_catch_up(name, "full_run");
     if let Err(e) = shared.trigger(name, RunTrigger::Catchup).await {
         tracing::info!("syncer {name}: catch-up run not started: {e}");
     }
@@ -385,7 +393,7 @@ mod tests {
         };
         assert!(why.contains("365 days"), "{why}");
         assert!(matches!(
-            plan(Gap::Start, Some(at("2025-06-02T12:00:00Z")), now),
+            plan(Gap::Start, Some(at("2025-06-10T12:00:00Z")), now),
             Plan::Records { .. }
         ));
     }
