@@ -206,29 +206,66 @@ async fn find_syncer(db: &Db, name: &str) -> anyhow::Result<db::SyncerRow> {
 /// The `check` line about the syncer's Casdoor organization; none in syncerd's embedded
 /// database, which has no organization table.
 /// What `syncerd check` says of Stream mode for the syncer: off by configuration, or whether
-/// DingTalk hands the app a Stream ticket (`connections/open`).
+/// DingTalk hands the app a Stream ticket (`connections/open`); and whether it does.
 async fn stream_line(
     settings: &Settings,
     name: &str,
     credentials: &syncerd::dingtalk::Credentials,
-) -> String {
+) -> (String, bool) {
     const LINE: &str = "Stream mode (POST /v1.0/gateway/connections/open)";
     if !settings.stream.streams(name) {
-        return format!("{LINE}: off (stream.enabled, stream.disabled_syncers)");
+        return (
+            format!("{LINE}: off (stream.enabled, stream.disabled_syncers)"),
+            false,
+        );
     }
     let config = syncerd::stream::StreamConfig {
         open_api_base: settings.dingtalk.open_api_base.clone(),
         ..Default::default()
     };
     match syncerd::stream::check_open(&config, credentials).await {
-        Ok(()) => format!("{LINE}: ok, changes are applied within seconds"),
-        Err(e) => format!(
-            "{LINE}: unavailable ({e}); the interval runs still sync. Turn on Stream mode and \
-             the address-book events in the app's developer console, or list the syncer in \
-             stream.disabled_syncers"
+        Ok(()) => (
+            format!("{LINE}: ok, changes are applied within seconds"),
+            true,
+        ),
+        Err(e) => (
+            format!(
+                "{LINE}: unavailable ({e}); the interval runs still sync. Turn on Stream mode \
+                 and the address-book events in the app's developer console, or list the syncer \
+                 in stream.disabled_syncers"
+            ),
+            false,
         ),
     }
 }
+
+/// What `syncerd check` says of the leave records a streaming syncer's catch-up reads
+/// (`empLeaveRecords`, the `Contact.Common.Read` permission), within [`LEAVE_RECORDS_CHECK`].
+async fn leave_records_line(
+    client: &syncerd::dingtalk::Client,
+    credentials: &syncerd::dingtalk::Credentials,
+) -> String {
+    const LINE: &str = "Leave records (GET /v1.0/contact/empLeaveRecords)";
+    let since = chrono::Utc::now() - chrono::TimeDelta::hours(1);
+    let calls = syncerd::dingtalk::CallCounter::new();
+    let read = client.leave_records(credentials, since, None, &calls);
+    let failure = match tokio::time::timeout(LEAVE_RECORDS_CHECK, read).await {
+        Ok(Ok(_)) => {
+            return format!("{LINE}: ok, leavers missed while the stream was away are caught up");
+        }
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!(
+            "no answer within {} s at dingtalk.open_api_base",
+            LEAVE_RECORDS_CHECK.as_secs()
+        ),
+    };
+    format!(
+        "{LINE}: unavailable; after the stream was away a full run catches up instead: {failure}"
+    )
+}
+
+/// How long `check` waits for the leave records.
+const LEAVE_RECORDS_CHECK: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn organization_step(name: &str, row: OrganizationRow) -> Option<CheckStep> {
     let outcome = match row {
@@ -295,10 +332,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .extend(organization_step(&syncer.organization, organization));
             print!("{}", report.render());
             // Events are an addition: an app without Stream mode still syncs on its interval.
-            println!(
-                "{}",
-                stream_line(settings, &syncer.name, &credentials).await
-            );
+            let (line, streams) = stream_line(settings, &syncer.name, &credentials).await;
+            println!("{line}");
+            if streams {
+                println!("{}", leave_records_line(&client, &credentials).await);
+            }
             Ok(if report.can_sync() {
                 ExitCode::SUCCESS
             } else {
