@@ -308,6 +308,24 @@ async fn check_says_ok_against_the_simulator_and_names_bad_credentials() {
         stdout.contains("mobile") && stdout.contains("email"),
         "{stdout}"
     );
+    assert!(
+        stdout.contains("Leave records (GET /v1.0/contact/empLeaveRecords): ok"),
+        "{stdout}"
+    );
+    sim.set_faults(syncerd::simulator::Faults {
+        leave_records_denied: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let denied = syncerd_async(&url, Some(&base), &["check", "good"]).await;
+    let (stdout, stderr) = text(&denied);
+    assert!(denied.status.success(), "still syncs: {stdout}{stderr}");
+    assert!(
+        stdout.contains("empLeaveRecords): unavailable") && stdout.contains("Contact.Common.Read"),
+        "{stdout}"
+    );
+    sim.set_faults(syncerd::simulator::Faults::default())
+        .unwrap();
 
     let bad = syncerd_async(&url, Some(&base), &["check", "bad"]).await;
     let (stdout, stderr) = text(&bad);

@@ -3,7 +3,9 @@
 //! engine: after its first full run the daemon holds one Stream connection per syncer, and a
 //! change in DingTalk (a title, a leaver) reaches its Casdoor row through a targeted run with
 //! trigger `event`, long before the hour-long interval would. A daemon restarted with events
-//! left pending in the inbox applies them.
+//! left pending in the inbox applies them. A leaver whose event nobody received while the stream
+//! was down is caught up from DingTalk's leave records after the reconnect, without a full run;
+//! when the leave records are refused, a full catch-up run takes their place.
 
 mod common;
 
@@ -12,8 +14,11 @@ use std::time::Duration;
 use common::pipeline::{ORG, SECRET, users};
 use common::process::Syncerd;
 use common::{TestDb, eventually, on_every_engine, runs_of};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use syncerd::db::entities::syncer_event;
 use syncerd::db::inbox::pending_events;
 use syncerd::db::{self, Db, NewSyncer, RunStatus, RunTrigger};
+use syncerd::dingtalk::Endpoint;
 use syncerd::secret::Secret;
 use syncerd::simulator::{Faults, Simulator, SimulatorConfig, SimulatorHandle, UserPatch};
 
@@ -257,6 +262,162 @@ async fn events_stored_before_a_crash_are_applied_by_the_next_daemon() {
         assert_eq!(sim.stream_stats().redeliveries, 0);
         second.signal("TERM");
         second.exit_within(Duration::from_secs(30)).await;
+        sim.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+/// Whether the Casdoor row of `userid` is forbidden.
+async fn is_forbidden(db: &Db, userid: &str) -> bool {
+    users(db)
+        .await
+        .iter()
+        .any(|u| u.dingtalk.as_deref() == Some(userid) && u.is_forbidden == Some(true))
+}
+
+/// The inbox rows of the syncer's catch-ups (leave records), oldest first.
+async fn leave_record_events(db: &Db) -> Vec<syncer_event::Model> {
+    let mut rows = syncer_event::Entity::find()
+        .filter(syncer_event::Column::SyncerName.eq(SYNCER))
+        .filter(syncer_event::Column::EventType.eq("syncerd_leave_record"))
+        .all(db.conn())
+        .await
+        .unwrap();
+    rows.sort_by_key(|r| r.received_at);
+    rows
+}
+
+/// The value of the catch-up counter of `outcome` in the daemon's metrics.
+async fn catch_ups(daemon: &Syncerd, outcome: &str) -> u64 {
+    let prefix =
+        format!("syncerd_stream_catchups_total{{syncer=\"{SYNCER}\",outcome=\"{outcome}\"}} ");
+    daemon
+        .metrics()
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix).map(str::to_owned))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaver_whose_event_was_lost_while_the_stream_was_down_is_caught_up_from_leave_records() {
+    on_every_engine(async |t: &TestDb| {
+        let db = t.migrated().await;
+        add_syncer(&db).await;
+        let sim = dingtalk().await;
+        let mut daemon = streaming_daemon(t.url(), &sim);
+        eventually(WITHIN, "the stream's first catch-up", || async {
+            catch_ups(&daemon, "leave_records").await >= 1
+        })
+        .await;
+        assert!(leave_record_events(&db).await.is_empty(), "nobody left yet");
+
+        // The stream goes down and stays down (every ticket expired)...
+        sim.stream_expire_next_tickets(u64::MAX);
+        sim.stream_disconnect();
+        eventually(WITHIN, "a refused reconnection", || async {
+            sim.stream_stats().tickets_refused >= 1
+        })
+        .await;
+        // ... while someone leaves, and DingTalk never delivers that event.
+        let leaver = sim.org().users[1].profile.userid.clone();
+        assert!(!is_forbidden(&db, &leaver).await);
+        sim.remove_user(&leaver).unwrap();
+        assert_eq!(sim.stream_drop_pending(), 1);
+        sim.stream_expire_next_tickets(0);
+
+        // Through the inbox: one leave-record event, applied by an event run of one lookup.
+        eventually(WITHIN, "the leave record applied", || async {
+            leave_record_events(&db)
+                .await
+                .iter()
+                .any(|e| e.state == "applied")
+        })
+        .await;
+        assert!(is_forbidden(&db, &leaver).await, "{}", t.label());
+        let events = leave_record_events(&db).await;
+        assert_eq!(events.len(), 1, "{}: {events:?}", t.label());
+        let event = &events[0];
+        assert_eq!(event.user_ids, format!("[\"{leaver}\"]"));
+        let run = db::get_run(&db, event.run_id.unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (run.trigger, run.status, run.counts.forbidden),
+            (RunTrigger::Event, RunStatus::Succeeded, 1),
+            "{}: {run:?}",
+            t.label()
+        );
+        assert!(run.api_calls <= 2, "{}: {} calls", t.label(), run.api_calls);
+        // No full run caught up: the schedule's first run is the only one.
+        let full: Vec<_> = runs_of(&db, SYNCER)
+            .await
+            .into_iter()
+            .filter(|r| r.trigger != RunTrigger::Event)
+            .collect();
+        assert_eq!(full.len(), 1, "{}: {full:?}", t.label());
+        assert_eq!(full[0].trigger, RunTrigger::Schedule);
+        assert_eq!(catch_ups(&daemon, "full_run").await, 0);
+        assert!(catch_ups(&daemon, "leave_records").await >= 2);
+        assert!(sim.stats().endpoint(Endpoint::LeaveRecords).ok >= 2);
+        assert_eq!(sim.stream_stats().events_dropped, 1);
+
+        let log = daemon.stderr();
+        assert!(!log.contains(SECRET), "the App Secret reached the log");
+        assert!(!log.contains("simtok"), "an access token reached the log");
+        daemon.signal("TERM");
+        daemon.exit_within(Duration::from_secs(30)).await;
+        sim.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_leave_records_make_the_catch_up_a_full_run_and_are_reported_once() {
+    on_every_engine(async |t: &TestDb| {
+        let db = t.migrated().await;
+        add_syncer(&db).await;
+        let sim = dingtalk().await;
+        // The app lacks Contact.Common.Read.
+        sim.set_faults(Faults {
+            leave_records_denied: true,
+            ..Faults::default()
+        })
+        .unwrap();
+        let mut daemon = streaming_daemon(t.url(), &sim);
+
+        // On start the records are refused: a full run catches up.
+        eventually(WITHIN, "a full catch-up run", || async {
+            runs_with(&db, RunTrigger::Catchup)
+                .await
+                .iter()
+                .any(|r| r.status == RunStatus::Succeeded)
+        })
+        .await;
+        let catchup = runs_with(&db, RunTrigger::Catchup).await;
+        assert_eq!(catchup.len(), 1, "{}: {catchup:?}", t.label());
+        assert_eq!(catchup[0].counts.fetched, 12, "a whole directory");
+
+        // A short outage: refused again, and left to the interval run.
+        sim.stream_disconnect();
+        eventually(WITHIN, "the reconnection's catch-up", || async {
+            catch_ups(&daemon, "interval_run").await >= 1
+        })
+        .await;
+        assert_eq!(catch_ups(&daemon, "full_run").await, 1);
+        assert_eq!(runs_with(&db, RunTrigger::Catchup).await.len(), 1);
+        assert!(sim.stats().endpoint(Endpoint::LeaveRecords).errors >= 2);
+        let log = daemon.stderr();
+        let said = log
+            .matches("DingTalk's leave records could not be read")
+            .count();
+        assert_eq!(said, 1, "{}: the reason once:\n{log}", t.label());
+        assert!(log.contains("Contact.Common.Read"), "{log}");
+        assert!(leave_record_events(&db).await.is_empty());
+        daemon.signal("TERM");
+        daemon.exit_within(Duration::from_secs(30)).await;
         sim.shutdown().await.unwrap();
     })
     .await;

@@ -1068,3 +1068,95 @@ async fn release_idle_memory_empties_the_idle_sqlite_connections_statement_cache
     drop(conns);
     assert_eq!(db::list_syncers(&db).await.unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn the_last_full_run_is_the_newest_that_wrote_casdoor_whole() {
+    on_every_engine(async |t| {
+        let db = t.migrated().await;
+        let run = async |trigger, mode, status, started: &str| {
+            let id = db::insert_run(
+                &db,
+                NewRun {
+                    trigger,
+                    mode,
+                    ..new_run("alpha", started)
+                },
+            )
+            .await
+            .unwrap();
+            let outcome = RunOutcome {
+                status,
+                counts: RunCounts::default(),
+                api_calls: 1,
+                error_summary: None,
+                details: None,
+                finished_at: at(started),
+                duration: Duration::from_millis(1),
+            };
+            db::finish_run(&db, id, outcome).await.unwrap();
+        };
+        let last = async || db::runs::last_full_run_started(&db, "alpha").await.unwrap();
+        assert_eq!(last().await, None, "{}", t.label());
+        use RunStatus::*;
+        run(
+            RunTrigger::Schedule,
+            RunMode::Apply,
+            Partial,
+            "2026-11-25T01:00:00.000Z",
+        )
+        .await;
+        assert_eq!(
+            last().await,
+            Some(at("2026-11-25T01:00:00.000Z")),
+            "partial only"
+        );
+        run(
+            RunTrigger::Catchup,
+            RunMode::Apply,
+            Succeeded,
+            "2026-11-25T02:00:00.000Z",
+        )
+        .await;
+        // Newer, but none of them a full run that wrote Casdoor whole.
+        run(
+            RunTrigger::Event,
+            RunMode::Apply,
+            Succeeded,
+            "2026-11-25T03:00:00.000Z",
+        )
+        .await;
+        run(
+            RunTrigger::Manual,
+            RunMode::DryRun,
+            Succeeded,
+            "2026-11-25T04:00:00.000Z",
+        )
+        .await;
+        run(
+            RunTrigger::Schedule,
+            RunMode::Apply,
+            Failed,
+            "2026-11-25T05:00:00.000Z",
+        )
+        .await;
+        run(
+            RunTrigger::Schedule,
+            RunMode::Apply,
+            Partial,
+            "2026-11-25T06:00:00.000Z",
+        )
+        .await;
+        assert_eq!(
+            last().await,
+            Some(at("2026-11-25T02:00:00.000Z")),
+            "{}",
+            t.label()
+        );
+        assert_eq!(
+            db::runs::last_full_run_started(&db, "beta").await.unwrap(),
+            None
+        );
+        db.close().await.unwrap();
+    })
+    .await;
+}

@@ -7,7 +7,7 @@ mod common;
 use common::on_every_engine;
 use syncerd::db::inbox::{
     EventState, InboxEvent, Stored, finish_events, last_received, pending_events, prune_events,
-    store_event, syncers_with_pending_events,
+    store_event, store_events, syncers_with_pending_events,
 };
 
 fn event(syncer: &str, id: &str, received_at: i64) -> InboxEvent {
@@ -113,6 +113,45 @@ async fn thousands_of_events_finish_in_one_call() {
             .unwrap();
         assert_eq!(changed, 1_200, "{}", t.label());
         assert!(pending_events(&db, "acme", 5_000).await.unwrap().is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_batch_of_events_stores_only_the_ones_the_inbox_lacks() {
+    on_every_engine(async |t| {
+        let db = t.migrated().await;
+        store_event(&db, &event("acme", "evt-known", 1))
+            .await
+            .unwrap();
+        let mut batch: Vec<InboxEvent> = (0..1_100)
+            .map(|i| event("acme", &format!("evt-{i:05}"), 10 + i))
+            .collect();
+        batch.push(event("acme", "evt-known", 5_000));
+        batch.push(event("acme", "evt-00007", 5_001));
+        // Not this syncer's: left out.
+        batch.push(event("other", "evt-other", 5_002));
+        assert_eq!(
+            store_events(&db, "acme", &batch).await.unwrap(),
+            1_100,
+            "{}",
+            t.label()
+        );
+        let pending = pending_events(&db, "acme", 5_000).await.unwrap();
+        assert_eq!(pending.len(), 1_101, "{}", t.label());
+        let known = pending.iter().find(|e| e.event_id == "evt-known").unwrap();
+        assert_eq!(known.received_at, 1, "{}: not overwritten", t.label());
+        let seventh = pending.iter().find(|e| e.event_id == "evt-00007").unwrap();
+        assert_eq!(
+            seventh.received_at,
+            17,
+            "{}: the first copy wins",
+            t.label()
+        );
+        assert!(pending_events(&db, "other", 10).await.unwrap().is_empty());
+        // Everything again: nothing new.
+        assert_eq!(store_events(&db, "acme", &batch).await.unwrap(), 0);
+        assert_eq!(store_events(&db, "acme", &[]).await.unwrap(), 0);
     })
     .await;
 }

@@ -189,6 +189,8 @@ impl StandIn {
 fn config(base: &str) -> ClientConfig {
     ClientConfig {
         api_base: base.to_owned(),
+        open_api_base: base.to_owned(),
+        max_leave_record_pages: 20,
         qps_per_api: 1_000,
         max_concurrency: 4,
         // Longer than any fetch here: only `fetch_timeout` may end the hung call.

@@ -28,12 +28,17 @@ use super::RunSummary;
 /// Events read for one targeted run at most; the rest wait for the next.
 pub const EVENTS_PER_RUN: u64 = 5_000;
 
+/// The inbox's event type for a leaver DingTalk's leave records list (not a DingTalk event:
+/// the stream's catch-up stores one per record, see `stream::catchup`).
+pub const LEAVE_RECORD_EVENT: &str = "syncerd_leave_record";
+
 /// The event types syncerd acts on, and what each names.
-const USER_EVENTS: [&str; 4] = [
+const USER_EVENTS: [&str; 5] = [
     "user_add_org",
     "user_modify_org",
     "user_leave_org",
     "user_active_org",
+    LEAVE_RECORD_EVENT,
 ];
 const DEPARTMENT_EVENTS: [&str; 3] = ["org_dept_create", "org_dept_modify", "org_dept_remove"];
 

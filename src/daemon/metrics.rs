@@ -112,6 +112,8 @@ struct Inner {
     /// From `eventBornTime` to the run that applied the event having finished.
     stream_latency: BTreeMap<String, Histogram>,
     stream_connected: BTreeMap<String, bool>,
+    /// Catch-ups after a stream start or reconnect, by syncer and how they caught up.
+    stream_catchups: BTreeMap<(String, &'static str), u64>,
     /// The live counters of each syncer's Stream client.
     stream_clients: BTreeMap<String, Arc<StreamStats>>,
 }
@@ -225,6 +227,17 @@ impl Metrics {
             for &secs in latencies {
                 h.observe(secs);
             }
+        });
+    }
+
+    /// A catch-up of `syncer`'s stream: `leave_records` (the leavers went to the inbox),
+    /// `full_run` (one was asked for instead) or `interval_run` (nothing now: the records
+    /// could not be read or stored after a short outage; the next interval run covers it).
+    pub fn record_catch_up(&self, syncer: &str, outcome: &'static str) {
+        self.with(|m| {
+            *m.stream_catchups
+                .entry((syncer.to_owned(), outcome))
+                .or_default() += 1
         });
     }
 
@@ -424,6 +437,21 @@ fn render_stream(m: &Inner, out: &mut String) {
         "syncerd_stream_events_applied_total",
         "counter",
         "DingTalk events applied by event runs, by syncer.",
+        lines,
+    );
+    let lines = m.stream_catchups.iter().map(|((syncer, outcome), n)| {
+        format!(
+            "{{syncer=\"{}\",outcome=\"{outcome}\"}} {n}",
+            escape(syncer)
+        )
+    });
+    family(
+        out,
+        "syncerd_stream_catchups_total",
+        "counter",
+        "Catch-ups after a stream started or reconnected, by syncer: leave_records (leavers read \
+         from DingTalk's leave records), full_run (a full run instead) or interval_run (left to \
+         the next interval run).",
         lines,
     );
     let clients: Vec<(String, StreamStatsSnapshot)> = m

@@ -167,10 +167,18 @@ pub async fn bind(options: DaemonOptions) -> Result<BoundDaemon, DaemonError> {
             source,
         })?;
     let root = CancellationToken::new();
-    let shared = Shared::new(&options.settings, options.run_fn, options.instance, &root)
-        .await
-        .map_err(|e| DaemonError::Scheduler(e.to_string()))?;
-    if let Some(tools) = options.tools {
+    let tools = options.tools;
+    let client = tools.as_ref().map(|t| t.client().clone());
+    let shared = Shared::new(
+        &options.settings,
+        options.run_fn,
+        client,
+        options.instance,
+        &root,
+    )
+    .await
+    .map_err(|e| DaemonError::Scheduler(e.to_string()))?;
+    if let Some(tools) = tools {
         shared.set_tools(tools);
     }
     Ok(BoundDaemon {

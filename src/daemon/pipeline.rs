@@ -90,6 +90,11 @@ impl Tools {
         }
     }
 
+    /// The DingTalk client the runs share (the streams' catch-ups read leave records with it).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// The daemon's [`RunFn`] over the same client.
     pub fn run_fn(&self) -> RunFn {
         pipeline_run_fn(self.sync.clone(), self.client.clone())

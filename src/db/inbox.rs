@@ -77,18 +77,7 @@ pub async fn store_event(db: &Db, event: &InboxEvent) -> Result<Stored, DbError>
     if event_exists(db, &event.syncer_name, &event.event_id).await? {
         return Ok(Stored::Duplicate);
     }
-    let row = syncer_event::ActiveModel {
-        syncer_name: Set(event.syncer_name.clone()),
-        event_id: Set(event.event_id.clone()),
-        event_type: Set(event.event_type.clone()),
-        user_ids: Set(json_list(&event.user_ids)),
-        dept_ids: Set(json_list(&event.dept_ids)),
-        born_at: Set(event.born_at),
-        received_at: Set(event.received_at),
-        state: Set(EventState::Pending.as_str().to_owned()),
-        run_id: Set(None),
-        done_at: Set(None),
-    };
+    let row = pending_row(event);
     // Another connection may have stored it since the check: the key lets one in.
     db.tables()
         .at(syncer_event::Entity::insert(row))
@@ -104,6 +93,79 @@ pub async fn store_event(db: &Db, event: &InboxEvent) -> Result<Stored, DbError>
         .await
         .with_context(context)?;
     Ok(Stored::New)
+}
+
+/// Stores `events` (all of `syncer`) as `pending`, but those the inbox has already, in a few
+/// statements rather than one per event. Returns how many were new.
+pub async fn store_events(db: &Db, syncer: &str, events: &[InboxEvent]) -> Result<u64, DbError> {
+    let context = || {
+        format!(
+            "storing {} events of syncer {syncer} in syncer_event",
+            events.len()
+        )
+    };
+    let _turn = db.write_turn().await.with_context(context)?;
+    let mut stored = 0u64;
+    // In slices: an IN list of thousands of ids is too long for some engines' parameter limits.
+    for slice in events.chunks(500) {
+        let ids: Vec<&str> = slice.iter().map(|e| e.event_id.as_str()).collect();
+        let known: std::collections::BTreeSet<String> = db
+            .tables()
+            .at(syncer_event::Entity::find())
+            .select_only()
+            .column(syncer_event::Column::EventId)
+            .filter(syncer_event::Column::SyncerName.eq(syncer))
+            .filter(syncer_event::Column::EventId.is_in(ids))
+            .into_tuple::<String>()
+            .all(db.conn())
+            .await
+            .with_context(context)?
+            .into_iter()
+            .collect();
+        let mut fresh = std::collections::BTreeSet::new();
+        let rows: Vec<syncer_event::ActiveModel> = slice
+            .iter()
+            .filter(|e| e.syncer_name == syncer && !known.contains(&e.event_id))
+            .filter(|e| fresh.insert(e.event_id.clone()))
+            .map(pending_row)
+            .collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let count = rows.len() as u64;
+        // Another connection may have stored some since the check: the key lets one in.
+        let insert = syncer_event::Entity::insert_many(rows).on_conflict(
+            OnConflict::columns([
+                syncer_event::Column::SyncerName,
+                syncer_event::Column::EventId,
+            ])
+            .do_nothing_on([syncer_event::Column::EventId])
+            .to_owned(),
+        );
+        db.tables()
+            .at(insert)
+            .exec_without_returning(db.conn())
+            .await
+            .with_context(context)?;
+        stored += count;
+    }
+    Ok(stored)
+}
+
+/// The row of a new `pending` event.
+fn pending_row(event: &InboxEvent) -> syncer_event::ActiveModel {
+    syncer_event::ActiveModel {
+        syncer_name: Set(event.syncer_name.clone()),
+        event_id: Set(event.event_id.clone()),
+        event_type: Set(event.event_type.clone()),
+        user_ids: Set(json_list(&event.user_ids)),
+        dept_ids: Set(json_list(&event.dept_ids)),
+        born_at: Set(event.born_at),
+        received_at: Set(event.received_at),
+        state: Set(EventState::Pending.as_str().to_owned()),
+        run_id: Set(None),
+        done_at: Set(None),
+    }
 }
 
 async fn event_exists(db: &Db, syncer: &str, event_id: &str) -> Result<bool, DbError> {

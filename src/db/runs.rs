@@ -294,6 +294,29 @@ pub async fn event_removals_since_full_run(db: &Db, syncer: &str) -> Result<u64,
     Ok(removals)
 }
 
+/// When the newest full run of `syncer` that wrote Casdoor started: the newest that succeeded,
+/// else the newest partial one (among its last 1,000 runs); `None` when there is neither. A
+/// leaver gone before that start was found by that run, so a catch-up looks from there.
+pub async fn last_full_run_started(
+    db: &Db,
+    syncer: &str,
+) -> Result<Option<DateTime<Utc>>, DbError> {
+    let filter = RunFilter {
+        syncer: Some(syncer.to_owned()),
+        limit: 1_000,
+        ..RunFilter::default()
+    };
+    let runs = list_runs(db, &filter).await?;
+    let full = |status: RunStatus| {
+        runs.iter()
+            .find(|r| {
+                r.trigger != RunTrigger::Event && r.mode == RunMode::Apply && r.status == status
+            })
+            .map(|r| r.started_at)
+    };
+    Ok(full(RunStatus::Succeeded).or_else(|| full(RunStatus::Partial)))
+}
+
 /// Which `running` rows [`mark_interrupted`] closes. Unset fields match every row.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StaleRunFilter {

@@ -9,7 +9,9 @@
 //! [`TableNames`]; sea-orm entity queries go through [`TableNames::at`].
 
 use sea_orm::sea_query::{Alias, IntoTableRef, TableRef};
-use sea_orm::{ActiveModelTrait, DeleteMany, EntityTrait, Insert, QueryTrait, Select, UpdateMany};
+use sea_orm::{
+    ActiveModelTrait, DeleteMany, EntityTrait, Insert, InsertMany, QueryTrait, Select, UpdateMany,
+};
 
 use super::entities::{
     casbin_user_rule, group, syncer, syncer_change, syncer_event, syncer_lease, syncer_link,
@@ -191,6 +193,17 @@ impl<E: EntityTrait + StoredIn> OnTable for DeleteMany<E> {
 }
 
 impl<A> OnTable for Insert<A>
+where
+    A: ActiveModelTrait,
+    A::Entity: StoredIn,
+{
+    fn on_table(mut self, tables: &TableNames) -> Self {
+        QueryTrait::query(&mut self).into_table(tables.iden(<A::Entity as StoredIn>::TABLE));
+        self
+    }
+}
+
+impl<A> OnTable for InsertMany<A>
 where
     A: ActiveModelTrait,
     A::Entity: StoredIn,

@@ -4,9 +4,11 @@
 //! one rate limiter per API and one IP-ban pause gate. Create one per process and clone it into
 //! every task, so that every call made with an App Key shares them.
 //!
-//! Secrets: the App Secret and the access token travel in query strings. No URL is ever logged;
-//! transport errors are stripped of their URL and every server or library text is scrubbed of
-//! the secret values before it is logged or stored in an error.
+//! Secrets: the App Secret and the access token travel in query strings (the old API family)
+//! or, for the new family, the token in the `x-acs-dingtalk-access-token` header, marked
+//! sensitive. No URL or header is ever logged; transport errors are stripped of their URL and
+//! every server or library text is scrubbed of the secret values before it is logged or stored
+//! in an error.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -20,7 +22,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::endpoint::{Call, Endpoint};
-use super::error::{DingTalkError, Disposition, Failure, classify, effective_code};
+use super::error::{DingTalkError, Disposition, Failure, classify, classify_open, effective_code};
 use super::limiter::{Backoff, PauseGate, RateLimiter};
 use super::rng::SplitMix64;
 use super::types::{
@@ -39,12 +41,20 @@ const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(7200);
 const MAX_TOKEN_REFRESHES: u32 = 3;
 /// Server text kept in an error message, at most.
 const MAX_SERVER_TEXT: usize = 300;
+/// Pages of leave records one listing reads by default (50 records a page).
+pub const DEFAULT_MAX_LEAVE_RECORD_PAGES: u64 = 200;
+/// The header of the new API family that carries the access token.
+const OPEN_API_TOKEN_HEADER: &str = "x-acs-dingtalk-access-token";
 
 /// How the client talks to DingTalk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientConfig {
     /// Base URL of the old ("oapi") API family, e.g. `https://oapi.dingtalk.com`.
     pub api_base: String,
+    /// Base URL of the new API family, e.g. `https://api.dingtalk.com` (the leave records).
+    pub open_api_base: String,
+    /// Pages of leave records one listing reads at most; a longer one fails.
+    pub max_leave_record_pages: u64,
     /// Calls per second per API per App Key.
     pub qps_per_api: u32,
     /// Requests in flight at once per fetch.
@@ -79,6 +89,8 @@ impl From<&DingTalkSettings> for ClientConfig {
     fn from(s: &DingTalkSettings) -> Self {
         Self {
             api_base: s.api_base.clone(),
+            open_api_base: s.open_api_base.clone(),
+            max_leave_record_pages: DEFAULT_MAX_LEAVE_RECORD_PAGES,
             qps_per_api: s.qps_per_api,
             max_concurrency: s.max_concurrency,
             request_timeout: s.request_timeout,
@@ -103,6 +115,18 @@ impl ClientConfig {
                 "dingtalk.api_base `{}` must start with http:// or https://",
                 redact_text(base)
             )));
+        }
+        let open = self.open_api_base.trim();
+        if !(open.starts_with("http://") || open.starts_with("https://")) {
+            return Err(DingTalkError::Config(format!(
+                "dingtalk.open_api_base `{}` must start with http:// or https://",
+                redact_text(open)
+            )));
+        }
+        if self.max_leave_record_pages == 0 {
+            return Err(DingTalkError::Config(
+                "the leave records' page limit must be at least 1".into(),
+            ));
         }
         if self.qps_per_api == 0 {
             return Err(DingTalkError::Config(
@@ -153,6 +177,7 @@ pub struct Client {
 struct Inner {
     config: ClientConfig,
     base: String,
+    open_base: String,
     http: reqwest::Client,
     apps: Mutex<HashMap<String, Arc<AppState>>>,
 }
@@ -309,10 +334,12 @@ impl Client {
                 ))
             })?;
         let base = config.api_base.trim().trim_end_matches('/').to_owned();
+        let open_base = config.open_api_base.trim().trim_end_matches('/').to_owned();
         Ok(Client {
             inner: Arc::new(Inner {
                 config,
                 base,
+                open_base,
                 http,
                 apps: Mutex::new(HashMap::new()),
             }),
@@ -504,7 +531,12 @@ impl Client {
                 Attempted::Answer(answer) => {
                     ctx.app.note_accepted(&token);
                     let secrets = [ctx.creds.app_secret.expose(), token.expose()];
-                    return decode_result(answer, &secrets).map_err(|failure| {
+                    let decoded = if call.endpoint.is_open_api() {
+                        decode_body(answer, &secrets)
+                    } else {
+                        decode_result(answer, &secrets)
+                    };
+                    return decoded.map_err(|failure| {
                         ctx.stats.record_failure(call.endpoint, &failure);
                         self.error_of(ctx, call, failure, 1)
                     });
@@ -636,6 +668,8 @@ impl Client {
         }
     }
 
+    /// The request of one attempt. `body` is the JSON body of a `/topapi` call; for a GET of
+    /// the new API family its string members are the query parameters.
     fn build_request(
         &self,
         ctx: &CallCtx<'_>,
@@ -643,6 +677,30 @@ impl Client {
         token: Option<&Secret>,
         body: Option<&Value>,
     ) -> reqwest::RequestBuilder {
+        if endpoint.is_open_api() {
+            let url = format!("{}{}", self.inner.open_base, endpoint.path());
+            let query: Vec<(&str, &str)> = body
+                .and_then(Value::as_object)
+                .map(|params| {
+                    params
+                        .iter()
+                        .filter_map(|(k, v)| v.as_str().map(|v| (k.as_str(), v)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            // A token that is not a valid header value goes as an empty one: DingTalk rejects
+            // it like any bad token, and no library error quotes the value.
+            let mut value = token
+                .and_then(|t| reqwest::header::HeaderValue::from_str(t.expose()).ok())
+                .unwrap_or_else(|| reqwest::header::HeaderValue::from_static(""));
+            value.set_sensitive(true);
+            return self
+                .inner
+                .http
+                .get(url)
+                .query(&query)
+                .header(OPEN_API_TOKEN_HEADER, value);
+        }
         let url = format!("{}{}", self.inner.base, endpoint.path());
         match endpoint {
             Endpoint::GetToken => self.inner.http.get(url).query(&[
@@ -767,6 +825,17 @@ fn scrub_failure(failure: Failure, secrets: &[&str]) -> Failure {
             code,
             errmsg: scrub(&errmsg, secrets),
         },
+        Failure::Open {
+            class,
+            status,
+            code,
+            message,
+        } => Failure::Open {
+            class,
+            status,
+            code: scrub(&code, secrets),
+            message: scrub(&message, secrets),
+        },
         Failure::Transport(detail) => Failure::Transport(scrub(&detail, secrets)),
         Failure::Malformed(detail) => Failure::Malformed(scrub(&detail, secrets)),
         other => other,
@@ -808,6 +877,9 @@ pub(crate) fn decode_answer(
     content_type: Option<&str>,
     body: &[u8],
 ) -> Result<Value, Failure> {
+    if endpoint.is_open_api() {
+        return decode_open_answer(status, content_type, body);
+    }
     let success_status = (200..300).contains(&status);
     let parsed: Result<Value, _> = serde_json::from_slice(body);
     let value = match parsed {
@@ -866,6 +938,63 @@ pub(crate) fn decode_answer(
         code,
         errmsg,
     })
+}
+
+/// Decodes an answer of the new API family (`api.dingtalk.com/v1.0`): a 2xx JSON object is the
+/// answer itself; an error is a non-2xx status whose JSON object carries a text `code` and a
+/// `message`. Total: never panics, whatever the bytes.
+pub(crate) fn decode_open_answer(
+    status: u16,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<Value, Failure> {
+    let success_status = (200..300).contains(&status);
+    let object = match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(object)) => object,
+        Ok(_) if success_status => {
+            return Err(Failure::Malformed(
+                "the answer is JSON but not an object".to_owned(),
+            ));
+        }
+        Err(e) if success_status && !looks_like_html(content_type, body) => {
+            return Err(Failure::Malformed(format!(
+                "not JSON ({} bytes, {})",
+                body.len(),
+                json_error_kind(&e)
+            )));
+        }
+        _ if status >= 500 => return Err(Failure::ServerStatus(status)),
+        Err(_) if looks_like_html(content_type, body) => return Err(Failure::IpBan),
+        _ => return Err(Failure::OtherStatus(status)),
+    };
+    if as_code(object.get("status")) == Some(1111) && object.get("code").is_none() {
+        return Err(Failure::IpBan);
+    }
+    if status >= 500 {
+        return Err(Failure::ServerStatus(status));
+    }
+    if success_status {
+        return Ok(Value::Object(object));
+    }
+    match as_text(object.get("code")) {
+        Some(code) => Err(Failure::Open {
+            class: classify_open(status, &code),
+            status,
+            message: as_text(object.get("message")).unwrap_or_default(),
+            code,
+        }),
+        None => Err(Failure::OtherStatus(status)),
+    }
+}
+
+/// Decodes a whole successful new-API answer into `T` (there is no `result` envelope); a
+/// mistyped answer is a malformed one, its text scrubbed of `secrets`. Total: never panics.
+pub(crate) fn decode_body<T: DeserializeOwned>(
+    answer: Value,
+    secrets: &[&str],
+) -> Result<T, Failure> {
+    serde_json::from_value(answer)
+        .map_err(|e| Failure::Malformed(scrub(&format!("unexpected answer: {e}"), secrets)))
 }
 
 /// Decodes the `result` of a successful answer into `T`; a missing or mistyped `result` is a
@@ -981,6 +1110,62 @@ mod tests {
         ));
         assert_eq!(decode(404, "not found"), Err(Failure::OtherStatus(404)));
         assert_eq!(decode(429, "slow down"), Err(Failure::OtherStatus(429)));
+    }
+
+    #[test]
+    fn new_api_answers_are_the_answer_itself_or_a_status_with_a_text_code() {
+        let decode = |status: u16, body: &str| {
+            decode_answer(Endpoint::LeaveRecords, status, None, body.as_bytes())
+        };
+        let page = decode(200, r#"{"nextToken":"50","records":[]}"#);
+        assert_eq!(
+            page.map(|v| v["nextToken"].clone()),
+            Ok(Value::from("50")),
+            "no errcode needed"
+        );
+        assert_eq!(
+            decode(
+                403,
+                r#"{"code":"Forbidden.AccessDenied.AccessTokenPermissionDenied","message":"无权限","requestid":"x"}"#
+            ),
+            Err(Failure::Open {
+                class: CodeClass::MissingPermission,
+                status: 403,
+                code: "Forbidden.AccessDenied.AccessTokenPermissionDenied".into(),
+                message: "无权限".into(),
+            })
+        );
+        assert!(matches!(
+            decode(
+                400,
+                r#"{"code":"InvalidAuthentication","message":"不合法的access_token"}"#
+            ),
+            Err(Failure::Open {
+                class: CodeClass::InvalidToken,
+                ..
+            })
+        ));
+        assert_eq!(
+            decode(503, r#"{"code":"ServiceUnavailable"}"#),
+            Err(Failure::ServerStatus(503))
+        );
+        assert_eq!(decode(404, "not here"), Err(Failure::OtherStatus(404)));
+        assert_eq!(
+            decode(400, r#"{"message":"no code"}"#),
+            Err(Failure::OtherStatus(400))
+        );
+        assert_eq!(decode(403, "<html>denied</html>"), Err(Failure::IpBan));
+        assert!(matches!(decode(200, "[]"), Err(Failure::Malformed(_))));
+        assert!(matches!(
+            decode(200, r#"{"records":"#),
+            Err(Failure::Malformed(_))
+        ));
+        let mistyped: Result<Vec<String>, _> =
+            decode_body(serde_json::json!({"x": "tok-SECRET-9"}), &["tok-SECRET-9"]);
+        assert!(
+            matches!(&mistyped, Err(Failure::Malformed(text)) if !text.contains("tok-SECRET-9")),
+            "{mistyped:?}"
+        );
     }
 
     #[test]

@@ -24,6 +24,30 @@ pub fn effective_code(errcode: i64, sub_code: Option<&str>) -> i64 {
     errcode
 }
 
+/// The class of a new-API error answer (`api.dingtalk.com/v1.0`: an HTTP status with
+/// `{"code": "...", "message": "..."}`), by its text code first and its status second.
+pub fn classify_open(status: u16, code: &str) -> CodeClass {
+    let has = |part: &str| {
+        code.to_ascii_lowercase()
+            .contains(&part.to_ascii_lowercase())
+    };
+    if has("InvalidAuthentication") {
+        CodeClass::InvalidToken
+    } else if has("IpNotInWhiteList") {
+        CodeClass::IpNotWhitelisted
+    } else if status == 429 || has("Throttling") || has("QpsLimit") || has("RateLimit") {
+        CodeClass::Throttled
+    } else if has("SystemBusy") || has("ServiceUnavailable") {
+        CodeClass::Busy
+    } else if matches!(status, 401 | 403) {
+        // `Forbidden.AccessDenied.AccessTokenPermissionDenied` and its kin: the app lacks
+        // the endpoint's scope.
+        CodeClass::MissingPermission
+    } else {
+        CodeClass::Unexpected
+    }
+}
+
 /// What an answer code means for the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CodeClass {
@@ -222,7 +246,8 @@ pub enum DingTalkError {
 
     #[error(
         "{call}: no answer within {timeout_secs} s, {attempts} attempts. Check the network path to \
-         `dingtalk.api_base` or raise `dingtalk.request_timeout`."
+         `{}` or raise `dingtalk.request_timeout`.",
+        base_setting(.call)
     )]
     Timeout {
         call: Call,
@@ -232,7 +257,8 @@ pub enum DingTalkError {
 
     #[error(
         "{call}: could not reach DingTalk, {attempts} attempts: {detail}. Check DNS, proxy and \
-         firewall for `dingtalk.api_base`."
+         firewall for `{}`.",
+        base_setting(.call)
     )]
     Transport {
         call: Call,
@@ -248,10 +274,31 @@ pub enum DingTalkError {
     },
 
     #[error(
-        "{call}: HTTP {status} from DingTalk. Check that `dingtalk.api_base` points at DingTalk's \
-         old API family (https://oapi.dingtalk.com)."
+        "{call}: HTTP {status} from DingTalk. Check that `{}` points at DingTalk's {}.",
+        base_setting(.call),
+        api_family(.call)
     )]
     HttpStatus { call: Call, status: u16 },
+
+    #[error(
+        "{call}: DingTalk answered HTTP {status} `{code}`: {message}. {}",
+        open_api_advice(.class, .call, .attempts)
+    )]
+    OpenApi {
+        call: Call,
+        status: u16,
+        /// DingTalk's text code, e.g. `Forbidden.AccessDenied.AccessTokenPermissionDenied`.
+        code: String,
+        message: String,
+        class: CodeClass,
+        attempts: u32,
+    },
+
+    #[error(
+        "{call}: DingTalk listed more than {pages} pages of leave records; the listing stopped \
+         there (the stream catches up with a full run instead)."
+    )]
+    TooManyPages { call: Call, pages: u64 },
 
     #[error(
         "{call}: DingTalk refused the call (errcode {code}: {errmsg}). This answer is not expected \
@@ -265,9 +312,10 @@ pub enum DingTalkError {
 
     #[error(
         "{call}: DingTalk's answer is larger than {limit_bytes} bytes (`dingtalk.max_response_bytes`); \
-         it was not read to the end and the run stops. Check that `dingtalk.api_base` points at \
-         DingTalk (https://oapi.dingtalk.com) without a proxy that rewrites answers; raise the \
-         setting only if a real answer is that large."
+         it was not read to the end and the run stops. Check that `{}` points at DingTalk \
+         without a proxy that rewrites answers; raise the setting only if a real answer is that \
+         large.",
+        base_setting(.call)
     )]
     ResponseTooLarge { call: Call, limit_bytes: u64 },
 
@@ -290,6 +338,57 @@ pub enum DingTalkError {
     Config(String),
 }
 
+/// The setting naming the base URL a call went to.
+fn base_setting(call: &Call) -> &'static str {
+    if call.endpoint.is_open_api() {
+        "dingtalk.open_api_base"
+    } else {
+        "dingtalk.api_base"
+    }
+}
+
+/// The API family a call belongs to, with its public base URL.
+fn api_family(call: &Call) -> &'static str {
+    if call.endpoint.is_open_api() {
+        "new API family (https://api.dingtalk.com)"
+    } else {
+        "old API family (https://oapi.dingtalk.com)"
+    }
+}
+
+/// What an operator does about a new-API error answer of `class`.
+fn open_api_advice(class: &CodeClass, call: &Call, attempts: &u32) -> String {
+    match class {
+        CodeClass::MissingPermission => match call.endpoint.permission() {
+            Some(permission) => format!(
+                "The app lacks the permission point {permission}: grant it under 权限管理 in the \
+                 DingTalk developer console, then publish the app again."
+            ),
+            None => "The app may lack this API's permission point (权限管理 in the DingTalk \
+                     developer console)."
+                .to_owned(),
+        },
+        CodeClass::IpNotWhitelisted => {
+            "Add this host's public egress IP under 开发配置 → 安全设置 \
+                                        → 服务器出口IP in the DingTalk developer console."
+                .to_owned()
+        }
+        CodeClass::InvalidToken => "DingTalk rejected a freshly fetched access token as well; the \
+                                    app may be disabled or its secret rotated."
+            .to_owned(),
+        CodeClass::Throttled => format!(
+            "DingTalk kept throttling the app for {attempts} attempts; lower \
+             `dingtalk.qps_per_api`, or find the other program using this App Key."
+        ),
+        CodeClass::Busy => format!("DingTalk stayed busy for {attempts} attempts."),
+        _ => format!(
+            "This answer is not expected; check that `{}` points at DingTalk \
+             (https://api.dingtalk.com).",
+            base_setting(call)
+        ),
+    }
+}
+
 impl DingTalkError {
     /// True when the same call could succeed later without anyone changing anything
     /// (throttling, busy, 5xx, timeouts, transport errors, garbled answers, IP ban). The client
@@ -304,6 +403,12 @@ impl DingTalkError {
                 | DingTalkError::Timeout { .. }
                 | DingTalkError::Transport { .. }
                 | DingTalkError::Malformed { .. }
+        ) || matches!(
+            self,
+            DingTalkError::OpenApi {
+                class: CodeClass::Busy | CodeClass::Throttled,
+                ..
+            }
         )
     }
 
@@ -334,6 +439,8 @@ impl DingTalkError {
             | DingTalkError::Malformed { call, .. }
             | DingTalkError::HttpStatus { call, .. }
             | DingTalkError::Api { call, .. }
+            | DingTalkError::OpenApi { call, .. }
+            | DingTalkError::TooManyPages { call, .. }
             | DingTalkError::ResponseTooLarge { call, .. } => Some(*call),
             DingTalkError::FetchTimeout { .. }
             | DingTalkError::TooManyDepartments { .. }
@@ -358,10 +465,15 @@ impl DingTalkError {
         }
     }
 
-    /// The missing permission point, for 60011.
+    /// The missing permission point, for 60011 (and the new API's permission refusals).
     pub fn permission(&self) -> Option<Permission> {
         match self {
             DingTalkError::MissingPermission { permission, .. } => Some(*permission),
+            DingTalkError::OpenApi {
+                class: CodeClass::MissingPermission,
+                call,
+                ..
+            } => call.endpoint.permission(),
             _ => None,
         }
     }
@@ -375,6 +487,13 @@ pub(crate) enum Failure {
         class: CodeClass,
         code: i64,
         errmsg: String,
+    },
+    /// A new-API JSON error answer: a non-2xx status below 500 with a text `code`.
+    Open {
+        class: CodeClass,
+        status: u16,
+        code: String,
+        message: String,
     },
     /// HTTP 5xx (any body).
     ServerStatus(u16),
@@ -395,7 +514,7 @@ pub(crate) enum Failure {
 impl Failure {
     pub(crate) fn disposition(&self) -> Disposition {
         match self {
-            Failure::Code { class, .. } => class.disposition(),
+            Failure::Code { class, .. } | Failure::Open { class, .. } => class.disposition(),
             Failure::ServerStatus(_)
             | Failure::IpBan
             | Failure::Timeout
@@ -413,6 +532,9 @@ impl Failure {
             Failure::Code {
                 class: CodeClass::Throttled,
                 ..
+            } | Failure::Open {
+                class: CodeClass::Throttled,
+                ..
             } | Failure::OtherStatus(429)
         )
     }
@@ -421,6 +543,7 @@ impl Failure {
     pub(crate) fn label(&self) -> String {
         match self {
             Failure::Code { code, .. } => format!("errcode {code}"),
+            Failure::Open { status, .. } => format!("http {status}"),
             Failure::ServerStatus(s) | Failure::OtherStatus(s) => format!("http {s}"),
             Failure::IpBan => "ip ban".to_owned(),
             Failure::Timeout => "timeout".to_owned(),
@@ -493,6 +616,19 @@ impl Failure {
                 CodeClass::Success | CodeClass::Unexpected => {
                     DingTalkError::Api { call, code, errmsg }
                 }
+            },
+            Failure::Open {
+                class,
+                status,
+                code,
+                message,
+            } => DingTalkError::OpenApi {
+                call,
+                status,
+                code,
+                message,
+                class,
+                attempts,
             },
             Failure::ServerStatus(status) => DingTalkError::Server {
                 call,
@@ -618,6 +754,99 @@ mod tests {
             Disposition::FailRun
         );
         assert!(Failure::OtherStatus(429).is_throttle());
+    }
+
+    #[test]
+    fn new_api_errors_are_classified_by_their_code_then_their_status() {
+        use CodeClass::*;
+        for (status, code, class) in [
+            (400, "InvalidAuthentication", InvalidToken),
+            (401, "InvalidAuthentication", InvalidToken),
+            (
+                403,
+                "Forbidden.AccessDenied.AccessTokenPermissionDenied",
+                MissingPermission,
+            ),
+            (401, "Unauthorized", MissingPermission),
+            (
+                403,
+                "Forbidden.AccessDenied.IpNotInWhiteList",
+                IpNotWhitelisted,
+            ),
+            (
+                403,
+                "Forbidden.AccessDenied.QpsLimitForAppkeyAndApi",
+                Throttled,
+            ),
+            (429, "anything", Throttled),
+            (400, "Throttling.Api", Throttled),
+            (400, "SystemBusy", Busy),
+            (400, "InvalidParameter", Unexpected),
+            (404, "NotFound", Unexpected),
+        ] {
+            assert_eq!(classify_open(status, code), class, "{status} {code}");
+        }
+    }
+
+    #[test]
+    fn a_missing_leave_records_scope_says_which_and_where_to_grant_it() {
+        let call = Call::new(Endpoint::LeaveRecords);
+        let denied = Failure::Open {
+            class: CodeClass::MissingPermission,
+            status: 403,
+            code: "Forbidden.AccessDenied.AccessTokenPermissionDenied".into(),
+            message: "没有调用该接口的权限".into(),
+        };
+        let e = denied.into_error(
+            call,
+            "k",
+            1,
+            Duration::from_secs(30),
+            Duration::from_secs(300),
+        );
+        let text = e.to_string();
+        for part in [
+            "GET /v1.0/contact/empLeaveRecords",
+            "HTTP 403",
+            "AccessTokenPermissionDenied",
+            "Contact.Common.Read",
+            "权限管理",
+        ] {
+            assert!(text.contains(part), "{part}: {text}");
+        }
+        assert_eq!(e.permission(), Some(Permission::LEAVE_RECORDS));
+        assert!(!e.is_retryable());
+        let throttled = Failure::Open {
+            class: CodeClass::Throttled,
+            status: 403,
+            code: "Forbidden.AccessDenied.QpsLimitForAppkeyAndApi".into(),
+            message: String::new(),
+        }
+        .into_error(call, "k", 4, Duration::from_secs(30), Duration::ZERO);
+        assert!(throttled.is_retryable());
+        assert!(throttled.to_string().contains("4 attempts"), "{throttled}");
+        let unreachable = Failure::Transport("refused".into()).into_error(
+            call,
+            "k",
+            2,
+            Duration::from_secs(30),
+            Duration::ZERO,
+        );
+        assert!(
+            unreachable.to_string().contains("dingtalk.open_api_base"),
+            "{unreachable}"
+        );
+        let topapi = Failure::OtherStatus(404).into_error(
+            Call::new(Endpoint::UserGet),
+            "k",
+            1,
+            Duration::from_secs(30),
+            Duration::ZERO,
+        );
+        assert!(
+            topapi.to_string().contains("`dingtalk.api_base`"),
+            "{topapi}"
+        );
     }
 
     fn err(f: Failure, endpoint: Endpoint) -> DingTalkError {

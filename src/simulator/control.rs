@@ -7,7 +7,8 @@
 //! | `GET /_sim/org` | | the whole organization ([`OrgSnapshot`]) |
 //! | `POST /_sim/users` | [`SimUser`] | add a user → `{"userid": ...}` |
 //! | `PATCH /_sim/users/{userid}` | [`UserPatch`] | change a user |
-//! | `DELETE /_sim/users/{userid}` | | remove a user |
+//! | `DELETE /_sim/users/{userid}` | | remove a user (and record a leave dated now) |
+//! | `GET`, `POST /_sim/leave-records` | [`SimLeaveRecord`] | list / add leave records (`empLeaveRecords`) |
 //! | `POST /_sim/departments` | `{"name": ..., "parent_id": ...}` | add → `{"dept_id": ...}` |
 //! | `PATCH /_sim/departments/{id}` | `{"name"?: ..., "parent_id"?: ...}` | rename and/or move |
 //! | `DELETE /_sim/departments/{id}` | | remove (must have no sub-departments) |
@@ -20,6 +21,7 @@
 //! | `POST /_sim/stream/duplicate` | | deliver the last acknowledged event again → `{"event_id": ...}` |
 //! | `POST /_sim/stream/raw` | `{"text": ...}` | send a frame as it is |
 //! | `POST /_sim/stream/tickets/expire` | `{"count": 1}` | issue the next N tickets already expired |
+//! | `POST /_sim/stream/pending/drop` | | forget the events not yet acknowledged → `{"dropped": n}` |
 //!
 //! Organization changes also become Stream events (see [`super::stream`]).
 //!
@@ -28,6 +30,7 @@
 //! [`SimStats`]: super::SimStats
 //! [`OrgSnapshot`]: super::OrgSnapshot
 //! [`SimStreamStats`]: super::SimStreamStats
+//! [`SimLeaveRecord`]: super::SimLeaveRecord
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,7 +44,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::server::Shared;
-use super::{BanStyle, Faults, SimUser, SimulatorError, UserPatch};
+use super::{BanStyle, Faults, SimLeaveRecord, SimUser, SimulatorError, UserPatch};
 
 impl IntoResponse for SimulatorError {
     fn into_response(self) -> Response {
@@ -105,6 +108,7 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
             "/_sim/users/{userid}",
             patch(update_user).delete(remove_user),
         )
+        .route("/_sim/leave-records", get(leave_records).post(record_leave))
         .route("/_sim/departments", post(add_department))
         .route(
             "/_sim/departments/{dept_id}",
@@ -152,6 +156,18 @@ async fn remove_user(State(s): State<Arc<Shared>>, Path(userid): Path<String>) -
         Ok(()) => Json(json!({"ok": true})).into_response(),
         Err(e) => e.into_response(),
     }
+}
+
+async fn leave_records(State(s): State<Arc<Shared>>) -> Response {
+    Json(s.lock().org.leave_records()).into_response()
+}
+
+async fn record_leave(
+    State(s): State<Arc<Shared>>,
+    Json(record): Json<SimLeaveRecord>,
+) -> Response {
+    s.lock().org.record_leave(record);
+    (StatusCode::CREATED, Json(json!({"ok": true}))).into_response()
 }
 
 async fn add_department(State(s): State<Arc<Shared>>, Json(new): Json<NewDepartment>) -> Response {

@@ -14,6 +14,7 @@
 
 pub mod cli;
 pub mod control;
+mod leave;
 pub mod org;
 pub mod server;
 pub mod stream;
@@ -27,7 +28,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use cli::{SimulateArgs, run_simulate};
-pub use org::{OrgSnapshot, SimDepartment, SimUser, UserPatch};
+pub use org::{OrgSnapshot, SimDepartment, SimLeaveRecord, SimUser, UserPatch};
 pub use server::{SimEndpointStats, SimStats};
 pub use stream::SimStreamStats;
 
@@ -132,6 +133,7 @@ impl SimulatorConfig {
             bad_gateway_every: self.bad_gateway_every,
             malformed_every: self.malformed_every,
             throttle_every: self.throttle_every,
+            leave_records_denied: false,
         }
     }
 
@@ -176,6 +178,9 @@ pub struct Faults {
     pub bad_gateway_every: Option<u64>,
     pub malformed_every: Option<u64>,
     pub throttle_every: Option<u64>,
+    /// Answer `empLeaveRecords` with DingTalk's 403 for an app without the
+    /// `Contact.Common.Read` scope.
+    pub leave_records_denied: bool,
 }
 
 impl Faults {
@@ -379,9 +384,20 @@ impl SimulatorHandle {
         self.shared.lock().update_user(userid, patch)
     }
 
-    /// Removes a user, as when someone leaves the organization.
+    /// Removes a user, as when someone leaves the organization (a `user_leave_org` event and a
+    /// leave record dated now).
     pub fn remove_user(&self, userid: &str) -> Result<(), SimulatorError> {
         self.shared.lock().remove_user(userid)
+    }
+
+    /// Adds a leave record (say, of someone who left long ago), without changing the users.
+    pub fn record_leave(&self, record: SimLeaveRecord) {
+        self.shared.lock().org.record_leave(record);
+    }
+
+    /// Every leave record, oldest first.
+    pub fn leave_records(&self) -> Vec<SimLeaveRecord> {
+        self.shared.lock().org.leave_records()
     }
 
     /// Adds a department under `parent_id`; returns its id.

@@ -2,7 +2,7 @@
 //!
 //! Pure data, no I/O: the server and the control API lock it and call these methods.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +27,30 @@ pub struct SimUser {
     #[serde(default)]
     pub leader_in: BTreeSet<i64>,
 }
+
+/// A departure as DingTalk's leave records (`empLeaveRecords`) list it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SimLeaveRecord {
+    pub userid: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub mobile: Option<String>,
+    #[serde(default)]
+    pub state_code: Option<String>,
+    /// When the user left, epoch milliseconds.
+    pub leave_time_ms: i64,
+    /// `oapi`, `cancel`, `leave`, `unknown` or `delete`.
+    #[serde(default = "default_leave_reason")]
+    pub reason: String,
+}
+
+fn default_leave_reason() -> String {
+    "leave".to_owned()
+}
+
+/// Leave records kept at most; the oldest are dropped beyond it.
+const MAX_LEAVE_RECORDS: usize = 100_000;
 
 /// A copy of the whole organization, for tests and the control API.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,6 +134,8 @@ pub struct Org {
     next_user_no: u64,
     /// Userids removed (people who left): `user/get` answers 60121 for them.
     left: BTreeSet<String>,
+    /// The leave records, oldest first.
+    leave_records: VecDeque<SimLeaveRecord>,
     /// Whether root's `listsub` also shows the family-school directory (id -1).
     pub family_school: bool,
 }
@@ -193,6 +219,7 @@ impl Org {
             next_dept_id: 0,
             next_user_no: 0,
             left: BTreeSet::new(),
+            leave_records: VecDeque::new(),
             family_school: false,
         };
         org.insert_department(SimDepartment {
@@ -369,6 +396,30 @@ impl Org {
     /// Whether `userid` was in the organization and was removed (and not added back).
     pub fn has_left(&self, userid: &str) -> bool {
         self.left.contains(userid)
+    }
+
+    /// Adds a leave record, in time order (the oldest is dropped beyond [`MAX_LEAVE_RECORDS`]).
+    pub fn record_leave(&mut self, record: SimLeaveRecord) {
+        let at = self
+            .leave_records
+            .partition_point(|r| r.leave_time_ms <= record.leave_time_ms);
+        self.leave_records.insert(at, record);
+        while self.leave_records.len() > MAX_LEAVE_RECORDS {
+            self.leave_records.pop_front();
+        }
+    }
+
+    /// The leave records from `from_ms` to `to_ms` (both included), oldest first.
+    pub fn leave_records_between(&self, from_ms: i64, to_ms: i64) -> Vec<&SimLeaveRecord> {
+        self.leave_records
+            .iter()
+            .filter(|r| (from_ms..=to_ms).contains(&r.leave_time_ms))
+            .collect()
+    }
+
+    /// Every leave record, oldest first.
+    pub fn leave_records(&self) -> Vec<SimLeaveRecord> {
+        self.leave_records.iter().cloned().collect()
     }
 
     pub fn user_count(&self, only_active: bool) -> usize {

@@ -231,11 +231,11 @@ impl SimState {
         self.arrivals.clear();
     }
 
-    fn request_id(&mut self) -> String {
+    pub(super) fn request_id(&mut self) -> String {
         format!("{:016x}", self.rng.next_u64())
     }
 
-    fn count(&mut self, endpoint: Endpoint, f: impl FnOnce(&mut SimEndpointStats)) {
+    pub(super) fn count(&mut self, endpoint: Endpoint, f: impl FnOnce(&mut SimEndpointStats)) {
         f(self
             .stats
             .endpoints
@@ -243,7 +243,7 @@ impl SimState {
             .or_default());
     }
 
-    fn arrive(&mut self, endpoint: Endpoint, now: Instant) {
+    pub(super) fn arrive(&mut self, endpoint: Endpoint, now: Instant) {
         let window = self.arrivals.entry(endpoint).or_default();
         window.push_back(now);
         while window.front().is_some_and(|t| *t + WINDOW <= now) {
@@ -293,7 +293,7 @@ impl SimState {
     }
 }
 
-fn json_response(status: StatusCode, body: &Value) -> Response {
+pub(super) fn json_response(status: StatusCode, body: &Value) -> Response {
     (
         status,
         [(header::CONTENT_TYPE, "application/json;charset=UTF-8")],
@@ -374,7 +374,11 @@ fn malformed() -> Response {
 }
 
 /// Faults that hit any request before it is looked at: IP ban, 502, garbled body.
-fn transport_faults(state: &mut SimState, endpoint: Endpoint, now: Instant) -> Option<Response> {
+pub(super) fn transport_faults(
+    state: &mut SimState,
+    endpoint: Endpoint,
+    now: Instant,
+) -> Option<Response> {
     if let Some(style) = state.banned(now) {
         state.count(endpoint, |s| s.ip_banned += 1);
         return Some(ban_response(style));
@@ -390,37 +394,106 @@ fn transport_faults(state: &mut SimState, endpoint: Endpoint, now: Instant) -> O
     None
 }
 
-/// The QPS window and the injected busy and throttling answers.
+/// A flow-control answer that is due; each API family words it its own way.
+pub(super) enum FlowFault {
+    /// The QPS window of the App Key and API is full (the limit).
+    Qps(u32),
+    Busy,
+    Throttle,
+}
+
+/// The QPS window and the injected busy and throttling answers (counted here).
+pub(super) fn flow_fault(
+    state: &mut SimState,
+    app_key: &str,
+    endpoint: Endpoint,
+    now: Instant,
+) -> Option<FlowFault> {
+    if !state.admit(app_key, endpoint, now) {
+        state.count(endpoint, |s| s.qps_rejected += 1);
+        return Some(FlowFault::Qps(state.faults.qps.unwrap_or_default()));
+    }
+    if state.dice.roll(FaultKind::Busy, &state.faults) {
+        state.count(endpoint, |s| s.injected_busy += 1);
+        return Some(FlowFault::Busy);
+    }
+    if state.dice.roll(FaultKind::Throttle, &state.faults) {
+        state.count(endpoint, |s| s.injected_throttle += 1);
+        return Some(FlowFault::Throttle);
+    }
+    None
+}
+
+/// [`flow_fault`] as the old API family answers it.
 fn flow_faults(
     state: &mut SimState,
     app_key: &str,
     endpoint: Endpoint,
     now: Instant,
 ) -> Option<Response> {
-    if !state.admit(app_key, endpoint, now) {
-        state.count(endpoint, |s| s.qps_rejected += 1);
-        let qps = state.faults.qps.unwrap_or_default();
-        return Some(platform_error(
+    Some(match flow_fault(state, app_key, endpoint, now)? {
+        FlowFault::Qps(qps) => platform_error(
             state,
             endpoint,
             90018,
             &format!("触发了qps流控，当前应用调用该接口1秒内请求总次数超过 {qps} 次"),
-        ));
-    }
-    if state.dice.roll(FaultKind::Busy, &state.faults) {
-        state.count(endpoint, |s| s.injected_busy += 1);
-        return Some(business_error(state, -1, "系统繁忙"));
-    }
-    if state.dice.roll(FaultKind::Throttle, &state.faults) {
-        state.count(endpoint, |s| s.injected_throttle += 1);
-        return Some(platform_error(
+        ),
+        FlowFault::Busy => business_error(state, -1, "系统繁忙"),
+        FlowFault::Throttle => platform_error(
             state,
             endpoint,
             90018,
             "触发了qps流控，当前应用调用该接口1秒内请求总次数超过限制",
-        ));
+        ),
+    })
+}
+
+/// An error answer of the new API family: an HTTP status and `{"code", "message"}`.
+pub(super) fn open_error(
+    state: &mut SimState,
+    status: StatusCode,
+    code: &str,
+    message: &str,
+) -> Response {
+    let request_id = state.request_id();
+    json_response(
+        status,
+        &json!({"code": code, "message": message, "requestid": request_id}),
+    )
+}
+
+/// The access token a call carries: the current one, not expired, else the error DingTalk
+/// gives. Counts the refusals, and revokes the token every `invalidate_token_every` calls.
+pub(super) fn authenticate(
+    state: &mut SimState,
+    endpoint: Endpoint,
+    token: &str,
+    now: Instant,
+) -> Result<(), (i64, &'static str)> {
+    let checked = match &state.tokens.current {
+        Some((current, expires)) if *current == token && !token.is_empty() => {
+            if now < *expires {
+                Ok(())
+            } else {
+                Err((42001, "access_token超时"))
+            }
+        }
+        _ => Err((40014, "不合法的access_token")),
+    };
+    if checked.is_err() {
+        state.count(endpoint, |s| s.token_rejected += 1);
+        return checked;
     }
-    None
+    state.authed_calls += 1;
+    if let Some(every) = state.faults.invalidate_token_every
+        && every > 0
+        && state.authed_calls.is_multiple_of(every)
+    {
+        state.invalidate_token();
+        state.count(endpoint, |s| s.token_rejected += 1);
+        return Err((40014, "不合法的access_token"));
+    }
+    Ok(())
 }
 
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
@@ -429,12 +502,16 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         router = router.route(endpoint.path(), post(topapi));
     }
     router
+        .route(
+            Endpoint::LeaveRecords.path(),
+            get(super::leave::leave_records),
+        )
         .merge(super::control::routes())
         .merge(super::stream::routes())
         .with_state(shared)
 }
 
-async fn latency(shared: &Shared) {
+pub(super) async fn latency(shared: &Shared) {
     let latency = shared.lock().faults.latency_ms;
     if latency > 0 {
         tokio::time::sleep(Duration::from_millis(latency)).await;
@@ -517,28 +594,8 @@ async fn topapi(
 
     // The token names the app.
     let token = query.get("access_token").cloned().unwrap_or_default();
-    let token_state = match &state.tokens.current {
-        Some((current, expires)) if *current == token && !token.is_empty() => {
-            if now < *expires {
-                Ok(())
-            } else {
-                Err((42001, "access_token超时"))
-            }
-        }
-        _ => Err((40014, "不合法的access_token")),
-    };
-    if let Err((code, msg)) = token_state {
-        state.count(endpoint, |s| s.token_rejected += 1);
+    if let Err((code, msg)) = authenticate(state, endpoint, &token, now) {
         return platform_error(state, endpoint, code, msg);
-    }
-    state.authed_calls += 1;
-    if let Some(every) = state.faults.invalidate_token_every
-        && every > 0
-        && state.authed_calls.is_multiple_of(every)
-    {
-        state.invalidate_token();
-        state.count(endpoint, |s| s.token_rejected += 1);
-        return platform_error(state, endpoint, 40014, "不合法的access_token");
     }
     let app_key = state.app_key.clone();
     if let Some(r) = flow_faults(state, &app_key, endpoint, now) {
@@ -556,7 +613,7 @@ async fn topapi(
         Endpoint::UserListSimple => user_list(state, &body, true),
         Endpoint::UserGet => user_get(state, &body),
         Endpoint::UserCount => user_count(state, &body),
-        Endpoint::GetToken => Err((400002, "参数错误".to_owned())),
+        Endpoint::GetToken | Endpoint::LeaveRecords => Err((400002, "参数错误".to_owned())),
     };
     match response {
         Ok(result) => ok(state, endpoint, result),

@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 
-use super::org::SimUser;
+use super::org::{SimLeaveRecord, SimUser};
 use super::server::{Shared, SimState};
 use super::{SimulatorError, SimulatorHandle, UserPatch};
 use crate::dingtalk::rng::SplitMix64;
@@ -390,6 +390,17 @@ impl StreamSim {
         self.wake();
     }
 
+    /// Forgets every event not yet acknowledged, as DingTalk gives up on events nobody took;
+    /// returns how many (counted as dropped).
+    fn drop_pending(&mut self) -> u64 {
+        let dropped = self.pending.len() as u64;
+        self.pending.clear();
+        self.awaiting
+            .retain(|_, (_, a)| !matches!(a, Awaiting::Event { .. }));
+        self.stats.events_dropped += dropped;
+        dropped
+    }
+
     /// Queues the last acknowledged event again (same `eventId`); returns that id.
     fn duplicate(&mut self) -> Result<String, SimulatorError> {
         let Some(mut event) = self.last_acked.clone() else {
@@ -425,8 +436,24 @@ impl SimState {
         Ok(())
     }
 
+    /// Removes a user: a `user_leave_org` event and a leave record dated now.
     pub(crate) fn remove_user(&mut self, userid: &str) -> Result<(), SimulatorError> {
+        let profile = self.org.user(userid).map(|u| u.profile.clone());
         self.org.remove_user(userid)?;
+        if let Some(profile) = profile {
+            let now_ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis();
+            self.org.record_leave(SimLeaveRecord {
+                userid: userid.to_owned(),
+                name: profile.name,
+                mobile: profile.mobile,
+                state_code: profile.state_code,
+                leave_time_ms: i64::try_from(now_ms).unwrap_or(i64::MAX),
+                reason: "leave".to_owned(),
+            });
+        }
         self.stream
             .record("user_leave_org", "userId", json!([userid]));
         Ok(())
@@ -515,6 +542,12 @@ impl SimulatorHandle {
     pub fn stream_expire_next_tickets(&self, count: u64) {
         self.shared.lock().stream.expire_next_tickets = count;
     }
+
+    /// Forgets every event not yet acknowledged (DingTalk never delivers them); returns how
+    /// many. With no client connected, that is what happened while it was away.
+    pub fn stream_drop_pending(&self) -> u64 {
+        self.shared.lock().stream.drop_pending()
+    }
 }
 
 pub(crate) fn routes() -> Router<Arc<Shared>> {
@@ -527,6 +560,7 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
         .route("/_sim/stream/duplicate", post(control_duplicate))
         .route("/_sim/stream/raw", post(control_raw))
         .route("/_sim/stream/tickets/expire", post(control_expire))
+        .route("/_sim/stream/pending/drop", post(control_drop_pending))
 }
 
 fn dingtalk_error(status: StatusCode, code: &str, message: &str) -> Response {
@@ -637,6 +671,11 @@ async fn control_ping(State(s): State<Arc<Shared>>) -> Response {
 async fn control_disconnect(State(s): State<Arc<Shared>>) -> Response {
     s.lock().stream.command(Command::Disconnect);
     ok()
+}
+
+async fn control_drop_pending(State(s): State<Arc<Shared>>) -> Response {
+    let dropped = s.lock().stream.drop_pending();
+    axum::Json(json!({"dropped": dropped})).into_response()
 }
 
 async fn control_duplicate(State(s): State<Arc<Shared>>) -> Response {

@@ -33,7 +33,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
 use crate::db::{Db, RunTrigger};
-use crate::dingtalk::Targets;
+use crate::dingtalk::{Client, Targets};
 use crate::launch::Holder;
 use crate::launch::lease::LeaseTiming;
 use crate::secret::Secret;
@@ -148,6 +148,7 @@ impl Shared {
     pub(crate) async fn new(
         settings: &Settings,
         run_fn: RunFn,
+        dingtalk: Option<Client>,
         instance: String,
         root: &CancellationToken,
     ) -> Result<Arc<Shared>, JobSchedulerError> {
@@ -174,7 +175,7 @@ impl Shared {
             metrics: Metrics::default(),
             notices: Notices::new(&settings.notify),
             reconcile_now: Notify::new(),
-            streams: Streams::new(settings),
+            streams: Streams::new(settings, dingtalk),
             retention: retention::Retention::default(),
             tools: OnceLock::new(),
             console: Console::new(settings),

@@ -5,12 +5,14 @@
 //! for the syncer's first run that wrote its directory (succeeded or partial: events only patch
 //! a directory that was imported), takes the syncer's stream lease (another replica holding it streams instead), and then
 //! keeps the connection, whose events land in the inbox, beside the applier, which turns them
-//! into targeted runs through the same launcher as every other run. A changed App Key or App
+//! into targeted runs through the same launcher as every other run. When the connection starts
+//! and after every reconnect, the catch-up (`catchup.rs`) puts the leavers of DingTalk's leave
+//! records in the inbox, or starts a full run when they cannot be read. A changed App Key or App
 //! Secret restarts the task; a syncer disabled or gone stops it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
@@ -19,24 +21,29 @@ use super::events::{ApplierTiming, EventBatch, apply_events};
 use super::scheduler::Shared;
 use crate::config::{Settings, StreamSettings};
 use crate::db::leases::epoch_millis;
-use crate::db::{self, Db, RunFilter, RunStatus, RunTrigger};
-use crate::dingtalk::{Credentials, Targets};
+use crate::db::{self, Db, RunFilter, RunStatus};
+use crate::dingtalk::{Client, Credentials, Targets};
 use crate::launch::{LaunchError, LeaseFor, bounded, hold_lease};
 use crate::secret::Secret;
 use crate::stream::{ConnectionState, StreamConfig, StreamStats, run_stream};
 use crate::syncer::ValidSyncer;
 
+use catchup::{CatchUps, GapTracker, catch_up_worker};
 use sink::InboxSink;
 
+mod catchup;
 mod sink;
 
-/// How long a stream may be down before its reconnection starts a full run.
+/// How long a stream may be down before its reconnection starts a full run when DingTalk's
+/// leave records cannot be read (a shorter outage waits for the interval run).
 pub(crate) const CATCH_UP_AFTER: Duration = Duration::from_secs(60);
 
 /// The stream settings and the task of every syncer that streams.
 pub(crate) struct Streams {
     settings: StreamSettings,
     open_api_base: String,
+    /// Reads the leave records of the catch-ups; `None`: catch-ups are full runs only.
+    client: Option<Client>,
     tasks: Mutex<HashMap<String, StreamTask>>,
 }
 
@@ -48,12 +55,18 @@ struct StreamTask {
 }
 
 impl Streams {
-    pub(crate) fn new(settings: &Settings) -> Self {
+    pub(crate) fn new(settings: &Settings, client: Option<Client>) -> Self {
         Streams {
             settings: settings.stream.clone(),
             open_api_base: settings.dingtalk.open_api_base.clone(),
+            client,
             tasks: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The DingTalk client the catch-ups read leave records with.
+    pub(crate) fn client(&self) -> Option<&Client> {
+        self.client.as_ref()
     }
 
     /// Whether syncer `name` keeps a connection when it is enabled and valid.
@@ -141,11 +154,12 @@ async fn syncer_stream(
     if !wait_for_first_complete_run(&shared, &db, &name, &cancel).await {
         return;
     }
+    let catch_ups = CatchUps::default();
     while !cancel.is_cancelled() {
         let mut holder = shared.holder();
         holder.timing = holder.timing.for_stream();
         let held = cancel.child_token();
-        let work = stream_and_apply(&shared, &db, &syncer, &state, &held);
+        let work = stream_and_apply(&shared, &db, &syncer, &state, &catch_ups, &held);
         match hold_lease(&db, &name, LeaseFor::Stream, &holder, &held, work).await {
             Ok(()) => {}
             Err(LaunchError::Busy { holder, .. }) => {
@@ -207,13 +221,14 @@ async fn wait_for_first_complete_run(
     }
 }
 
-/// Holding the stream lease: the connection and the applier, until `cancel` (lost lease,
-/// disabled syncer, shutdown).
+/// Holding the stream lease: the connection, the applier and the catch-ups, until `cancel`
+/// (lost lease, disabled syncer, shutdown).
 async fn stream_and_apply(
     shared: &Arc<Shared>,
     db: &Db,
     syncer: &ValidSyncer,
     state: &watch::Sender<ConnectionState>,
+    catch_ups: &CatchUps,
     cancel: &CancellationToken,
 ) {
     let name = syncer.name.clone();
@@ -249,6 +264,7 @@ async fn stream_and_apply(
             shared.metrics.record_events_applied(&name, &latencies);
         }
     };
+    let catching_up = catch_up_worker(shared, db, syncer, catch_ups, &wake, cancel);
     let applier = apply_events(
         db.clone(),
         name.clone(),
@@ -266,7 +282,7 @@ async fn stream_and_apply(
         open_api_base: streams.open_api_base.clone(),
         ..StreamConfig::default()
     };
-    let sink = InboxSink::new(db.clone(), name.clone(), wake, shared.clone());
+    let sink = InboxSink::new(db.clone(), name.clone(), wake.clone(), shared.clone());
     let stats = Arc::new(StreamStats::default());
     shared.metrics.watch_stream_client(&name, stats.clone());
     let connection = async {
@@ -285,37 +301,30 @@ async fn stream_and_apply(
         // The applier has nothing more coming; stop it too.
         cancel.cancel();
     };
-    let gauge = follow_state(shared, &name, state.subscribe(), cancel);
-    tokio::join!(applier, connection, gauge);
+    let gauge = follow_state(shared, &name, state.subscribe(), catch_ups, cancel);
+    tokio::join!(applier, connection, gauge, catching_up);
 }
 
-/// Mirrors the connection state in the `syncerd_stream_connected` gauge and the log, and
-/// starts a full run when the stream comes back after [`CATCH_UP_AFTER`] or more down: events
-/// born while nobody listened may never come.
+/// Mirrors the connection state in the `syncerd_stream_connected` gauge and the log, and asks
+/// for a catch-up on the first connection and after every reconnect: events born while nobody
+/// listened may never come.
 async fn follow_state(
     shared: &Shared,
     name: &str,
     mut state: watch::Receiver<ConnectionState>,
+    catch_ups: &CatchUps,
     cancel: &CancellationToken,
 ) {
-    let mut down_since: Option<Instant> = None;
+    let mut gaps = GapTracker::default();
     loop {
         let now = state.borrow_and_update().clone();
         let up = matches!(now, ConnectionState::Connected { .. });
         shared.metrics.set_stream_connected(name, Some(up));
         match &now {
-            ConnectionState::Connected { .. } => {
+            ConnectionState::Connected { since } => {
                 tracing::info!("syncer {name}: event stream connected");
-                if let Some(down) = down_since.take()
-                    && down.elapsed() >= CATCH_UP_AFTER
-                {
-                    tracing::info!(
-                        "syncer {name}: its event stream was down for {} s; a full run catches up",
-                        down.elapsed().as_secs()
-                    );
-                    if let Err(e) = shared.trigger(name, RunTrigger::Catchup).await {
-                        tracing::info!("syncer {name}: catch-up run not started: {e}");
-                    }
+                if let Some(gap) = gaps.up(*since) {
+                    catch_ups.ask(gap);
                 }
             }
             ConnectionState::Reconnecting {
@@ -323,7 +332,7 @@ async fn follow_state(
                 retry_in,
                 ..
             } => {
-                down_since.get_or_insert_with(Instant::now);
+                gaps.down();
                 let hint = if last_error.is_unauthorized() {
                     ". DingTalk refused the app: is Stream mode on in its developer console? \
                      Else list the syncer in stream.disabled_syncers (the interval runs still sync)"

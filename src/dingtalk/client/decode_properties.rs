@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::{decode_answer, decode_result, scrub_failure};
 use crate::dingtalk::endpoint::{Call, Endpoint};
-use crate::dingtalk::error::{CodeClass, Failure, classify};
+use crate::dingtalk::error::{CodeClass, Failure, classify, classify_open};
 use crate::dingtalk::types::{DepartmentPayload, User, UserPage};
 use crate::proptest_support::config;
 
@@ -79,7 +79,8 @@ fn field_name() -> impl Strategy<Value = String> + Clone {
         4 => prop::sample::select(vec![
             "errcode", "errmsg", "sub_code", "sub_msg", "status", "result", "has_more",
             "next_cursor", "list", "userid", "name", "dept_id", "parent_id", "dept_id_list",
-            "active", "hired_date", "dept_order", "access_token", "expires_in",
+            "active", "hired_date", "dept_order", "access_token", "expires_in", "code",
+            "message", "nextToken", "records", "userId", "leaveTime",
         ])
         .prop_map(str::to_owned),
         1 => "[a-z_]{0,8}",
@@ -145,6 +146,16 @@ fn envelope_text() -> impl Strategy<Value = String> {
         2 => code_text().prop_map(|v| ("sub_code".to_owned(), v)),
         1 => code_text().prop_map(|v| ("status".to_owned(), v)),
         2 => text().prop_map(|t| ("errmsg".to_owned(), Value::from(t).to_string())),
+        1 => text().prop_map(|t| ("code".to_owned(), Value::from(t).to_string())),
+        1 => prop::sample::select(vec![
+            "InvalidAuthentication",
+            "Forbidden.AccessDenied.AccessTokenPermissionDenied",
+            "Forbidden.AccessDenied.IpNotInWhiteList",
+            "Forbidden.AccessDenied.QpsLimitForAppkeyAndApi",
+            "InvalidParameter",
+        ])
+        .prop_map(|c| ("code".to_owned(), Value::from(c).to_string())),
+        1 => text().prop_map(|t| ("message".to_owned(), Value::from(t).to_string())),
         2 => text().prop_map(|t| ("sub_msg".to_owned(), Value::from(t).to_string())),
         1 => json_value().prop_map(|v| ("sub_msg".to_owned(), v.to_string())),
         3 => result_value().prop_map(|v| ("result".to_owned(), v.to_string())),
@@ -200,10 +211,22 @@ fn check_verdict(
             prop_assert!(answer.is_object(), "accepted a non-object: {}", answer);
         }
         Err(Failure::Code { class, code, .. }) => {
+            prop_assert!(!endpoint.is_open_api(), "an errcode from {}", endpoint);
             prop_assert!(status < 500, "errcode verdict for HTTP {}", status);
             prop_assert_ne!(*code, 0);
             prop_assert_ne!(*class, CodeClass::Success);
             prop_assert_eq!(*class, classify(endpoint, *code));
+        }
+        Err(Failure::Open {
+            class,
+            status: s,
+            code,
+            ..
+        }) => {
+            prop_assert!(endpoint.is_open_api(), "a text code from {}", endpoint);
+            prop_assert_eq!(*s, status);
+            prop_assert!(!success && status < 500, "a text code for HTTP {}", status);
+            prop_assert_eq!(*class, classify_open(status, code));
         }
         Err(Failure::ServerStatus(s)) => {
             prop_assert_eq!(*s, status);
