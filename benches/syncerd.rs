@@ -22,7 +22,7 @@
 //!
 //! `SYNCERD_BENCH_QUICK=1` runs every step at a small size (a smoke test of the runner),
 //! `SYNCERD_BENCH_ONLY=memory` only step 5, `SYNCERD_BENCH_ONLY=import` only steps 3–4 (fetched
-//! without a QPS cap), `SYNCERD_BENCH_ONLY=stream` only step 6. The report is printed and
+//! without a QPS cap), `SYNCERD_BENCH_ONLY=stream` only step 6 (`stream-idle`: only 6.3). The report is printed and
 //! written to `target/bench-report.md`.
 
 #[path = "../tests/common/mod.rs"]
@@ -649,7 +649,7 @@ fn main() {
         if only == "import" {
             let fetched = fetch_uncapped(&mut r, sizes.import).await;
             imports(&mut r, &fetched).await;
-        } else if only != "memory" && only != "stream" {
+        } else if only != "memory" && !only.starts_with("stream") {
             let fetched = fetch_only(&mut r, &sizes).await;
             latency_bound(&mut r, &sizes).await;
             let biggest = fetched
@@ -661,8 +661,8 @@ fn main() {
         if only.is_empty() || only == "memory" {
             memory(&mut r, &sizes).await;
         }
-        if only.is_empty() || only == "stream" {
-            stream::stream(&mut r).await;
+        if only.is_empty() || only.starts_with("stream") {
+            stream::stream(&mut r, only == "stream-idle").await;
         }
         r.line(format!(
             "Whole benchmark: {:.0} s.",

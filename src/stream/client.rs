@@ -17,6 +17,9 @@ use tokio::sync::watch;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+/// The WebSocket's read buffer: DingTalk's frames are a few hundred bytes.
+const WS_READ_BUFFER: usize = 4 * 1024;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
@@ -416,7 +419,12 @@ impl<S: EventSink> Session<'_, S> {
             .as_str()
             .into_client_request()
             .map_err(|e| ws_failed(e.to_string()))?;
+        // A Stream connection idles for hours between small frames, and a daemon holds one per
+        // syncer: read in 4 KiB chunks (not tungstenite's 128 KiB) and write each reply at once
+        // (it is flushed anyway), so 50 connections do not keep megabytes of buffers.
         let ws_config = WebSocketConfig::default()
+            .read_buffer_size(WS_READ_BUFFER)
+            .write_buffer_size(0)
             .max_message_size(Some(self.config.max_frame_bytes))
             .max_frame_size(Some(self.config.max_frame_bytes));
         tracing::debug!(endpoint = %shown, "opening the Stream WebSocket");
