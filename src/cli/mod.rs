@@ -98,7 +98,8 @@ pub enum Command {
     ///
     /// Between runs the simulated organization changes (a hire, a leaver, a title change, a
     /// department move); at the end the run history and a sample of the synced users and groups
-    /// are printed. Exits 0 when every run succeeded. Never touches database.url.
+    /// are printed. Exits 0 when every run succeeded. Never touches database.url. Prints the web
+    /// console's address and a fresh token to sign in with (--stay keeps it running).
     Demo(demo::DemoArgs),
     /// Run one syncer once, in the foreground, and exit 0 only if the run succeeded.
     ///
@@ -135,7 +136,9 @@ pub enum Command {
     /// Follows the `syncer` table (scheduler.reload_interval, and at once on SIGHUP, which also
     /// re-reads the configuration file), waits for the database while it is down, takes a
     /// per-syncer lease so replicas never run one syncer twice, and serves /healthz, /readyz,
-    /// /metrics and the admin API on http.listen.
+    /// /metrics, the admin API and the web console (at /, signed in with http.admin_token) on
+    /// http.listen. With notify.webhook_url set it reports failed, held, partial and recovered
+    /// runs there.
     Run,
     /// Ask the local daemon's /readyz (at http.listen): exit 0 when ready, 1 otherwise.
     ///

@@ -63,7 +63,7 @@ impl Shared {
                 }
             }
             let scheduled = syncers.values().filter(|e| e.jobs.every.is_some()).count();
-            self.follow_streams(self.streaming(&syncers));
+            self.follow_streams(&self.streaming(&syncers));
             let invalid = syncers
                 .values()
                 .filter(|e| matches!(e.desired, Desired::Invalid(_)))
@@ -80,13 +80,13 @@ impl Shared {
     }
 
     /// The syncers that keep an event stream: enabled (or claimed), valid, and streaming.
-    fn streaming(&self, syncers: &BTreeMap<String, Entry>) -> Vec<crate::syncer::ValidSyncer> {
+    fn streaming<'a>(&self, syncers: &'a BTreeMap<String, Entry>) -> Vec<&'a SyncerRow> {
         syncers
             .values()
             .filter(|e| {
                 matches!(e.desired, Desired::Valid(_)) && self.streams().streams(&e.row.name)
             })
-            .filter_map(|e| e.row.validate_for_schedule().ok())
+            .map(|e| &e.row)
             .collect()
     }
 
