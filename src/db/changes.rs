@@ -144,8 +144,11 @@ impl ChangeDetail<'_> {
                     })
                     .collect(),
             ),
+            // A first import writes one of these per user: spelled out instead of built as a
+            // JSON tree (the same text, keys in serde_json's order).
             ChangeDetail::Created { groups } => {
-                json!([{ "column": "groups", "old": null, "new": groups }])
+                let groups = Value::from(*groups).to_string();
+                return format!(r#"[{{"column":"groups","new":{groups},"old":null}}]"#);
             }
             ChangeDetail::Group(group) => json!({ "group": group }),
         };
@@ -288,6 +291,20 @@ mod tests {
             assert!(a.as_str().len() <= 16);
         }
         assert!("renamed".parse::<ChangeAction>().is_err());
+    }
+
+    #[test]
+    fn a_created_rows_text_is_its_json() {
+        for groups in [
+            "[]",
+            r#"["acme/1","acme/2"]"#,
+            "[\"a\tb\nc\\d \\N 😀 \u{1}\"]",
+        ] {
+            let text = ChangeDetail::Created { groups }.to_json_text();
+            let expected = json!([{ "column": "groups", "old": null, "new": groups }]);
+            assert_eq!(text, expected.to_string());
+            assert_eq!(serde_json::from_str::<Value>(&text).ok(), Some(expected));
+        }
     }
 
     #[test]

@@ -61,15 +61,18 @@ use error::QueryContext as _;
 const SQLITE_POOL_SIZE: u32 = 4;
 /// How long a SQLite statement waits for another connection's write lock.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Prepared statements kept per SQLite connection (sqlx keeps 100). A multi-row INSERT of
-/// 181-column user rows is a compiled program of tens of thousands of parameters in this
-/// process; a small cache bounds what every pooled connection holds between runs, and evicting
-/// one costs only its re-preparation.
-const SQLITE_STATEMENT_CACHE: usize = 16;
-/// Prepared statements kept per MySQL/MariaDB or PostgreSQL connection. A run's writes come in
-/// few dozen shapes (apply splits rows into power-of-two statements): they must all stay
-/// cached, because on MySQL/MariaDB every eviction sends a `COM_STMT_CLOSE` that stalls the
-/// next statement for the server's delayed ACK (40 ms). The statements live on the server.
+/// Prepared statements kept per SQLite connection (sqlx keeps 100). Each table a batch writes
+/// has one full-statement shape that every batch reuses and a last statement whose row count
+/// varies; the full ones must stay cached: with 16, batches evicted and compiled again their
+/// multi-row user INSERTs, programs of tens of thousands of parameters (a 100,000-user import
+/// took 61.7 s instead of 44–51 s in the same benchmark run, 2026-12-07). Holding 64 did not
+/// raise the import's peak RSS (176 MB with 16 and with 64), and [`Db::release_idle_memory`]
+/// empties the caches between runs.
+const SQLITE_STATEMENT_CACHE: usize = 64;
+/// Prepared statements kept per MySQL/MariaDB or PostgreSQL connection, for the same reason:
+/// every eviction makes the server prepare the statement again. With 16, a 100,000-user import
+/// took MariaDB 69.2 s (48 s of server CPU) instead of 36–47 s in the same run. The statements
+/// live on the server.
 const SERVER_STATEMENT_CACHE: usize = 64;
 /// How long an unused pooled connection stays open.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -86,6 +89,8 @@ pub struct Db {
     /// SQLite only: this process's writers take turns here, first come first served.
     sqlite_writers: Option<Arc<Mutex<()>>>,
     tables: TableNames,
+    /// PostgreSQL: a first import's batches go through `COPY` (see [`casdoor::Writer::copy_batch`]).
+    copy_first_import: bool,
 }
 
 /// This process's turn to write to SQLite, held until the write transaction ends; nothing on
@@ -117,6 +122,19 @@ impl Db {
     /// file (see [`crate::config::DatabaseUrl::target`]); never the URL or its credentials.
     pub fn redacted_url(&self) -> &str {
         &self.url
+    }
+
+    /// Whether a first import writes its batches through `COPY` (PostgreSQL, unless turned off
+    /// with [`Db::without_copy`]).
+    pub fn copies_first_import(&self) -> bool {
+        self.engine == Engine::Postgres && self.copy_first_import
+    }
+
+    /// This pool with every batch written as INSERT statements, a first import's too: for tests
+    /// and the benchmark, which compare the two paths.
+    pub fn without_copy(mut self) -> Self {
+        self.copy_first_import = false;
+        self
     }
 
     /// Waits for this process's turn to write (SQLite only).
@@ -309,6 +327,7 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<Db, DbError> {
         url,
         sqlite_writers,
         tables: TableNames::new(settings.table_prefix.clone()),
+        copy_first_import: true,
     })
 }
 

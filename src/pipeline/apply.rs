@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 
 use crate::db::casdoor::{
     Batch, SchemaFacts, UserRowUpdate, Writer, begin_bounded, is_systemic, link_kind_text,
+    syncer_owns_rows,
 };
 use crate::db::changes::{ChangeAction, ChangeDetail, NewChange};
 use crate::db::{Db, RunCounts, RunMode};
@@ -504,8 +505,25 @@ impl Scope<'_> {
         }
     }
 
-    /// Writes `units` in one transaction, committed when every statement succeeds.
-    async fn write(&self, writer: &Writer<'_>, units: &[&Unit<'_>]) -> Result<(), DbErr> {
+    /// Writes `units` in one transaction, committed when every statement succeeds; through
+    /// COPY when `copy` says the syncer owned nothing when the apply began and the batch only
+    /// inserts. Answers whether it copied.
+    async fn write(
+        &self,
+        writer: &Writer<'_>,
+        units: &[&Unit<'_>],
+        copy: bool,
+    ) -> Result<Written, DbErr> {
+        let batch = batch(units);
+        if copy
+            && let Scope::Pool(db) = self
+            && batch.inserts_only()
+        {
+            return writer
+                .copy_batch(db, &batch)
+                .await
+                .map(|()| Written::Copied);
+        }
         // One batch per turn: this process's other writers (a lease renewal, a run record)
         // go between two batches instead of starving behind them.
         let _turn = match self {
@@ -513,8 +531,8 @@ impl Scope<'_> {
             Scope::DryRun(_) => None,
         };
         let txn = self.begin().await?;
-        match writer.write(&txn, &batch(units)).await {
-            Ok(()) => txn.commit().await,
+        match writer.write(&txn, &batch).await {
+            Ok(()) => txn.commit().await.map(|()| Written::Inserted),
             Err(e) => {
                 if let Err(rollback) = txn.rollback().await {
                     debug!(error = %db_message(&rollback), "rolling back a failed batch failed too");
@@ -543,6 +561,29 @@ impl Reporter<'_> {
         if done || self.last_log.elapsed() >= PROGRESS_LOG_EVERY {
             info!(rows_written = written, rows_total = total, "applying");
             self.last_log = Instant::now();
+        }
+    }
+}
+
+/// How a batch was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Written {
+    Inserted,
+    Copied,
+}
+
+/// Whether this apply writes its batches that only insert through COPY: a real run (not dry)
+/// on PostgreSQL of a syncer that owns no row yet, its first import. The rows a rejected batch
+/// is retried with, one unit at a time, go through INSERT statements.
+async fn copies_batches(db: &Db, settings: &ApplySettings<'_>) -> bool {
+    if settings.mode != RunMode::Apply || settings.run_id.is_none() || !db.copies_first_import() {
+        return false;
+    }
+    match syncer_owns_rows(db, settings.syncer).await {
+        Ok(owns) => !owns,
+        Err(e) => {
+            debug!(error = %db_message(&e), "could not tell whether this is a first import; writing INSERT statements");
+            false
         }
     }
 }
@@ -596,6 +637,7 @@ pub async fn apply_plan(db: &Db, plan: &Plan, settings: ApplySettings<'_>) -> Ap
         None => Scope::Pool(db),
     };
 
+    let copy = copies_batches(db, &settings).await;
     let all: Vec<&Unit<'_>> = units.iter().collect();
     'batches: for (index, batch) in all.chunks(batch_size).enumerate() {
         if settings.cancel.is_cancelled() {
@@ -607,8 +649,9 @@ pub async fn apply_plan(db: &Db, plan: &Plan, settings: ApplySettings<'_>) -> Ap
             );
             break;
         }
-        match scope.write(&writer, batch).await {
-            Ok(()) => {
+        match scope.write(&writer, batch, copy).await {
+            Ok(written) => {
+                outcome.counts.batches_copied += u64::from(written == Written::Copied);
                 for unit in batch {
                     unit.count(&mut outcome, token_table, session_table);
                 }
@@ -627,9 +670,10 @@ pub async fn apply_plan(db: &Db, plan: &Plan, settings: ApplySettings<'_>) -> Ap
                     error = %db_message(&e),
                     "the database rejected a batch; retrying it row by row"
                 );
+                outcome.counts.batches_retried += 1;
                 for unit in batch {
-                    match scope.write(&writer, &[unit]).await {
-                        Ok(()) => {
+                    match scope.write(&writer, &[unit], false).await {
+                        Ok(_) => {
                             unit.count(&mut outcome, token_table, session_table);
                         }
                         Err(e) if is_systemic(&e) => {

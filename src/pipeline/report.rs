@@ -508,6 +508,8 @@ impl RunReport {
             ("rows rejected", c.rows_rejected),
             ("conflicts", c.conflicts),
             ("held removals", c.held_removals),
+            ("batches copied", c.batches_copied),
+            ("batches retried", c.batches_retried),
         ] {
             let _ = writeln!(out, "  {label:<20} {value:>8}");
         }

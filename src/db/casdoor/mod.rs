@@ -2,9 +2,12 @@
 //! the shapes the planner takes, [`write`] writes one batch of a plan. The pipeline decides what
 //! to write and when; the SQL lives here.
 
+mod copy;
 pub mod load;
+mod rows;
 pub mod write;
 
+pub use copy::syncer_owns_rows;
 pub use load::{
     DbState, OrganizationRow, SchemaFacts, find_organization, load_state, schema_facts,
     user_columns_to_read,
