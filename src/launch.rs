@@ -6,6 +6,7 @@
 //! The work itself (`pipeline::run_valid` with a DingTalk fetch) records its own run. A dry
 //! run writes nothing and takes no lease.
 
+pub mod keeper;
 pub mod lease;
 
 use std::future::Future;
@@ -23,6 +24,7 @@ use crate::db::leases::{
 use crate::db::{Db, DbError};
 use crate::syncer::ValidSyncer;
 
+use keeper::{KeptLease, LeaseKeeper};
 use lease::{HeldLease, LeaseTiming, Renewal};
 
 /// What kind of process runs syncers; the last part of its [`instance_id`].
@@ -73,6 +75,9 @@ pub struct Holder {
     /// Bound of each lease call (`database.connect_timeout`): a database gone silent must not
     /// hold a run start or a shutdown.
     pub db_timeout: Duration,
+    /// Renews the leases taken with this holder together with the keeper's others (the
+    /// daemon's stream leases); `None`: each lease has a renewing task of its own.
+    pub keeper: Option<LeaseKeeper>,
 }
 
 /// Why a launch did not run its work.
@@ -176,15 +181,20 @@ pub async fn hold_lease<T>(
         });
     }
 
-    // The lease is renewed by a task of its own: renewing in between polls of the work would
-    // stop polling it, and the work may hold SQLite's write turn the renewal waits for.
-    let renewer = AbortOnDrop(tokio::spawn(keep_lease(
-        db.clone(),
-        holder.clone(),
-        (syncer.to_owned(), what),
-        taken_at,
-        cancel.clone(),
-    )));
+    // The lease is renewed by another task: renewing in between polls of the work would stop
+    // polling it, and the work may hold SQLite's write turn the renewal waits for.
+    let renewer = match &holder.keeper {
+        Some(keeper) => {
+            Renewer::Kept(keeper.keep(db, holder, (syncer, what), taken_at, cancel.clone()))
+        }
+        None => Renewer::Own(AbortOnDrop(tokio::spawn(keep_lease(
+            db.clone(),
+            holder.clone(),
+            (syncer.to_owned(), what),
+            taken_at,
+            cancel.clone(),
+        )))),
+    };
     let output = work.await;
     drop(renewer);
 
@@ -232,6 +242,12 @@ pub fn log_orphaned(orphaned: &[crate::db::leases::OrphanedRun]) {
             o.instance
         );
     }
+}
+
+/// What renews a held lease until dropped.
+enum Renewer {
+    Own(#[allow(dead_code)] AbortOnDrop),
+    Kept(#[allow(dead_code)] KeptLease),
 }
 
 /// Aborts a helper task when the launch that started it ends, whichever way.

@@ -1038,3 +1038,123 @@ async fn claimed_syncers_run_while_disabled_for_casdoor_and_others_stay_off() {
     db.close().await.unwrap();
     t.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_leases_are_renewed_together_and_a_lost_one_stops_only_its_stream() {
+    use syncerd::launch::keeper::LeaseKeeper;
+    use syncerd::launch::lease::LeaseTiming;
+    use syncerd::launch::{Holder, LeaseFor, hold_lease};
+    use tokio_util::sync::CancellationToken;
+
+    on_every_engine(async |t: &TestDb| {
+        let db = t.migrated().await;
+        let keeper = LeaseKeeper::default();
+        let holder = Holder {
+            instance: "h:1:keep".into(),
+            // 2 s leases renewed every 666 ms.
+            timing: LeaseTiming::for_reload_interval(Duration::from_millis(10)),
+            db_timeout: Duration::from_secs(5),
+            keeper: Some(keeper.clone()),
+        };
+        let names = ["s0", "s1", "s2"];
+        let mut streams = Vec::new();
+        for name in names {
+            let cancel = CancellationToken::new();
+            let (db, holder, stop) = (db.clone(), holder.clone(), cancel.clone());
+            streams.push((
+                cancel,
+                tokio::spawn(async move {
+                    hold_lease(
+                        &db,
+                        name,
+                        LeaseFor::Stream,
+                        &holder,
+                        &stop,
+                        stop.cancelled(),
+                    )
+                    .await
+                }),
+            ));
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        let leases = async |db: &Db| {
+            let mut all = Vec::new();
+            for name in names {
+                all.push(get_lease(db, &LeaseFor::Stream.key(name)).await.unwrap());
+            }
+            all
+        };
+        let first = leases(&db).await;
+        assert!(
+            first
+                .iter()
+                .all(|l| l.as_ref().is_some_and(|l| l.holder == "h:1:keep"))
+        );
+        assert_eq!(keeper.len(), 3);
+        // Taken 30 ms apart, renewed in one statement: one expiry for all three, past every
+        // first one, twice in a row.
+        for round in 0..2 {
+            let floor = leases(&db)
+                .await
+                .iter()
+                .flatten()
+                .map(|l| l.expires_at)
+                .max()
+                .unwrap();
+            eventually(
+                Duration::from_secs(10),
+                "one renewal of all three leases",
+                || async {
+                    let now = leases(&db).await;
+                    let expiries: Vec<i64> = now.iter().flatten().map(|l| l.expires_at).collect();
+                    expiries.len() == 3
+                        && expiries.iter().all(|e| *e == expiries[0])
+                        && expiries[0] > floor
+                },
+            )
+            .await;
+            assert!(
+                streams.iter().all(|(c, _)| !c.is_cancelled()),
+                "round {round}"
+            );
+        }
+
+        // Another process takes s1's lease: only s1's stream stops, the others stay renewed.
+        t.execute(
+            &db,
+            "UPDATE syncer_lease SET holder = 'other:2:x' WHERE syncer_name = 'stream:s1'",
+        )
+        .await;
+        eventually(Duration::from_secs(10), "s1's stream to stop", || async {
+            streams[1].0.is_cancelled()
+        })
+        .await;
+        let (_, s1) = streams.remove(1);
+        assert!(s1.await.unwrap().is_ok());
+        assert_eq!(keeper.len(), 2);
+        let floor = leases(&db).await[0].as_ref().unwrap().expires_at;
+        eventually(
+            Duration::from_secs(10),
+            "s0 and s2 renewed again",
+            || async {
+                let now = leases(&db).await;
+                let (s0, s2) = (now[0].as_ref().unwrap(), now[2].as_ref().unwrap());
+                s0.expires_at > floor && s0.expires_at == s2.expires_at
+            },
+        )
+        .await;
+        assert!(streams.iter().all(|(c, _)| !c.is_cancelled()));
+        assert_eq!(leases(&db).await[1].as_ref().unwrap().holder, "other:2:x");
+
+        // Stopped streams give their leases back and leave the keeper.
+        for (cancel, task) in streams {
+            cancel.cancel();
+            assert!(task.await.unwrap().is_ok());
+        }
+        assert!(keeper.is_empty());
+        let left = leases(&db).await;
+        assert!(left[0].is_none() && left[2].is_none());
+        db.close().await.unwrap();
+    })
+    .await;
+}

@@ -101,6 +101,7 @@ async fn targeted_run(
         instance: ctx.instance.clone(),
         timing: LeaseTiming::for_reload_interval(Duration::from_secs(5)),
         db_timeout: Duration::from_secs(5),
+        keeper: None,
     };
     let cancel = opts.cancel.clone();
     let run = run_targets(&ctx, &valid, targets, lookup, opts);

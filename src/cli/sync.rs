@@ -134,6 +134,7 @@ pub async fn run(settings: &Settings, args: SyncArgs) -> anyhow::Result<ExitCode
                     .database
                     .connect_timeout
                     .max(Duration::from_secs(1)),
+                keeper: None,
             };
             let run = until_signalled(run_valid(&ctx, &valid, fetch, options), &cancel);
             match launch(&db, &valid, &holder, &cancel, run).await {

@@ -7,6 +7,7 @@
 //! depends on how an engine counts affected rows. Times come from the caller (`now_ms`), which
 //! keeps the arithmetic testable; replicas therefore need roughly synchronised clocks (NTP).
 
+use std::collections::HashSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chrono::{DateTime, Utc};
@@ -144,6 +145,47 @@ pub async fn renew_lease(
     drop(turn);
     let current = get_lease(db, syncer).await?;
     Ok(current.is_some_and(|l| l.holder == holder && l.expires_at == expires_at))
+}
+
+/// Renews every lease of `keys` that `holder` holds, in one `UPDATE` (per 500 keys) and one
+/// read-back, until `now_ms + ttl`. Returns the keys it renewed; a key missing from the answer is
+/// held by another process now (or no longer exists).
+pub async fn renew_leases(
+    db: &Db,
+    keys: &[String],
+    holder: &str,
+    now_ms: i64,
+    ttl: Duration,
+) -> Result<HashSet<String>, DbError> {
+    const KEYS_PER_STATEMENT: usize = 500;
+    let expires_at = lease_expiry(now_ms, ttl);
+    let mut renewed = HashSet::new();
+    for chunk in keys.chunks(KEYS_PER_STATEMENT) {
+        let context = || format!("renewing {} leases in syncer_lease", chunk.len());
+        let turn = db.write_turn().await.with_context(context)?;
+        db.tables()
+            .at(syncer_lease::Entity::update_many())
+            .col_expr(syncer_lease::Column::ExpiresAt, Expr::value(expires_at))
+            .filter(syncer_lease::Column::SyncerName.is_in(chunk.iter().map(String::as_str)))
+            .filter(syncer_lease::Column::Holder.eq(holder))
+            .exec(db.conn())
+            .await
+            .with_context(context)?;
+        drop(turn);
+        let rows = db
+            .tables()
+            .at(syncer_lease::Entity::find())
+            .filter(syncer_lease::Column::SyncerName.is_in(chunk.iter().map(String::as_str)))
+            .all(db.conn())
+            .await
+            .with_context(context)?;
+        renewed.extend(
+            rows.into_iter()
+                .filter(|l| l.holder == holder && l.expires_at == expires_at)
+                .map(|l| l.syncer_name),
+        );
+    }
+    Ok(renewed)
 }
 
 /// Gives up the lease of `syncer` if `holder` holds it.

@@ -232,6 +232,7 @@ impl Shared {
             instance: self.instance.clone(),
             timing: live.lease,
             db_timeout: live.db_timeout,
+            keeper: None,
         }
     }
 

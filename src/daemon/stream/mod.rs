@@ -23,6 +23,7 @@ use crate::config::{Settings, StreamSettings};
 use crate::db::leases::epoch_millis;
 use crate::db::{self, Db, RunFilter, RunStatus, SyncerRow};
 use crate::dingtalk::{Client, Credentials, Targets};
+use crate::launch::keeper::LeaseKeeper;
 use crate::launch::{LaunchError, LeaseFor, bounded, hold_lease};
 use crate::secret::Secret;
 use crate::stream::{ConnectionState, StreamConfig, StreamStats, run_stream};
@@ -45,6 +46,8 @@ pub(crate) struct Streams {
     /// Reads the leave records of the catch-ups; `None`: catch-ups are full runs only.
     client: Option<Client>,
     tasks: Mutex<HashMap<String, StreamTask>>,
+    /// Renews every stream lease of this process together.
+    leases: LeaseKeeper,
 }
 
 struct StreamTask {
@@ -61,6 +64,7 @@ impl Streams {
             open_api_base: settings.dingtalk.open_api_base.clone(),
             client,
             tasks: Mutex::new(HashMap::new()),
+            leases: LeaseKeeper::default(),
         }
     }
 
@@ -163,6 +167,7 @@ async fn syncer_stream(
     while !cancel.is_cancelled() {
         let mut holder = shared.holder();
         holder.timing = holder.timing.for_stream();
+        holder.keeper = Some(shared.streams().leases.clone());
         let held = cancel.child_token();
         let work = stream_and_apply(&shared, &db, &syncer, &state, &catch_ups, &held);
         match hold_lease(&db, &name, LeaseFor::Stream, &holder, &held, work).await {
