@@ -699,7 +699,7 @@ async fn a_row_the_database_rejects_is_isolated_and_the_rest_commits() {
         // retried through INSERT statements like on the other engines.
         let copied = if t.engine() == Engine::Postgres { 4 } else { 0 };
         assert_eq!(
-            (report.counts.batches_copied, report.counts.batches_retried),
+            (report.batches.copied, report.batches.retried),
             (copied, 1),
             "{}",
             t.label()
@@ -957,10 +957,7 @@ async fn a_postgres_first_import_through_copy_writes_exactly_what_inserts_write(
         assert_eq!(report.counts.created, 300);
         // 6 department groups, the root and 300 users in batches of 64: 5 batches.
         let copied = if copy { 5 } else { 0 };
-        assert_eq!(
-            (report.counts.batches_copied, report.counts.batches_retried),
-            (copied, 0)
-        );
+        assert_eq!((report.batches.copied, report.batches.retried), (copied, 0));
         let row = user_row(&db, &unionid(38)).await.expect("user row");
         assert_eq!(row.title.as_deref(), Some("new\nline\r\nand return"));
         let row = user_row(&db, &unionid(112)).await.expect("user row");

@@ -136,12 +136,6 @@ pub struct RunCounts {
     pub conflicts: u64,
     /// Leaver removals held back by the removal limits.
     pub held_removals: u64,
-    /// Batches written through PostgreSQL's `COPY` (a first import's).
-    #[serde(default)]
-    pub batches_copied: u64,
-    /// Batches the database rejected whole, whose units were then written one by one.
-    #[serde(default)]
-    pub batches_retried: u64,
 }
 
 impl RunCounts {

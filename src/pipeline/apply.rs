@@ -32,7 +32,7 @@ use super::columns::FieldValue;
 use super::model::{
     CasbinGrouping, FieldChange, GroupCreate, GroupUpdate, LinkKind, NewUser, OwnershipLink, Plan,
 };
-use super::report::{Phase, Progress};
+use super::report::{BatchStats, Phase, Progress};
 
 /// Progress is logged at info at most this often.
 const PROGRESS_LOG_EVERY: Duration = Duration::from_secs(5);
@@ -166,6 +166,8 @@ pub struct ApplyOutcome {
     pub row_errors: Vec<RowError>,
     pub rows_written: u64,
     pub rows_total: u64,
+    /// How the batches were written.
+    pub batches: BatchStats,
     /// Cancelled at a safe point: the remaining batches were not written.
     pub interrupted: bool,
     pub failure: Option<ApplyError>,
@@ -651,7 +653,7 @@ pub async fn apply_plan(db: &Db, plan: &Plan, settings: ApplySettings<'_>) -> Ap
         }
         match scope.write(&writer, batch, copy).await {
             Ok(written) => {
-                outcome.counts.batches_copied += u64::from(written == Written::Copied);
+                outcome.batches.copied += u64::from(written == Written::Copied);
                 for unit in batch {
                     unit.count(&mut outcome, token_table, session_table);
                 }
@@ -670,7 +672,7 @@ pub async fn apply_plan(db: &Db, plan: &Plan, settings: ApplySettings<'_>) -> Ap
                     error = %db_message(&e),
                     "the database rejected a batch; retrying it row by row"
                 );
-                outcome.counts.batches_retried += 1;
+                outcome.batches.retried += 1;
                 for unit in batch {
                     match scope.write(&writer, &[unit], false).await {
                         Ok(_) => {

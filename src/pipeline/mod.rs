@@ -33,8 +33,8 @@ pub use model::{
     OwnershipLink, Plan, PlanInput, PlanOptions, PlanSummary, UserUpdate,
 };
 pub use report::{
-    ChangeAction, ColumnChange, ErrorKind, ObjectKind, Phase, PlannedChange, Progress, ReportError,
-    RunReport,
+    BatchStats, ChangeAction, ColumnChange, ErrorKind, ObjectKind, Phase, PlannedChange, Progress,
+    ReportError, RunReport,
 };
 pub use run::{
     FetchFailure, RunContext, RunError, RunOptions, run_once, run_targets, run_valid,

@@ -318,6 +318,17 @@ pub struct RunReport {
     /// Dry run only: what would be written, per user and group.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub changes: Vec<PlannedChange>,
+    /// How the apply wrote its batches (what it wrote is in `counts`).
+    pub batches: BatchStats,
+}
+
+/// How a run's batches were written: not part of [`RunCounts`], which a dry run must predict.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct BatchStats {
+    /// Written through PostgreSQL's `COPY` (batches of a first import).
+    pub copied: u64,
+    /// Rejected whole by the database, then written unit by unit.
+    pub retried: u64,
 }
 
 impl RunReport {
@@ -345,6 +356,7 @@ impl RunReport {
             errors_total: 0,
             notices: Vec::new(),
             changes: Vec::new(),
+            batches: BatchStats::default(),
         }
     }
 
@@ -508,10 +520,16 @@ impl RunReport {
             ("rows rejected", c.rows_rejected),
             ("conflicts", c.conflicts),
             ("held removals", c.held_removals),
-            ("batches copied", c.batches_copied),
-            ("batches retried", c.batches_retried),
         ] {
             let _ = writeln!(out, "  {label:<20} {value:>8}");
+        }
+        let b = self.batches;
+        if b.copied > 0 || b.retried > 0 {
+            let _ = writeln!(
+                out,
+                "\nbatches: {} written through COPY, {} rejected whole and retried row by row",
+                b.copied, b.retried
+            );
         }
         if let Some(held) = &self.held {
             let _ = writeln!(out, "\nheld: {held}");

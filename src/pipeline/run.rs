@@ -677,6 +677,7 @@ impl Runner<'_> {
             ));
         }
         self.report.held = plan.held.as_ref().map(ToString::to_string);
+        self.report.batches = outcome.batches;
         if self.opts.mode == RunMode::DryRun {
             self.report.changes = planned_changes(plan);
         }
