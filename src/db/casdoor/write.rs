@@ -54,23 +54,42 @@ fn rows_per_statement(engine: Engine, params_per_row: usize, fixed: usize) -> us
 }
 
 /// Splits `rows` into the statements that write them: as many rows per statement as fit under
-/// the bind limit, the rest in one last statement.
+/// the bind limit, then the rest: on SQLite in power-of-two pieces (138 rows as 128 + 8 + 2), on
+/// MySQL/MariaDB and PostgreSQL in one last statement.
 ///
 /// Every distinct row count is a statement the driver prepares and caches per connection
-/// ([`crate::db`]'s statement caches hold 64). Earlier versions split the rest into
-/// power-of-two pieces (138 rows as 128 + 8 + 2) to bound the number of shapes, because with
-/// sqlx 0.9.0 (no `TCP_NODELAY`) every extra statement or cache eviction on a TCP connection
-/// could wait 40 ms for a delayed ACK. sqlx 0.9.1 sets `TCP_NODELAY` again, and in one
-/// benchmark run of a 100,000-user first import (2026-12-07, BENCHMARKS.md) the fewest
-/// statements were faster than the pieces on every engine: MariaDB 36.5 s against 41–47 s,
-/// SQLite 43.9 s against 47–51 s.
+/// ([`crate::db`]'s statement caches hold 64). On SQLite a cached statement is a compiled
+/// program in this process, and the rest of a batch's casbin rows follows the batch's content:
+/// in one piece, every batch would add a new program of thousands of parameters to the cache of
+/// its connection until the cache is full, on each of the pool's connections. Power-of-two
+/// pieces bound a table's shapes to about 1 + log2(rows per statement), which all stay cached.
+///
+/// On the servers the statements live on the server. The pieces were there for them too,
+/// because with sqlx 0.9.0 (no `TCP_NODELAY`) every extra statement or cache eviction over TCP
+/// could wait 40 ms for a delayed ACK; sqlx 0.9.1 sets `TCP_NODELAY` again, and in one benchmark
+/// run of a 100,000-user first import (2026-12-07, BENCHMARKS.md) one last statement was
+/// faster: MariaDB 36.5 s against 41–47 s with the pieces, PostgreSQL the same (39.4 s, 38.9 s).
 pub(super) fn statement_chunks<T>(
     rows: &[T],
     engine: Engine,
     params_per_row: usize,
     fixed: usize,
-) -> std::slice::Chunks<'_, T> {
-    rows.chunks(rows_per_statement(engine, params_per_row, fixed))
+) -> impl Iterator<Item = &[T]> {
+    let full = rows_per_statement(engine, params_per_row, fixed);
+    let mut rest = rows;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let take = if rest.len() >= full || engine != Engine::Sqlite {
+            full
+        } else {
+            1_usize << rest.len().ilog2()
+        };
+        let (head, tail) = rest.split_at(take.min(rest.len()));
+        rest = tail;
+        Some(head)
+    })
 }
 
 /// A user row write other than an insert.
@@ -590,13 +609,25 @@ mod tests {
     }
 
     #[test]
-    fn statements_are_as_full_as_the_bind_limit_allows() {
+    fn statements_are_full_then_the_rest_in_one_or_on_sqlite_in_power_of_two_pieces() {
         assert_eq!(sizes(500, Engine::MySql, 181), vec![362, 138]);
         assert_eq!(sizes(1_000, Engine::MySql, 181), vec![362, 362, 276]);
-        assert_eq!(sizes(181, Engine::Sqlite, 181), vec![181]);
-        assert_eq!(sizes(7, Engine::Sqlite, 181), vec![7]);
-        assert!(sizes(0, Engine::Postgres, 7).is_empty());
-        assert_eq!(sizes(3, Engine::Sqlite, 100_000), vec![1, 1, 1]);
         assert_eq!(sizes(500, Engine::Postgres, 181), vec![362, 138]);
+        assert!(sizes(0, Engine::Postgres, 7).is_empty());
+        assert_eq!(sizes(181, Engine::Sqlite, 181), vec![181]);
+        assert_eq!(sizes(500, Engine::Sqlite, 181), vec![181, 181, 128, 8, 2]);
+        assert_eq!(sizes(7, Engine::Sqlite, 181), vec![4, 2, 1]);
+        assert_eq!(sizes(3, Engine::Sqlite, 100_000), vec![1, 1, 1]);
+    }
+
+    #[test]
+    fn any_sqlite_batch_of_casbin_rows_needs_few_statement_shapes() {
+        // Casbin rows per batch follow the batch's users: every count up to 5,000 together
+        // prepares the full statement of 4,680 rows and 13 powers of two, not 5,000 shapes.
+        let mut shapes = std::collections::BTreeSet::new();
+        for rows in 1..=5_000 {
+            shapes.extend(sizes(rows, Engine::Sqlite, 7));
+        }
+        assert_eq!(shapes.len(), 14, "{shapes:?}");
     }
 }
