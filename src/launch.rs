@@ -289,25 +289,38 @@ async fn keep_lease(
         )
         .await;
         let error = attempt.as_ref().err().cloned().unwrap_or_default();
-        match held.renewal(now, attempt.ok(), epoch_millis()) {
-            Renewal::Renewed => {}
-            Renewal::Lost => {
-                tracing::warn!(
-                    "syncer {syncer}: lost its lease (it expired and another process took it); \
-                     stopping {stopping}"
-                );
-                cancel.cancel();
-            }
-            Renewal::Expiring => {
-                tracing::warn!(
-                    "syncer {syncer}: cannot renew its lease ({error}) and it is about to expire; \
-                     stopping {stopping}"
-                );
-                cancel.cancel();
-            }
-            Renewal::Retry => {
-                tracing::warn!("syncer {syncer}: renewing its lease failed: {error}; retrying");
-            }
+        let renewal = held.renewal(now, attempt.ok(), epoch_millis());
+        act_on_renewal(renewal, &syncer, stopping, &error, &cancel);
+    }
+}
+
+/// Logs what a renewal attempt of `syncer`'s lease means and, when the lease is lost or about
+/// to expire unrenewed, cancels the work holding it (`stopping` names that work).
+fn act_on_renewal(
+    renewal: Renewal,
+    syncer: &str,
+    stopping: &str,
+    error: &str,
+    cancel: &CancellationToken,
+) {
+    match renewal {
+        Renewal::Renewed => {}
+        Renewal::Lost => {
+            tracing::warn!(
+                "syncer {syncer}: lost its lease (it expired and another process took it); \
+                 stopping {stopping}"
+            );
+            cancel.cancel();
+        }
+        Renewal::Expiring => {
+            tracing::warn!(
+                "syncer {syncer}: cannot renew its lease ({error}) and it is about to expire; \
+                 stopping {stopping}"
+            );
+            cancel.cancel();
+        }
+        Renewal::Retry => {
+            tracing::warn!("syncer {syncer}: renewing its lease failed: {error}; retrying");
         }
     }
 }

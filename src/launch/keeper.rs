@@ -21,8 +21,8 @@ use tokio_util::sync::CancellationToken;
 use crate::db::Db;
 use crate::db::leases::{epoch_millis, renew_leases};
 
-use super::lease::{HeldLease, LeaseTiming, Renewal};
-use super::{Holder, LeaseFor, bounded};
+use super::lease::{HeldLease, LeaseTiming};
+use super::{Holder, LeaseFor, act_on_renewal, bounded};
 
 /// Renews the leases registered with it; cheap to clone (one keeper per daemon).
 #[derive(Clone, Default)]
@@ -208,28 +208,14 @@ async fn renew(keeper: LeaseKeeper, db: Db, instance: String, db_timeout: std::t
             };
             kept.due = now + kept.timing.renew_every;
             let renewed = attempt.as_ref().ok().map(|set| set.contains(key));
-            let name = &kept.syncer;
-            let stopping = kept.what.activity();
-            match kept.held.renewal(attempted_at, renewed, finished_at) {
-                Renewal::Renewed => {}
-                Renewal::Lost => {
-                    tracing::warn!(
-                        "syncer {name}: lost its lease (it expired and another process took it); \
-                         stopping {stopping}"
-                    );
-                    kept.cancel.cancel();
-                }
-                Renewal::Expiring => {
-                    tracing::warn!(
-                        "syncer {name}: cannot renew its lease ({error}) and it is about to \
-                         expire; stopping {stopping}"
-                    );
-                    kept.cancel.cancel();
-                }
-                Renewal::Retry => {
-                    tracing::warn!("syncer {name}: renewing its lease failed: {error}; retrying");
-                }
-            }
+            let renewal = kept.held.renewal(attempted_at, renewed, finished_at);
+            act_on_renewal(
+                renewal,
+                &kept.syncer,
+                kept.what.activity(),
+                &error,
+                &kept.cancel,
+            );
         }
     }
 }
