@@ -3,7 +3,7 @@
 //!
 //! The daemon only decides *when* a run happens; *what* a run does comes in as a [`RunFn`]
 //! value (the lead wires it to `pipeline::run_once`). Pieces:
-//! * [`scheduler`]: the reconcile pass (table → tokio-cron-scheduler jobs), the single-flight
+//! * [`scheduler`]: the reconcile pass (table → a timer job per syncer), the single-flight
 //!   guard, the process-wide run limit, the run task (which runs through [`crate::launch`]);
 //! * [`shutdown`]: signals as [`Control`] events, and the database back-off;
 //! * [`http`]: `/healthz`, `/readyz`, `/metrics` and the admin API; [`metrics`]: the counters;
@@ -139,8 +139,6 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("cannot start the job scheduler: {0}")]
-    Scheduler(String),
     #[error(transparent)]
     Db(#[from] DbError),
     #[error("{what} took longer than {after:?}; is the database overloaded?")]
@@ -175,9 +173,7 @@ pub async fn bind(options: DaemonOptions) -> Result<BoundDaemon, DaemonError> {
         client,
         options.instance,
         &root,
-    )
-    .await
-    .map_err(|e| DaemonError::Scheduler(e.to_string()))?;
+    );
     if let Some(tools) = tools {
         shared.set_tools(tools);
     }
@@ -252,9 +248,7 @@ impl BoundDaemon {
             Some(db) => {
                 shared.set_db(db);
                 shared.start_notices();
-                if let Err(e) = shared.start_jobs().await {
-                    tracing::error!("the job scheduler did not start: {e}; retrying on reconcile");
-                }
+                shared.start_jobs();
                 if reload_pending {
                     reload(&shared, &mut settings, config_loader.as_ref());
                 }

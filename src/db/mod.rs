@@ -256,6 +256,10 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<Db, DbError> {
             }
             options
                 .max_connections(if in_memory { 1 } else { SQLITE_POOL_SIZE })
+                // A SQLite connection is a file handle in this process: it cannot go stale the
+                // way a server's socket can, and sqlx's ping before each checkout is a round trip
+                // to the connection's worker thread that an idle daemon paid on every query.
+                .test_before_acquire(false)
                 .map_sqlx_sqlite_opts(|o| {
                     o.journal_mode(SqliteJournalMode::Wal)
                         .busy_timeout(SQLITE_BUSY_TIMEOUT)

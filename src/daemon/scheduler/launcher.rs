@@ -20,7 +20,7 @@ use crate::launch::{LaunchError, bounded, launch};
 use crate::syncer::ValidSyncer;
 
 /// One lock per syncer: held by its run for the run's whole life, so a tick finds it taken
-/// while a run goes (tokio-cron-scheduler would happily overlap runs).
+/// while a run goes (a slow tick must not overlap the next one).
 #[derive(Default)]
 pub(crate) struct Guards(Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
 

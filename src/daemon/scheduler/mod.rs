@@ -6,7 +6,7 @@
 //! `reconcile.rs`) with what is: jobs (`jobs.rs`) are added, removed or rescheduled, and an
 //! invalid row is reported once per change.
 //!
-//! A tick (a tokio-cron-scheduler job, a "run soon" one-shot, or the admin API) calls
+//! A tick (a job of the job table, a "run soon" one-shot, or the admin API) calls
 //! [`Shared::trigger`]: the per-syncer single-flight guard skips it while a run is going, then
 //! the run task (`launcher.rs`) waits for one of `scheduler.max_concurrent_runs` permits and
 //! hands the syncer to [`crate::launch::launch`], which takes the lease (or skips: another
@@ -27,7 +27,6 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use tokio::sync::{Notify, oneshot};
-use tokio_cron_scheduler::JobSchedulerError;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -52,9 +51,6 @@ use health::Health;
 use jobs::{JobTable, TickFn};
 use launcher::{Guards, Order, RunLimit, run_task};
 use pass::Entry;
-
-/// Bound of each job look-up a snapshot makes.
-const JOB_LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The scheduler settings that can change while the daemon runs (SIGHUP).
 #[derive(Debug, Clone)]
@@ -145,17 +141,17 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub(crate) async fn new(
+    pub(crate) fn new(
         settings: &Settings,
         run_fn: RunFn,
         dingtalk: Option<Client>,
         instance: String,
         root: &CancellationToken,
-    ) -> Result<Arc<Shared>, JobSchedulerError> {
-        let jobs = JobTable::new().await?;
+    ) -> Arc<Shared> {
+        let jobs = JobTable::new();
         let live = LiveSettings::from_settings(settings);
         let limit = RunLimit::new(live.max_concurrent_runs);
-        Ok(Arc::new_cyclic(|me| Shared {
+        Arc::new_cyclic(|me| Shared {
             instance,
             me: me.clone(),
             run_fn,
@@ -179,7 +175,7 @@ impl Shared {
             retention: retention::Retention::default(),
             tools: OnceLock::new(),
             console: Console::new(settings),
-        }))
+        })
     }
 
     pub(crate) fn live(&self) -> LiveSettings {
@@ -312,21 +308,20 @@ impl Shared {
     }
 
     /// Starts the job scheduler once; later calls do nothing.
-    pub(crate) async fn start_jobs(&self) -> Result<(), JobSchedulerError> {
-        if self.jobs.start().await? {
+    pub(crate) fn start_jobs(&self) {
+        if self.jobs.start() {
             self.health().scheduler_running = true;
         }
-        Ok(())
     }
 
     pub(crate) async fn stop_jobs(&self) {
         self.health().scheduler_running = false;
         self.metrics.set_ready(false);
-        self.jobs.stop().await;
+        self.jobs.stop();
     }
 
     /// Replaces the repeating job of `name` (see [`JobTable::schedule`]).
-    async fn schedule(
+    fn schedule(
         &self,
         name: &str,
         jobs: &mut jobs::SyncerJobs,
@@ -334,16 +329,14 @@ impl Shared {
         run_soon: bool,
     ) -> bool {
         let tick = || self.tick_fn(name);
-        self.jobs
-            .schedule(name, jobs, interval, run_soon, tick)
-            .await
+        self.jobs.schedule(name, jobs, interval, run_soon, tick)
     }
 
     /// The body of a job: a tick for syncer `name`.
     fn tick_fn(&self, name: &str) -> TickFn {
         let me = self.me.clone();
         let name = name.to_owned();
-        Box::new(move |_, _| {
+        Box::new(move || {
             let me = me.clone();
             let name = name.clone();
             Box::pin(async move {
@@ -357,33 +350,29 @@ impl Shared {
     /// The scheduler's view of every syncer of ours, for the admin API.
     pub(crate) async fn snapshot(&self) -> Snapshot {
         let min_interval = self.live().min_interval;
-        let entries: Vec<(SyncerState, jobs::SyncerJobs)> = {
+        let entries: Vec<SyncerState> = {
             let syncers = self.syncers.lock().await;
             syncers
                 .values()
-                .map(|e| {
-                    let state = SyncerState {
-                        name: e.row.name.clone(),
-                        organization: e.row.organization.clone(),
-                        enabled: e.row.is_enabled,
-                        configured_interval: e.row.sync_interval,
-                        interval: effective_interval(e.row.sync_interval, min_interval).0,
-                        desired: e.desired.clone(),
-                        scheduled: e.jobs.every.is_some(),
-                        next_run: None,
-                        running: false,
-                        last_run: e.last_run.clone(),
-                        stream: None,
-                    };
-                    (state, e.jobs)
+                .map(|e| SyncerState {
+                    name: e.row.name.clone(),
+                    organization: e.row.organization.clone(),
+                    enabled: e.row.is_enabled,
+                    configured_interval: e.row.sync_interval,
+                    interval: effective_interval(e.row.sync_interval, min_interval).0,
+                    desired: e.desired.clone(),
+                    scheduled: e.jobs.every.is_some(),
+                    next_run: e.jobs.next_run(),
+                    running: false,
+                    last_run: e.last_run.clone(),
+                    stream: None,
                 })
                 .collect()
         };
         let streams = self.streams.states();
         let mut syncers = Vec::with_capacity(entries.len());
-        for (mut state, ids) in entries {
+        for mut state in entries {
             state.stream = streams.get(&state.name).map(super::stream::describe);
-            state.next_run = self.jobs.next_run(ids, JOB_LOOKUP_TIMEOUT).await;
             state.running = self.runs.guards.is_running(&state.name);
             syncers.push(state);
         }

@@ -23,6 +23,9 @@ pub(crate) struct Entry {
     reported: Option<String>,
     /// The `sync_interval` last warned about for being below `scheduler.min_interval`.
     floor_warned: Option<i32>,
+    /// The settings `desired` was worked out under: `scheduler.min_interval` and whether the
+    /// syncer is in `scheduler.claimed_syncers`.
+    basis: Option<(std::time::Duration, bool)>,
     pub last_run: Option<LastRun>,
 }
 
@@ -37,9 +40,7 @@ impl Shared {
             .db()
             .ok_or_else(|| "not connected to the database".to_owned())?;
         let live = self.live();
-        self.start_jobs()
-            .await
-            .map_err(|e| format!("cannot start the job scheduler: {e}"))?;
+        self.start_jobs();
         self.recover_orphaned_runs(db, &live).await?;
 
         let rows = bounded(
@@ -55,10 +56,10 @@ impl Shared {
 
         let (scheduled, invalid, reports) = {
             let mut syncers = self.syncers.lock().await;
-            self.forget_gone(&mut syncers, &ours).await;
+            self.forget_gone(&mut syncers, &ours);
             let mut reports = Vec::new();
             for row in ours {
-                if let Some(report) = self.reconcile_row(&mut syncers, row, &live).await {
+                if let Some(report) = self.reconcile_row(&mut syncers, row, &live) {
                     reports.push(report);
                 }
             }
@@ -112,7 +113,7 @@ impl Shared {
     }
 
     /// Unschedules the syncers that are no longer rows of ours.
-    async fn forget_gone(&self, syncers: &mut BTreeMap<String, Entry>, ours: &[SyncerRow]) {
+    fn forget_gone(&self, syncers: &mut BTreeMap<String, Entry>, ours: &[SyncerRow]) {
         let names: HashSet<&str> = ours.iter().map(|r| r.name.as_str()).collect();
         let gone: Vec<String> = syncers
             .keys()
@@ -121,7 +122,7 @@ impl Shared {
             .collect();
         for name in gone {
             if let Some(mut entry) = syncers.remove(&name)
-                && self.jobs.remove(&name, &mut entry.jobs).await
+                && self.jobs.remove(&mut entry.jobs)
             {
                 tracing::info!(
                     "syncer {name} is gone (deleted, renamed, or no longer a syncer of ours): \
@@ -132,14 +133,17 @@ impl Shared {
     }
 
     /// Brings the entry of `row` in step with it; returns the problem to report, if any.
-    async fn reconcile_row(
+    fn reconcile_row(
         &self,
         syncers: &mut BTreeMap<String, Entry>,
         row: SyncerRow,
         live: &LiveSettings,
     ) -> Option<Report> {
-        let new = Desired::of(&row, live.min_interval, &live.claimed);
         let name = row.name.clone();
+        let basis = (
+            live.min_interval,
+            live.claimed.iter().any(|claimed| claimed == &name),
+        );
         let is_new = !syncers.contains_key(&name);
         let entry = syncers.entry(name.clone()).or_insert_with(|| Entry {
             row: row.clone(),
@@ -147,9 +151,18 @@ impl Shared {
             jobs: SyncerJobs::default(),
             reported: None,
             floor_warned: None,
+            basis: None,
             last_run: None,
         });
         let old = (!is_new).then(|| entry.desired.clone());
+        // Most passes find every row as it was: what it asks for is then what it asked for,
+        // without validating its `table_columns` again. The transition below still runs, so a
+        // job that could not be scheduled is tried again.
+        let new = match &old {
+            Some(desired) if entry.row == row && entry.basis == Some(basis) => desired.clone(),
+            _ => Desired::of(&row, live.min_interval, &live.claimed),
+        };
+        entry.basis = Some(basis);
         if let Desired::Valid(fp) = &new {
             let (_, floored) = effective_interval(row.sync_interval, live.min_interval);
             if floored && entry.floor_warned != Some(row.sync_interval) {
@@ -168,7 +181,7 @@ impl Shared {
             entry.reported.as_deref(),
             &new,
         );
-        let report = self.apply_transition(entry, step, old.as_ref(), &new).await;
+        let report = self.apply_transition(entry, step, old.as_ref(), &new);
         if let Some(reason) = &report {
             entry.reported = Some(reason.clone());
         } else if !matches!(new, Desired::Invalid(_)) {
@@ -181,7 +194,7 @@ impl Shared {
     }
 
     /// Carries out one [`Transition`] on the job table; returns the reason to report.
-    async fn apply_transition(
+    fn apply_transition(
         &self,
         entry: &mut Entry,
         step: Transition,
@@ -196,10 +209,7 @@ impl Shared {
                     Some(Desired::Disabled) => " (enabled)",
                     _ => "",
                 };
-                if self
-                    .schedule(&name, &mut entry.jobs, fp.interval, true)
-                    .await
-                {
+                if self.schedule(&name, &mut entry.jobs, fp.interval, true) {
                     tracing::info!(
                         "syncer {name}: scheduled every {} s{was}",
                         fp.interval.as_secs()
@@ -209,10 +219,7 @@ impl Shared {
             (Transition::Reschedule { run_soon }, Desired::Valid(fp)) => {
                 if let Some(Desired::Valid(old_fp)) = old {
                     let changed = fp.changes(old_fp).join(", ");
-                    if self
-                        .schedule(&name, &mut entry.jobs, fp.interval, run_soon)
-                        .await
-                    {
+                    if self.schedule(&name, &mut entry.jobs, fp.interval, run_soon) {
                         tracing::info!(
                             "syncer {name}: {changed} changed; rescheduled every {} s",
                             fp.interval.as_secs()
@@ -221,11 +228,11 @@ impl Shared {
                 }
             }
             (Transition::Stop, _) => {
-                self.jobs.remove(&name, &mut entry.jobs).await;
+                self.jobs.remove(&mut entry.jobs);
                 tracing::info!("syncer {name}: disabled; unscheduled");
             }
             (Transition::Invalid { report }, _) => {
-                if self.jobs.remove(&name, &mut entry.jobs).await {
+                if self.jobs.remove(&mut entry.jobs) {
                     tracing::info!("syncer {name}: unscheduled (invalid row)");
                 }
                 if let (true, Desired::Invalid(reason)) = (report, new) {
