@@ -168,6 +168,7 @@ impl StreamError {
 /// Runs the Stream client until `cancel`: connects, serves events to `sink`, reconnects with
 /// back-off. Returns early only for settings that can never work; `state` ends `Stopped`.
 pub async fn run_stream<S: EventSink>(
+    connector: &StreamConnector,
     config: &StreamConfig,
     creds: &Credentials,
     sink: S,
@@ -175,7 +176,17 @@ pub async fn run_stream<S: EventSink>(
     stats: Arc<StreamStats>,
     cancel: CancellationToken,
 ) -> Result<(), StreamError> {
-    let result = run_until_cancelled(config, creds, &sink, &state, &stats, &cancel).await;
+    let session = Session {
+        config,
+        creds,
+        sink: &sink,
+        stats: &stats,
+        cancel: &cancel,
+        state: &state,
+        connector,
+        other_types: Mutex::new(BTreeSet::new()),
+    };
+    let result = run_until_cancelled(&session).await;
     state.send_replace(ConnectionState::Stopped);
     result
 }
@@ -200,46 +211,69 @@ pub async fn check_open(config: &StreamConfig, creds: &Credentials) -> Result<()
         stats: &StreamStats::default(),
         cancel: &CancellationToken::new(),
         state: &state,
-        http: open_client(config)?,
-        tls: OnceLock::new(),
+        connector: &StreamConnector::new(config)?,
         other_types: Mutex::new(BTreeSet::new()),
     };
     session.open().await.map(|_| ())
 }
 
-/// The HTTP client of `connections/open`.
-fn open_client(config: &StreamConfig) -> Result<reqwest::Client, StreamError> {
-    reqwest::Client::builder()
-        .connect_timeout(config.connect_timeout)
-        .timeout(config.connect_timeout)
-        .user_agent(config.ua.clone())
-        // The App Secret is in the body: never resend it to wherever a redirect points.
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|e| StreamError::Config(format!("cannot build the HTTP client: {e}")))
+/// What every Stream connection of a process can share: the HTTP client of
+/// `connections/open` and the TLS configuration of the WebSocket. Each holds the platform's
+/// root certificates (a few hundred kilobytes), so a daemon keeping 50 connections builds
+/// them once, not 50 times.
+pub struct StreamConnector {
+    http: reqwest::Client,
+    tls: OnceLock<Arc<rustls::ClientConfig>>,
 }
 
-async fn run_until_cancelled<S: EventSink>(
-    config: &StreamConfig,
-    creds: &Credentials,
-    sink: &S,
-    state: &watch::Sender<ConnectionState>,
-    stats: &StreamStats,
-    cancel: &CancellationToken,
-) -> Result<(), StreamError> {
-    config.validate()?;
-    let http = open_client(config)?;
-    let session = Session {
+impl StreamConnector {
+    /// The connector for `config`'s `connect_timeout` and `ua`.
+    pub fn new(config: &StreamConfig) -> Result<Self, StreamError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .timeout(config.connect_timeout)
+            .user_agent(config.ua.clone())
+            // The App Secret is in the body: never resend it to wherever a redirect points.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| StreamError::Config(format!("cannot build the HTTP client: {e}")))?;
+        Ok(StreamConnector {
+            http,
+            tls: OnceLock::new(),
+        })
+    }
+
+    /// rustls with the platform's verifier (as the DingTalk HTTP client), built on first use.
+    fn tls_config(&self) -> Result<Arc<rustls::ClientConfig>, StreamError> {
+        if let Some(config) = self.tls.get() {
+            return Ok(config.clone());
+        }
+        use rustls_platform_verifier::BuilderVerifierExt;
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| StreamError::Tls(e.to_string()))?
+            .with_platform_verifier()
+            .map_err(|e| StreamError::Tls(e.to_string()))?
+            .with_no_client_auth();
+        Ok(self.tls.get_or_init(|| Arc::new(config)).clone())
+    }
+}
+
+impl std::fmt::Debug for StreamConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamConnector").finish_non_exhaustive()
+    }
+}
+
+async fn run_until_cancelled<S: EventSink>(session: &Session<'_, S>) -> Result<(), StreamError> {
+    let Session {
         config,
-        creds,
-        sink,
-        stats,
         cancel,
         state,
-        http,
-        tls: OnceLock::new(),
-        other_types: Mutex::new(BTreeSet::new()),
-    };
+        ..
+    } = *session;
+    config.validate()?;
     let mut backoff = Backoff::new(config.backoff_min, config.backoff_max);
     while !cancel.is_cancelled() {
         state.send_replace(ConnectionState::Connecting);
@@ -278,8 +312,7 @@ struct Session<'a, S> {
     stats: &'a StreamStats,
     cancel: &'a CancellationToken,
     state: &'a watch::Sender<ConnectionState>,
-    http: reqwest::Client,
-    tls: OnceLock<Arc<rustls::ClientConfig>>,
+    connector: &'a StreamConnector,
     other_types: Mutex<BTreeSet<String>>,
 }
 
@@ -331,6 +364,7 @@ impl<S: EventSink> Session<'_, S> {
         let limit = self.config.connect_timeout;
         let step = "connections/open";
         let request = self
+            .connector
             .http
             .post(&url)
             .header(reqwest::header::ACCEPT, "application/json")
@@ -407,7 +441,7 @@ impl<S: EventSink> Session<'_, S> {
             .map_err(|_| StreamError::BadEndpoint(shown.chars().take(200).collect()))?;
         let connector = match url.scheme() {
             "ws" => Connector::Plain,
-            "wss" => Connector::Rustls(self.tls_config()?),
+            "wss" => Connector::Rustls(self.connector.tls_config()?),
             _ => return Err(StreamError::BadEndpoint(shown.chars().take(200).collect())),
         };
         url.query_pairs_mut().append_pair("ticket", ticket.expose());
@@ -443,22 +477,6 @@ impl<S: EventSink> Session<'_, S> {
             Ok(Err(e)) => Err(ws_failed(e.to_string())),
             Ok(Ok((ws, _response))) => Ok(ws),
         }
-    }
-
-    /// rustls with the platform's verifier (as the DingTalk HTTP client), built on first use.
-    fn tls_config(&self) -> Result<Arc<rustls::ClientConfig>, StreamError> {
-        if let Some(config) = self.tls.get() {
-            return Ok(config.clone());
-        }
-        use rustls_platform_verifier::BuilderVerifierExt;
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| StreamError::Tls(e.to_string()))?
-            .with_platform_verifier()
-            .map_err(|e| StreamError::Tls(e.to_string()))?
-            .with_no_client_auth();
-        Ok(self.tls.get_or_init(|| Arc::new(config)).clone())
     }
 
     /// Reads frames until cancelled (`Ok`) or the connection ends (`Err`, the reason).

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-pub use client::{StreamConfig, StreamError, check_open, run_stream};
+pub use client::{StreamConfig, StreamConnector, StreamError, check_open, run_stream};
 pub use frame::{
     Change, DeptChange, FrameError, FrameLimits, Incoming, StreamEvent, UserChange, parse_frame,
 };

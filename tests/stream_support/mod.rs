@@ -9,8 +9,8 @@ use syncerd::simulator::{SimulatorConfig, SimulatorHandle};
 
 use crate::dingtalk_support::{init_test_log, start_simulator};
 use syncerd::stream::{
-    ConnectionState, EventSink, FrameError, StreamConfig, StreamError, StreamEvent, StreamStats,
-    run_stream,
+    ConnectionState, EventSink, FrameError, StreamConfig, StreamConnector, StreamError,
+    StreamEvent, StreamStats, run_stream,
 };
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
@@ -148,7 +148,10 @@ pub fn spawn_client_with(
     let cancel = CancellationToken::new();
     let task = tokio::spawn({
         let (stats, cancel) = (stats.clone(), cancel.clone());
-        async move { run_stream(&config, &creds, sink, state_tx, stats, cancel).await }
+        async move {
+            let connector = StreamConnector::new(&config)?;
+            run_stream(&connector, &config, &creds, sink, state_tx, stats, cancel).await
+        }
     });
     Client {
         state,

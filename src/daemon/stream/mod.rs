@@ -26,7 +26,9 @@ use crate::dingtalk::{Client, Credentials, Targets};
 use crate::launch::keeper::LeaseKeeper;
 use crate::launch::{LaunchError, LeaseFor, bounded, hold_lease};
 use crate::secret::Secret;
-use crate::stream::{ConnectionState, StreamConfig, StreamStats, run_stream};
+use crate::stream::{
+    ConnectionState, StreamConfig, StreamConnector, StreamError, StreamStats, run_stream,
+};
 use crate::syncer::ValidSyncer;
 
 use catchup::{CatchUps, GapTracker, catch_up_worker};
@@ -48,6 +50,8 @@ pub(crate) struct Streams {
     tasks: Mutex<HashMap<String, StreamTask>>,
     /// Renews every stream lease of this process together.
     leases: LeaseKeeper,
+    /// The HTTP client and TLS configuration every connection shares, built on first use.
+    connector: Mutex<Option<Arc<StreamConnector>>>,
 }
 
 struct StreamTask {
@@ -65,7 +69,20 @@ impl Streams {
             client,
             tasks: Mutex::new(HashMap::new()),
             leases: LeaseKeeper::default(),
+            connector: Mutex::new(None),
         }
+    }
+
+    /// The connector every connection shares (`config` differs between them only in
+    /// `open_api_base`, which the connector does not hold).
+    fn connector(&self, config: &StreamConfig) -> Result<Arc<StreamConnector>, StreamError> {
+        let mut shared = self.connector.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(connector) = shared.as_ref() {
+            return Ok(connector.clone());
+        }
+        let connector = Arc::new(StreamConnector::new(config)?);
+        *shared = Some(connector.clone());
+        Ok(connector)
     }
 
     /// The DingTalk client the catch-ups read leave records with.
@@ -296,16 +313,22 @@ async fn stream_and_apply(
     let stats = Arc::new(StreamStats::default());
     shared.metrics.watch_stream_client(&name, stats.clone());
     let connection = async {
-        if let Err(e) = run_stream(
-            &config,
-            &credentials,
-            sink,
-            state.clone(),
-            stats,
-            cancel.clone(),
-        )
-        .await
-        {
+        let result = match streams.connector(&config) {
+            Ok(connector) => {
+                run_stream(
+                    &connector,
+                    &config,
+                    &credentials,
+                    sink,
+                    state.clone(),
+                    stats,
+                    cancel.clone(),
+                )
+                .await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
             tracing::warn!("syncer {name}: its event stream stopped: {e}");
         }
         // The applier has nothing more coming; stop it too.
