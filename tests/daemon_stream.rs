@@ -138,6 +138,12 @@ async fn a_change_in_dingtalk_reaches_its_row_through_an_event_run() {
             updated && forbidden
         })
         .await;
+        // A run commits its rows before it records how it ended.
+        eventually(WITHIN, "the event runs recorded as ended", || async {
+            let runs = runs_with(&db, RunTrigger::Event).await;
+            !runs.is_empty() && runs.iter().all(|r| r.status != RunStatus::Running)
+        })
+        .await;
 
         let event_runs = runs_with(&db, RunTrigger::Event).await;
         assert!(!event_runs.is_empty(), "{}: no event run", t.label());
