@@ -307,7 +307,7 @@ async fn shutdown_runs(
 ) -> DaemonExit {
     notify::notify("STOPPING=1");
     reconcile_stop.cancel();
-    shared.stop_jobs().await;
+    shared.stop_jobs();
     shared.cancel_runs();
     let grace = shared.live().shutdown_grace;
     let running = shared.metrics.runs_in_progress();

@@ -9,6 +9,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -67,7 +68,7 @@ impl SyncerJobs {
 
 /// The daemon's jobs: started once, stopped at shutdown.
 pub(crate) struct JobTable {
-    started: Mutex<bool>,
+    started: AtomicBool,
     /// Cancelled by [`JobTable::stop`]: no job ticks after it.
     stop: CancellationToken,
 }
@@ -75,15 +76,14 @@ pub(crate) struct JobTable {
 impl JobTable {
     pub(crate) fn new() -> Self {
         JobTable {
-            started: Mutex::new(false),
+            started: AtomicBool::new(false),
             stop: CancellationToken::new(),
         }
     }
 
     /// Marks the table started; later calls do nothing. Returns whether this call started it.
     pub(crate) fn start(&self) -> bool {
-        let mut started = self.started.lock().unwrap_or_else(|e| e.into_inner());
-        !std::mem::replace(&mut *started, true)
+        !self.started.swap(true, Ordering::SeqCst)
     }
 
     /// Stops every job: none ticks after this returns.
@@ -107,7 +107,7 @@ impl JobTable {
             tracing::debug!("syncer {name}: not scheduled: the daemon is stopping");
             return false;
         }
-        // The job scheduler counts whole seconds; a zero interval would spin.
+        // A zero interval would spin (`effective_interval` floors at 1 s already).
         let interval = interval.max(Duration::from_secs(1));
         jobs.every = Some(self.spawn(Instant::now() + interval, Some(interval), tick()));
         if run_soon {
@@ -117,7 +117,7 @@ impl JobTable {
         true
     }
 
-    /// Removes the jobs of syncer `name`; returns whether there was a repeating job.
+    /// Removes a syncer's jobs; returns whether there was a repeating job.
     pub(crate) fn remove(&self, jobs: &mut SyncerJobs) -> bool {
         jobs.soon = None;
         jobs.every.take().is_some()
@@ -165,7 +165,7 @@ impl JobTable {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicUsize;
 
     use super::*;
 

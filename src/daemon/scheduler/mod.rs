@@ -314,7 +314,7 @@ impl Shared {
         }
     }
 
-    pub(crate) async fn stop_jobs(&self) {
+    pub(crate) fn stop_jobs(&self) {
         self.health().scheduler_running = false;
         self.metrics.set_ready(false);
         self.jobs.stop();

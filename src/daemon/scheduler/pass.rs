@@ -8,7 +8,7 @@ use chrono::Utc;
 
 use super::health::LastRun;
 use super::jobs::SyncerJobs;
-use super::reconcile::{Desired, Transition, effective_interval, transition};
+use super::reconcile::{Desired, Transition, effective_interval, runs_scheduled, transition};
 use super::{LiveSettings, Shared};
 use crate::db::leases::{ORPHANED_RUN_REASON, epoch_millis, interrupt_orphaned_runs};
 use crate::db::{self, Db, SYNCER_OWNER, SyncerRow};
@@ -24,7 +24,7 @@ pub(crate) struct Entry {
     /// The `sync_interval` last warned about for being below `scheduler.min_interval`.
     floor_warned: Option<i32>,
     /// The settings `desired` was worked out under: `scheduler.min_interval` and whether the
-    /// syncer is in `scheduler.claimed_syncers`.
+    /// row runs on schedule (`is_enabled`, or `scheduler.claimed_syncers` names it).
     basis: Option<(std::time::Duration, bool)>,
     pub last_run: Option<LastRun>,
 }
@@ -140,10 +140,7 @@ impl Shared {
         live: &LiveSettings,
     ) -> Option<Report> {
         let name = row.name.clone();
-        let basis = (
-            live.min_interval,
-            live.claimed.iter().any(|claimed| claimed == &name),
-        );
+        let basis = (live.min_interval, runs_scheduled(&row, &live.claimed));
         let is_new = !syncers.contains_key(&name);
         let entry = syncers.entry(name.clone()).or_insert_with(|| Entry {
             row: row.clone(),
